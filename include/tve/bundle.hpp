@@ -1,0 +1,125 @@
+#pragma once
+// Model bundles (docs/bundle-format.md): a folder with manifest.json and TorchScript files.
+// read_manifest() checks the manifest alone; Bundle::load() checks everything, files included,
+// before any image is processed, and throws BundleError naming the file and the mismatch.
+
+#include <torch/script.h>
+
+#include <array>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tve {
+
+inline constexpr int kBundleFormatVersion = 1;
+
+enum class ResizePolicy {
+  Stretch,     // resize to height x width; aspect ratio not kept
+  CenterCrop,  // scale the shorter side to size / crop_fraction, keep the centre
+};
+
+struct InputSpec {
+  int height = 0;
+  int width = 0;
+  ResizePolicy resize = ResizePolicy::Stretch;
+  double crop_fraction = 0.875;
+  std::array<float, 3> mean{};  // RGB, for pixel values in [0,1]
+  std::array<float, 3> std{};   // RGB
+};
+
+// A linear classification head as the manifest describes it: the target's own or a downstream one.
+struct HeadSpec {
+  std::string name;  // "target" for the target's own head, else the key under "heads"
+  std::string task;
+  std::filesystem::path file;  // absolute
+  std::string sha256;
+  std::vector<std::string> labels;
+  nlohmann::json metrics;  // free-form, may be null
+};
+
+struct ExplainerSpec {
+  std::filesystem::path file;  // absolute
+  std::string sha256;
+  std::string target_sha256;  // the target.pt the explainer was trained against
+  double lambda_pos = 1.0;
+  double lambda_neg = 1.0;
+  bool smooth = true;
+};
+
+struct Manifest {
+  std::filesystem::path dir;  // the bundle folder
+  int format_version = 0;
+  std::string name;
+  std::string description;
+  std::string architecture;  // vit | resnet | swin
+  InputSpec input;
+  int grid = 0;
+  int radius = 0;
+  int embedding_dim = 0;
+  HeadSpec target;
+  std::optional<ExplainerSpec> explainer;
+  std::vector<HeadSpec> heads;  // downstream heads, in manifest order
+  nlohmann::json provenance;    // free-form, may be null
+};
+
+// Parses and checks dir/manifest.json (schema, types, version) and reads label files.
+// Opens no TorchScript file and computes no hash.
+Manifest read_manifest(const std::filesystem::path& bundle_dir);
+
+// A loaded head: an affine map from the encoder's embedding to class logits.
+struct Head {
+  HeadSpec spec;
+  torch::jit::Module module;
+  std::string method = "forward";  // the target's own head is its "head" method
+
+  torch::Tensor logits(const torch::Tensor& embedding);  // [B,D] -> [B,C]
+};
+
+class Bundle {
+ public:
+  // Validates everything (docs/bundle-format.md, "What the loader checks") and moves the modules
+  // to `device`. Throws BundleError.
+  static Bundle load(const std::filesystem::path& bundle_dir, const torch::Device& device);
+
+  const Manifest& manifest() const { return manifest_; }
+  const torch::Device& device() const { return device_; }
+
+  torch::Tensor embed(const torch::Tensor& images);   // [B,3,H,W] normalised -> [B,D]
+  torch::Tensor logits(const torch::Tensor& images);  // [B,3,H,W] -> [B,C], the target's own head
+
+  // The target's own head and the manifest's downstream heads, by name ("target" or a task key).
+  Head& head(const std::string& name);
+  std::vector<std::string> head_names() const;
+
+  // Loads a TorchScript head from outside the bundle and checks it maps [1,D] to [1,labels.size()]
+  // and is affine. Used to explain heads trained after the explainer (TVE's transfer).
+  Head load_external_head(const std::filesystem::path& head_file, std::vector<std::string> labels);
+
+  bool has_explainer() const { return explainer_.has_value(); }
+  // psi_pos, psi_neg: each [B,G*G,D], cell k = row * G + col. Throws if there is no explainer.
+  std::pair<torch::Tensor, torch::Tensor> meta_attributions(const torch::Tensor& images);
+
+  bool has_gradient_methods() const { return has_features_; }
+  torch::Tensor features(const torch::Tensor& images);
+  torch::Tensor classify(const torch::Tensor& features);
+
+ private:
+  Bundle(Manifest manifest, torch::Device device) : manifest_(std::move(manifest)), device_(device) {}
+
+  Manifest manifest_;
+  torch::Device device_;
+  torch::jit::Module target_;
+  std::optional<torch::jit::Module> explainer_;
+  std::map<std::string, Head> heads_;  // "target" and each downstream head
+  bool has_features_ = false;
+};
+
+// Reads a labels file: UTF-8, one label per line, trailing empty lines ignored.
+std::vector<std::string> read_labels_file(const std::filesystem::path& file);
+
+}  // namespace tve

@@ -1,0 +1,33 @@
+#pragma once
+// Finding bundles by name: --models-dir, then $TVE_MODELS_DIR, then the shipped models/ folder
+// (next to an installed binary under share/tve/models, or the source tree's for a build).
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tve/bundle.hpp"
+
+namespace tve {
+
+inline constexpr const char* kModelsDirEnv = "TVE_MODELS_DIR";
+
+// The folders searched, in order, that exist.
+std::vector<std::filesystem::path> model_search_dirs(const std::optional<std::filesystem::path>& models_dir_option);
+
+// A path (contains a '/' or names an existing folder) is taken as is; a name is looked up in
+// `search_dirs`. Throws BundleError listing the folders searched and the names found there.
+std::filesystem::path resolve_bundle(const std::string& name_or_path, const std::vector<std::filesystem::path>& search_dirs);
+
+struct BundleListing {
+  std::filesystem::path dir;
+  std::optional<Manifest> manifest;  // empty when the manifest is invalid
+  std::string error;                 // why it is invalid
+  bool shadowed = false;             // an earlier folder has a bundle of the same name
+};
+
+// Every sub-folder with a manifest.json in `search_dirs`, sorted by name within each folder.
+std::vector<BundleListing> list_bundles(const std::vector<std::filesystem::path>& search_dirs);
+
+}  // namespace tve

@@ -1,0 +1,54 @@
+#pragma once
+// Turning a list of image inputs into model-ready batches, one bad file never stopping the rest.
+
+#include <torch/types.h>
+
+#include <filesystem>
+#include <functional>
+#include <istream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tve/bundle.hpp"
+#include "tve/image.hpp"
+
+namespace tve {
+
+// Expands command-line inputs into image files, in the order given: a file is kept as is (even
+// with an unknown extension: its content decides), a folder contributes its images recursively
+// (by extension, sorted), and "-" reads one path per line from `stdin_paths`.
+// Each file keeps the input it came from so that outputs can mirror relative paths.
+struct InputFile {
+  std::filesystem::path path;
+  std::filesystem::path relative;  // path relative to the folder it was found in; the file name otherwise
+};
+std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths);
+
+bool has_image_extension(const std::filesystem::path& file);
+
+struct ImageJob {
+  InputFile input;
+  std::optional<Image> image;  // the decoded image, kept only when asked for (overlays)
+  torch::Tensor tensor;        // [3,H,W] f32 RGB normalised; undefined when the image failed
+  std::string error;           // why it failed; empty on success
+  double decode_seconds = 0;
+
+  bool ok() const { return error.empty(); }
+};
+
+struct BatchOptions {
+  int batch_size = 8;
+  bool keep_images = false;
+  ImageLimits limits;
+};
+
+// Decodes `inputs` in order and calls `on_batch` with consecutive runs of jobs holding up to
+// batch_size good images (failed ones ride along in their place). Memory stays bounded by one batch.
+void read_in_batches(const std::vector<InputFile>& inputs, const InputSpec& spec, const BatchOptions& options,
+                     const std::function<void(std::vector<ImageJob>&)>& on_batch);
+
+// [B,3,H,W] on `device`, B = the number of good jobs, in order.
+torch::Tensor stack_good(const std::vector<ImageJob>& jobs, const torch::Device& device);
+
+}  // namespace tve

@@ -1,0 +1,49 @@
+#pragma once
+// Where and how computations run: the device, and the thread counts of LibTorch and of the BLAS.
+
+#include <torch/types.h>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tve {
+
+// "cpu", "cuda" or "auto" (CUDA when available, else CPU). Throws DeviceError for "cuda" when this
+// LibTorch has no CUDA support or sees no device, and InvalidArgument for any other name.
+torch::Device select_device(const std::string& name);
+
+// Which BLAS the process ended up with. Debian's LibTorch links libblas.so.3, whichever
+// implementation the alternatives system points it at; OpenBLAS is ~40x faster for transformers.
+struct BlasInfo {
+  bool is_openblas = false;
+  std::string description;  // e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ..." or "reference BLAS (slow)"
+};
+BlasInfo detect_blas();
+
+struct ThreadSettings {
+  int intra_op = 1;  // LibTorch's intra-op threads (OpenMP): convolutions, element-wise ops
+  int blas = 1;      // OpenBLAS's own threads: matrix multiplies
+  bool operator==(const ThreadSettings& other) const { return intra_op == other.intra_op && blas == other.blas; }
+};
+
+std::string to_string(const ThreadSettings& settings);
+
+void apply_thread_settings(const ThreadSettings& settings);
+
+struct ThreadChoice {
+  ThreadSettings settings;
+  std::string reason;  // why these, for the log
+};
+
+// Chooses thread counts by timing `workload` (one representative forward pass) under each
+// candidate and keeping the fastest. Two thread pools that both spin (LibTorch's OpenMP and
+// OpenBLAS's pthreads) can slow each other down: on 2 cores a ViT ran fastest with 1 LibTorch
+// thread and 2 BLAS threads, a ResNet with 2 and 2 (docs/performance.md). No single setting wins.
+// `forced` (--threads N) skips the measurement and uses N for both pools.
+ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced);
+
+int available_cores();
+
+}  // namespace tve

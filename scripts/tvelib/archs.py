@@ -1,0 +1,245 @@
+"""Target models and explainers in the shape the bundle format (docs/bundle-format.md) requires.
+
+Each target wraps one of torchvision's own classification networks (VisionTransformer, ResNet,
+SwinTransformer: the code behind vit_b_16, resnet50 and swin_t) and exposes the methods the C++ side
+calls by name:
+
+    embed(x)             [B,3,H,W] f32 normalised RGB -> [B,D]   encoder output z
+    head(z)              [B,D] -> [B,C]                           linear classification head
+    forward(x)           head(embed(x))
+    features(x)          the last feature map before pooling      for gradient methods
+    classify(f)          features -> [B,C], so that forward(x) == classify(features(x))
+
+features() layout: ResNet and Swin give [B,D,h,w]; ViT gives the token sequence entering its last
+encoder block, [B,1+N,D] (token 0 is the class token, tokens 1.. row-major over the patch grid),
+because a ViT's logits depend on the patch tokens only through that last block's attention.
+
+All wrappers are TorchScript-scriptable; `torch.jit.script(wrapper)` is what gets exported.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
+
+FEATURE_LAYOUTS = {"vit": "tokens", "resnet": "nchw", "swin": "nchw"}
+
+
+class VitTarget(nn.Module):
+    """torchvision VisionTransformer; z is the class token after the final LayerNorm.
+
+    The wrapper takes the network's own modules apart (patch embedding, all blocks but the last,
+    the last block, the final norm, the head) so that features() and classify() can split the
+    encoder before its last block; TorchScript cannot index a ModuleList with a computed index.
+    """
+
+    def __init__(self, vit: VisionTransformer):
+        super().__init__()
+        if not isinstance(vit.heads, nn.Sequential) or len(vit.heads) != 1:
+            raise ValueError("VitTarget needs a single linear head (representation_size=None)")
+        blocks = list(vit.encoder.layers.children())
+        self.patch_size = vit.patch_size
+        self.hidden_dim = vit.hidden_dim
+        self.conv_proj = vit.conv_proj
+        self.class_token = vit.class_token
+        self.pos_embedding = vit.encoder.pos_embedding
+        self.early_blocks = nn.Sequential(*blocks[:-1])
+        self.last_block = blocks[-1]
+        self.ln = vit.encoder.ln
+        self.heads = vit.heads
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # [B,3,H,W] -> [B,1+N,D]: the tokens entering the last encoder block
+        t = self.conv_proj(x)  # [B,D,h,w]
+        t = t.flatten(2).transpose(1, 2)  # [B,N,D] row-major over the patch grid
+        t = torch.cat([self.class_token.expand(t.shape[0], -1, -1), t], dim=1)
+        return self.early_blocks(t + self.pos_embedding)
+
+    @torch.jit.export
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln(self.last_block(features))[:, 0])
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.last_block(self.features(x)))[:, 0]
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.heads(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class ResNetTarget(nn.Module):
+    """torchvision ResNet; z is the globally average-pooled output of layer4."""
+
+    def __init__(self, net: ResNet):
+        super().__init__()
+        self.net = net
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))  # [B,D,h,w]
+
+    @torch.jit.export
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.net.avgpool(features), 1))
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.net.avgpool(self.features(x)), 1)
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class SwinTarget(nn.Module):
+    """torchvision SwinTransformer; z is the average-pooled output of the final norm."""
+
+    def __init__(self, net: SwinTransformer):
+        super().__init__()
+        self.net = net
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.norm(self.net.features(x))  # [B,h,w,D] channels-last
+        return f.permute(0, 3, 1, 2).contiguous()  # [B,D,h,w]
+
+    @torch.jit.export
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.net.avgpool(features), 1))
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.net.avgpool(self.features(x)), 1)
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net.head(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def embedding_dim(target: nn.Module) -> int:
+    if isinstance(target, VitTarget):
+        return target.hidden_dim
+    if isinstance(target, ResNetTarget):
+        return target.net.fc.in_features
+    if isinstance(target, SwinTarget):
+        return target.net.head.in_features
+    raise TypeError(f"unknown target wrapper {type(target).__name__}")
+
+
+# ---- configurations --------------------------------------------------------------------------
+# "tiny" configurations keep the test bundles under 1 MB; "small" ones are what gets trained here;
+# "paper" ones are torchvision's vit_b_16, resnet50 and swin_t exactly.
+
+CONFIGS: Dict[str, Dict[str, dict]] = {
+    "vit": {
+        "tiny": dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64),
+        # 1 CPU thread trains this at ~15-20 img/s; the conv stem (strides 2*2*2 = patch 8) makes
+        # it learn shapes from far fewer images than a patchify stem would.
+        "small": dict(image_size=112, patch_size=8, num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=384,
+                      conv_stem=[(32, 3, 2), (64, 3, 2), (128, 3, 2)]),
+        "paper": dict(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072),
+    },
+    "resnet": {
+        "tiny": dict(block="basic", layers=[1, 1, 1, 1], width=8),
+        "small": dict(block="basic", layers=[1, 1, 1, 1], width=32),
+        "paper": dict(block="bottleneck", layers=[3, 4, 6, 3], width=64),
+    },
+    "swin": {
+        "tiny": dict(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4]),
+        "small": dict(patch_size=[4, 4], embed_dim=48, depths=[2, 2, 2], num_heads=[3, 6, 12], window_size=[7, 7]),
+        "paper": dict(patch_size=[4, 4], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=[7, 7]),
+    },
+}
+
+
+class _NarrowResNet(ResNet):
+    """torchvision's ResNet with its stage widths scaled by width/64 (64 reproduces resnet50 etc.)."""
+
+    def __init__(self, block, layers: List[int], num_classes: int, width: int):
+        super().__init__(block, layers, num_classes=num_classes)
+        if width == 64:
+            return
+        # Rebuild the stem and stages at the requested width, reusing torchvision's _make_layer.
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+
+
+def build_target(arch: str, size: str, num_classes: int, image_size: int | None = None) -> nn.Module:
+    """A randomly initialised target wrapper. image_size overrides the config's input size (ViT)."""
+    cfg = dict(CONFIGS[arch][size])
+    if arch == "vit":
+        if image_size is not None:
+            cfg["image_size"] = image_size
+        # Optional convolutional stem (Xiao et al. 2021, torchvision's conv_stem_configs): strided
+        # 3x3 convs instead of one patchify conv; their strides multiply to patch_size, so the
+        # token grid is unchanged. It makes small ViTs far more data-efficient to train.
+        stem = cfg.pop("conv_stem", None)
+        if stem is not None:
+            cfg["conv_stem_configs"] = [ConvStemConfig(out_channels=c, kernel_size=k, stride=s)
+                                        for c, k, s in stem]
+        return VitTarget(VisionTransformer(num_classes=num_classes, **cfg))
+    if arch == "resnet":
+        block = BasicBlock if cfg["block"] == "basic" else Bottleneck
+        return ResNetTarget(_NarrowResNet(block, cfg["layers"], num_classes, cfg["width"]))
+    if arch == "swin":
+        return SwinTarget(SwinTransformer(num_classes=num_classes, stochastic_depth_prob=0.0, **cfg))
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(CONFIGS)}")
+
+
+# ---- explainers ------------------------------------------------------------------------------
+
+
+class PatchExplainer(nn.Module):
+    """An explainer g(x) -> (psi_pos, psi_neg), each [B, G*G, D], row-major, row 0 at the top.
+
+    A torchvision VisionTransformer whose patch grid is the attribution grid (patch = image / G);
+    every patch token goes through one linear layer that emits both meta-attributions in the target
+    encoder's embedding space. Any architecture could serve; a ViT's tokens are already per patch.
+    """
+
+    def __init__(self, backbone: VisionTransformer, embedding_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.to_psi = nn.Linear(backbone.hidden_dim, 2 * embedding_dim)
+        self.embedding_dim = embedding_dim
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        t = self.backbone._process_input(x)  # [B,G*G,W] row-major
+        t = torch.cat([self.backbone.class_token.expand(n, -1, -1), t], dim=1)
+        t = self.backbone.encoder(t)[:, 1:]
+        psi = self.to_psi(t)  # [B,G*G,2D]
+        return psi[..., : self.embedding_dim], psi[..., self.embedding_dim :]
+
+
+def build_explainer(image_size: int, grid: int, embedding_dim: int, num_layers: int = 2,
+                    hidden_dim: int = 32, num_heads: int = 2) -> PatchExplainer:
+    if image_size % grid != 0:
+        raise ValueError(f"image size {image_size} is not a multiple of the grid {grid}")
+    backbone = VisionTransformer(image_size=image_size, patch_size=image_size // grid,
+                                 num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
+                                 mlp_dim=2 * hidden_dim, num_classes=1)
+    return PatchExplainer(backbone, embedding_dim)

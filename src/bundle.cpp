@@ -1,0 +1,432 @@
+#include "tve/bundle.hpp"
+
+#include <torch/torch.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "tve/error.hpp"
+#include "tve/log.hpp"
+#include "tve/sha256.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace tve {
+namespace {
+
+// Reads manifest fields with errors that name the manifest file and the key's full path.
+class ManifestReader {
+ public:
+  explicit ManifestReader(fs::path file) : file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const std::string& what) const { throw BundleError(file_, what); }
+
+  const json& member(const json& object, const std::string& key, const std::string& where) const {
+    if (!object.is_object()) fail("'" + where + "' must be an object");
+    auto it = object.find(key);
+    if (it == object.end()) fail("missing required key '" + join(where, key) + "'");
+    return *it;
+  }
+
+  std::string string(const json& object, const std::string& key, const std::string& where) const {
+    const json& value = member(object, key, where);
+    if (!value.is_string()) fail("'" + join(where, key) + "' must be a string, got " + value.type_name());
+    return value.get<std::string>();
+  }
+
+  std::string optional_string(const json& object, const std::string& key, const std::string& where,
+                              const std::string& fallback) const {
+    return object.contains(key) ? string(object, key, where) : fallback;
+  }
+
+  int positive_int(const json& object, const std::string& key, const std::string& where, int minimum = 1) const {
+    const json& value = member(object, key, where);
+    if (!value.is_number_integer()) fail("'" + join(where, key) + "' must be an integer, got " + value.type_name());
+    const auto number = value.get<long long>();
+    if (number < minimum || number > 1'000'000) {
+      fail("'" + join(where, key) + "' is " + std::to_string(number) + ", expected at least " + std::to_string(minimum));
+    }
+    return static_cast<int>(number);
+  }
+
+  double number(const json& object, const std::string& key, const std::string& where, double fallback) const {
+    if (!object.contains(key)) return fallback;
+    const json& value = object.at(key);
+    if (!value.is_number()) fail("'" + join(where, key) + "' must be a number, got " + value.type_name());
+    return value.get<double>();
+  }
+
+  bool boolean(const json& object, const std::string& key, const std::string& where, bool fallback) const {
+    if (!object.contains(key)) return fallback;
+    const json& value = object.at(key);
+    if (!value.is_boolean()) fail("'" + join(where, key) + "' must be true or false, got " + value.type_name());
+    return value.get<bool>();
+  }
+
+  std::array<float, 3> rgb_triple(const json& object, const std::string& key, const std::string& where,
+                                  bool must_be_positive) const {
+    const json& value = member(object, key, where);
+    if (!value.is_array() || value.size() != 3) fail("'" + join(where, key) + "' must be a list of 3 numbers (R, G, B)");
+    std::array<float, 3> out{};
+    for (size_t i = 0; i < 3; ++i) {
+      if (!value[i].is_number()) fail("'" + join(where, key) + "' must be a list of 3 numbers (R, G, B)");
+      out[i] = value[i].get<float>();
+      if (must_be_positive && !(out[i] > 0.0f)) fail("'" + join(where, key) + "' must be positive");
+    }
+    return out;
+  }
+
+  // A file path inside the bundle; absolute paths and '..' are refused so that a manifest cannot
+  // point outside its folder.
+  fs::path bundle_file(const json& object, const std::string& key, const std::string& where) const {
+    const fs::path relative = string(object, key, where);
+    if (relative.empty() || relative.is_absolute()) fail("'" + join(where, key) + "' must be a path relative to the bundle");
+    for (const auto& part : relative) {
+      if (part == "..") fail("'" + join(where, key) + "' must not leave the bundle folder ('..')");
+    }
+    return file_.parent_path() / relative;
+  }
+
+  std::string sha256(const json& object, const std::string& where) const {
+    std::string value = string(object, "sha256", where);
+    const bool hex = value.size() == 64 && value.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!hex) fail("'" + join(where, "sha256") + "' must be 64 lowercase hex digits");
+    return value;
+  }
+
+  std::vector<std::string> labels(const json& object, const std::string& where) const {
+    if (object.contains("labels")) {
+      const json& list = object.at("labels");
+      if (!list.is_array() || list.empty()) fail("'" + join(where, "labels") + "' must be a non-empty list of strings");
+      std::vector<std::string> out;
+      for (const auto& label : list) {
+        if (!label.is_string()) fail("'" + join(where, "labels") + "' must be a non-empty list of strings");
+        out.push_back(label.get<std::string>());
+      }
+      return out;
+    }
+    if (object.contains("labels_file")) {
+      auto labels = read_labels_file(bundle_file(object, "labels_file", where));
+      if (labels.empty()) fail("'" + join(where, "labels_file") + "' names an empty labels file");
+      return labels;
+    }
+    fail("'" + where + "' needs 'labels' or 'labels_file'");
+  }
+
+  HeadSpec head(const json& object, const std::string& name, const std::string& where) const {
+    HeadSpec spec;
+    spec.name = name;
+    spec.file = bundle_file(object, "file", where);
+    spec.sha256 = sha256(object, where);
+    spec.task = optional_string(object, "task", where, name);
+    spec.labels = labels(object, where);
+    if (object.contains("metrics")) spec.metrics = object.at("metrics");
+    return spec;
+  }
+
+ private:
+  static std::string join(const std::string& where, const std::string& key) {
+    return where.empty() ? key : where + "." + key;
+  }
+
+  fs::path file_;
+};
+
+// Everything below runs with autograd off: loading only needs forward passes.
+torch::Tensor call_method(torch::jit::Module& module, const std::string& method, const torch::Tensor& input) {
+  return module.get_method(method)({input}).toTensor();
+}
+
+std::string shape_of(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes();
+  return out.str();
+}
+
+torch::jit::Module load_module(const fs::path& file, const std::string& expected_sha256, const torch::Device& device) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) throw BundleError(file, "file named in the manifest does not exist");
+  const std::string actual = sha256_file(file);
+  if (actual != expected_sha256) {
+    throw BundleError(file, "SHA-256 is " + actual + " but the manifest says " + expected_sha256 +
+                                " (file changed or corrupt)");
+  }
+  try {
+    auto module = torch::jit::load(file.string(), device);
+    module.eval();
+    return module;
+  } catch (const c10::Error& e) {
+    throw BundleError(file, std::string("not a loadable TorchScript module: ") + e.what_without_backtrace());
+  }
+}
+
+void require_method(const torch::jit::Module& module, const fs::path& file, const std::string& method,
+                    const std::string& why) {
+  if (!module.find_method(method)) throw BundleError(file, "TorchScript module has no method '" + method + "' (" + why + ")");
+}
+
+// Runs `check` and turns TorchScript runtime failures into a BundleError naming the file.
+template <typename Fn>
+auto checked(const fs::path& file, const std::string& what, Fn&& check) {
+  try {
+    return check();
+  } catch (const c10::Error& e) {
+    throw BundleError(file, what + " failed: " + e.what_without_backtrace());
+  } catch (const std::runtime_error& e) {
+    if (dynamic_cast<const Error*>(&e)) throw;
+    throw BundleError(file, what + " failed: " + e.what());
+  }
+}
+
+// A head must be affine for TVE's transfer rule: h(a z1 + (1-a) z2) = a h(z1) + (1-a) h(z2).
+void check_head(Head& head, int embedding_dim, const torch::Device& device) {
+  checked(head.spec.file, "running the head on a [1," + std::to_string(embedding_dim) + "] embedding", [&] {
+    const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    auto out = head.logits(torch::zeros({1, embedding_dim}, options));
+    const auto classes = static_cast<int64_t>(head.spec.labels.size());
+    if (out.dim() != 2 || out.size(0) != 1 || out.size(1) != classes) {
+      throw BundleError(head.spec.file, "head maps [1," + std::to_string(embedding_dim) + "] to " + shape_of(out) +
+                                            ", expected [1, " + std::to_string(classes) + "] (one logit per label)");
+    }
+    auto generator = at::detail::createCPUGenerator(1234);
+    auto z1 = torch::randn({4, embedding_dim}, generator).to(device);
+    auto z2 = torch::randn({4, embedding_dim}, generator).to(device);
+    const double a = 0.3;
+    auto mixed = head.logits(a * z1 + (1 - a) * z2);
+    auto expected = a * head.logits(z1) + (1 - a) * head.logits(z2);
+    const double scale = expected.abs().max().item<double>() + 1.0;
+    const double error = (mixed - expected).abs().max().item<double>();
+    if (error > 1e-3 * scale) {
+      throw BundleError(head.spec.file, "head is not affine (W z + b): TVE applies it to meta-attributions, "
+                                        "which is only meaningful for a linear head");
+    }
+    return 0;
+  });
+}
+
+}  // namespace
+
+std::vector<std::string> read_labels_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw BundleError(file, "cannot open labels file");
+  std::vector<std::string> labels;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    labels.push_back(line);
+  }
+  while (!labels.empty() && labels.back().empty()) labels.pop_back();
+  return labels;
+}
+
+Manifest read_manifest(const fs::path& bundle_dir) {
+  const fs::path file = bundle_dir / "manifest.json";
+  std::error_code ec;
+  if (!fs::is_directory(bundle_dir, ec)) throw BundleError(bundle_dir, "bundle folder does not exist");
+  if (!fs::is_regular_file(file, ec)) throw BundleError(file, "bundle has no manifest.json");
+
+  json root;
+  {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw BundleError(file, "cannot open manifest");
+    try {
+      root = json::parse(in);
+    } catch (const json::parse_error& e) {
+      throw BundleError(file, std::string("not valid JSON: ") + e.what());
+    }
+  }
+  ManifestReader reader(file);
+  if (!root.is_object()) reader.fail("manifest must be a JSON object");
+
+  Manifest m;
+  m.dir = bundle_dir;
+  {
+    const json& version = reader.member(root, "format_version", "");
+    if (!version.is_number_integer()) reader.fail("'format_version' must be an integer");
+    m.format_version = version.get<int>();
+    if (m.format_version != kBundleFormatVersion) {
+      reader.fail("format_version " + std::to_string(m.format_version) + " is not supported; this tve reads version " +
+                  std::to_string(kBundleFormatVersion));
+    }
+  }
+  m.name = reader.string(root, "name", "");
+  m.description = reader.optional_string(root, "description", "", "");
+  m.architecture = reader.string(root, "architecture", "");
+  if (m.architecture != "vit" && m.architecture != "resnet" && m.architecture != "swin") {
+    reader.fail("'architecture' is '" + m.architecture + "', expected vit, resnet or swin");
+  }
+
+  const json& input = reader.member(root, "input", "");
+  m.input.height = reader.positive_int(input, "height", "input");
+  m.input.width = reader.positive_int(input, "width", "input");
+  const std::string resize = reader.string(input, "resize", "input");
+  if (resize == "stretch") {
+    m.input.resize = ResizePolicy::Stretch;
+  } else if (resize == "center_crop") {
+    m.input.resize = ResizePolicy::CenterCrop;
+    m.input.crop_fraction = reader.number(input, "crop_fraction", "input", 0.875);
+    if (!(m.input.crop_fraction > 0.0 && m.input.crop_fraction <= 1.0)) reader.fail("'input.crop_fraction' must be in (0, 1]");
+  } else {
+    reader.fail("'input.resize' is '" + resize + "', expected stretch or center_crop");
+  }
+  m.input.mean = reader.rgb_triple(input, "mean", "input", false);
+  m.input.std = reader.rgb_triple(input, "std", "input", true);
+
+  m.grid = reader.positive_int(root, "grid", "");
+  m.radius = reader.positive_int(root, "radius", "", 0);
+  m.embedding_dim = reader.positive_int(root, "embedding_dim", "");
+  if (m.grid > m.input.height || m.grid > m.input.width) reader.fail("'grid' is larger than the input size");
+
+  m.target = reader.head(reader.member(root, "target", ""), "target", "target");
+
+  if (root.contains("explainer")) {
+    const json& e = root.at("explainer");
+    ExplainerSpec spec;
+    spec.file = reader.bundle_file(e, "file", "explainer");
+    spec.sha256 = reader.sha256(e, "explainer");
+    spec.target_sha256 = reader.string(e, "target_sha256", "explainer");
+    spec.lambda_pos = reader.number(e, "lambda_pos", "explainer", 1.0);
+    spec.lambda_neg = reader.number(e, "lambda_neg", "explainer", 1.0);
+    spec.smooth = reader.boolean(e, "smooth", "explainer", true);
+    m.explainer = spec;
+  }
+  if (root.contains("heads")) {
+    const json& heads = root.at("heads");
+    if (!heads.is_object()) reader.fail("'heads' must be an object mapping task names to heads");
+    for (const auto& [name, entry] : heads.items()) {
+      if (name == "target") reader.fail("'heads.target' is reserved for the target's own head");
+      m.heads.push_back(reader.head(entry, name, "heads." + name));
+    }
+  }
+  if (root.contains("provenance")) m.provenance = root.at("provenance");
+  return m;
+}
+
+torch::Tensor Head::logits(const torch::Tensor& embedding) { return call_method(module, method, embedding); }
+
+Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
+  Bundle bundle(read_manifest(bundle_dir), device);
+  const Manifest& m = bundle.manifest_;
+  torch::InferenceMode no_autograd;
+
+  // Hashes and method presence first: cheap, and the most common ways a bundle goes wrong.
+  bundle.target_ = load_module(m.target.file, m.target.sha256, device);
+  for (const char* method : {"embed", "head", "forward"}) {
+    require_method(bundle.target_, m.target.file, method, "required of every target, see docs/bundle-format.md");
+  }
+  bundle.has_features_ = bundle.target_.find_method("features").has_value();
+  if (bundle.has_features_) {
+    require_method(bundle.target_, m.target.file, "classify", "a target with features() must also have classify()");
+  }
+  if (m.explainer) {
+    if (m.explainer->target_sha256 != m.target.sha256) {
+      throw BundleError(m.explainer->file, "explainer was trained against target SHA-256 " + m.explainer->target_sha256 +
+                                               " but the bundle's target.pt is " + m.target.sha256);
+    }
+    bundle.explainer_ = load_module(m.explainer->file, m.explainer->sha256, device);
+  }
+  std::vector<Head> heads;
+  for (const auto& spec : m.heads) heads.push_back(Head{spec, load_module(spec.file, spec.sha256, device)});
+
+  // One dummy forward pass on zeros checks every shape the manifest promises.
+  const int64_t d = m.embedding_dim;
+  const auto classes = static_cast<int64_t>(m.target.labels.size());
+  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+  auto x = torch::zeros({1, 3, m.input.height, m.input.width}, options);  // [1,3,H,W] f32
+  const std::string input_shape = shape_of(x);
+
+  auto z = checked(m.target.file, "embed() on a " + input_shape + " input", [&] { return bundle.embed(x); });
+  if (z.dim() != 2 || z.size(0) != 1 || z.size(1) != d) {
+    throw BundleError(m.target.file, "embed() gives " + shape_of(z) + ", expected [1, " + std::to_string(d) +
+                                         "] (embedding_dim " + std::to_string(d) + " in the manifest)");
+  }
+  auto y = checked(m.target.file, "forward() on a " + input_shape + " input", [&] { return bundle.logits(x); });
+  if (y.dim() != 2 || y.size(0) != 1 || y.size(1) != classes) {
+    throw BundleError(m.target.file, "forward() gives " + shape_of(y) + ", expected [1, " + std::to_string(classes) +
+                                         "] (the manifest lists " + std::to_string(classes) + " labels)");
+  }
+  if (!torch::allclose(call_method(bundle.target_, "head", z), y, 1e-4, 1e-4)) {
+    throw BundleError(m.target.file, "forward(x) differs from head(embed(x)); forward must be head after embed");
+  }
+  // The target's own head is its head() method; it is checked and then called like any other head.
+  heads.insert(heads.begin(), Head{m.target, bundle.target_, "head"});
+  if (bundle.has_features_) {
+    auto logits_from_features = checked(m.target.file, "classify(features(x))", [&] {
+      return bundle.classify(bundle.features(x));
+    });
+    if (!torch::allclose(logits_from_features, y, 1e-4, 1e-4)) {
+      throw BundleError(m.target.file, "classify(features(x)) differs from forward(x)");
+    }
+  }
+  if (bundle.explainer_) {
+    const int64_t cells = static_cast<int64_t>(m.grid) * m.grid;
+    auto [pos, neg] = checked(m.explainer->file, "forward() on a " + input_shape + " input", [&] {
+      return bundle.meta_attributions(x);
+    });
+    for (const auto* t : {&pos, &neg}) {
+      if (t->dim() != 3 || t->size(0) != 1 || t->size(1) != cells || t->size(2) != d) {
+        throw BundleError(m.explainer->file, "explainer output is " + shape_of(*t) + ", expected [1, " +
+                                                 std::to_string(cells) + ", " + std::to_string(d) + "] (grid " +
+                                                 std::to_string(m.grid) + "x" + std::to_string(m.grid) +
+                                                 ", embedding_dim " + std::to_string(d) + ")");
+      }
+    }
+  }
+  for (auto& head : heads) {
+    check_head(head, m.embedding_dim, device);
+    bundle.heads_.emplace(head.spec.name, std::move(head));
+  }
+  return bundle;
+}
+
+torch::Tensor Bundle::embed(const torch::Tensor& images) { return call_method(target_, "embed", images); }
+
+torch::Tensor Bundle::logits(const torch::Tensor& images) { return target_.forward({images}).toTensor(); }
+
+torch::Tensor Bundle::features(const torch::Tensor& images) { return call_method(target_, "features", images); }
+
+torch::Tensor Bundle::classify(const torch::Tensor& features) { return call_method(target_, "classify", features); }
+
+std::pair<torch::Tensor, torch::Tensor> Bundle::meta_attributions(const torch::Tensor& images) {
+  if (!explainer_) throw BundleError(manifest_.dir, "bundle has no explainer (no 'explainer' in manifest.json)");
+  auto out = explainer_->forward({images});
+  if (!out.isTuple() || out.toTuple()->elements().size() != 2) {
+    throw BundleError(manifest_.explainer->file, "explainer forward() must return a tuple (psi_pos, psi_neg)");
+  }
+  const auto& parts = out.toTuple()->elements();
+  return {parts[0].toTensor(), parts[1].toTensor()};
+}
+
+Head& Bundle::head(const std::string& name) {
+  auto it = heads_.find(name);
+  if (it == heads_.end()) {
+    std::string known;
+    for (const auto& n : head_names()) known += (known.empty() ? "" : ", ") + n;
+    throw InvalidArgument(manifest_.dir, "bundle has no head '" + name + "'; it has: " + known);
+  }
+  return it->second;
+}
+
+std::vector<std::string> Bundle::head_names() const {
+  std::vector<std::string> names{"target"};
+  for (const auto& spec : manifest_.heads) names.push_back(spec.name);
+  return names;
+}
+
+Head Bundle::load_external_head(const fs::path& head_file, std::vector<std::string> labels) {
+  std::error_code ec;
+  if (!fs::is_regular_file(head_file, ec)) throw BundleError(head_file, "head file does not exist");
+  HeadSpec spec;
+  spec.name = head_file.stem().string();
+  spec.task = spec.name;
+  spec.file = head_file;
+  spec.sha256 = sha256_file(head_file);
+  spec.labels = std::move(labels);
+  torch::InferenceMode no_autograd;
+  Head head{spec, load_module(head_file, spec.sha256, device_)};
+  check_head(head, manifest_.embedding_dim, device_);
+  return head;
+}
+
+}  // namespace tve

@@ -1,0 +1,97 @@
+#include "tve/model_paths.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+
+#include "tve/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace tve {
+namespace {
+
+fs::path executable_dir() {
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path() : exe.parent_path();
+}
+
+bool is_bundle_dir(const fs::path& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(dir / "manifest.json", ec);
+}
+
+}  // namespace
+
+std::vector<fs::path> model_search_dirs(const std::optional<fs::path>& models_dir_option) {
+  std::vector<fs::path> candidates;
+  if (models_dir_option) candidates.push_back(*models_dir_option);
+  if (const char* env = std::getenv(kModelsDirEnv); env && *env) candidates.emplace_back(env);
+  if (const fs::path exe_dir = executable_dir(); !exe_dir.empty()) {
+    candidates.push_back(exe_dir.parent_path() / TVE_INSTALL_MODELS_SUBDIR);
+  }
+  candidates.emplace_back(TVE_SOURCE_MODELS_DIR);
+
+  std::vector<fs::path> existing;
+  for (const auto& dir : candidates) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    const fs::path canonical = fs::weakly_canonical(dir, ec);
+    if (std::find(existing.begin(), existing.end(), canonical) == existing.end()) existing.push_back(canonical);
+  }
+  return existing;
+}
+
+fs::path resolve_bundle(const std::string& name_or_path, const std::vector<fs::path>& search_dirs) {
+  if (name_or_path.empty()) throw BundleError("--model is empty; give a bundle name or a folder");
+  const fs::path as_path(name_or_path);
+  std::error_code ec;
+  if (name_or_path.find('/') != std::string::npos || fs::is_directory(as_path, ec)) {
+    if (!fs::is_directory(as_path, ec)) throw BundleError(as_path, "bundle folder does not exist");
+    return as_path;
+  }
+  for (const auto& dir : search_dirs) {
+    if (is_bundle_dir(dir / name_or_path)) return dir / name_or_path;
+  }
+  std::string searched;
+  std::set<std::string> available;
+  for (const auto& dir : search_dirs) {
+    searched += (searched.empty() ? "" : ", ") + dir.string();
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      if (is_bundle_dir(entry.path())) available.insert(entry.path().filename().string());
+    }
+  }
+  std::string names;
+  for (const auto& name : available) names += (names.empty() ? "" : ", ") + name;
+  throw BundleError("no bundle named '" + name_or_path + "' in " + (searched.empty() ? "(no models folder found)" : searched) +
+                    (names.empty() ? "" : "; available: " + names) + " (set --models-dir or " + kModelsDirEnv + ")");
+}
+
+std::vector<BundleListing> list_bundles(const std::vector<fs::path>& search_dirs) {
+  std::vector<BundleListing> listings;
+  std::set<std::string> seen;
+  for (const auto& dir : search_dirs) {
+    std::vector<fs::path> bundle_dirs;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      if (is_bundle_dir(entry.path())) bundle_dirs.push_back(entry.path());
+    }
+    std::sort(bundle_dirs.begin(), bundle_dirs.end());
+    for (const auto& bundle_dir : bundle_dirs) {
+      BundleListing listing{bundle_dir, std::nullopt, "", false};
+      try {
+        listing.manifest = read_manifest(bundle_dir);
+      } catch (const Error& e) {
+        listing.error = e.what();
+      }
+      listing.shadowed = !seen.insert(bundle_dir.filename().string()).second;
+      listings.push_back(std::move(listing));
+    }
+  }
+  return listings;
+}
+
+}  // namespace tve

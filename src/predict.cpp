@@ -1,0 +1,36 @@
+#include "tve/predict.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+
+#include "tve/error.hpp"
+
+namespace tve {
+
+std::vector<std::vector<ClassScore>> top_k(const torch::Tensor& logits, const std::vector<std::string>& labels, int k) {
+  if (k < 1) throw InvalidArgument("--top-k must be at least 1");
+  const auto cpu_logits = logits.detach().to(torch::kCPU, torch::kFloat32);  // [B,C]
+  const auto classes = cpu_logits.size(1);
+  if (classes != static_cast<int64_t>(labels.size())) {
+    throw InvalidArgument("head gives " + std::to_string(classes) + " logits for " + std::to_string(labels.size()) + " labels");
+  }
+  const auto probabilities = torch::softmax(cpu_logits, 1);
+  const auto [best_probabilities, best_indices] = probabilities.topk(std::min<int64_t>(k, classes), 1);
+  std::vector<std::vector<ClassScore>> out(static_cast<size_t>(cpu_logits.size(0)));
+  for (int64_t row = 0; row < cpu_logits.size(0); ++row) {
+    for (int64_t j = 0; j < best_indices.size(1); ++j) {
+      const int64_t index = best_indices[row][j].item<int64_t>();
+      out[static_cast<size_t>(row)].push_back(ClassScore{index, labels[static_cast<size_t>(index)],
+                                                         best_probabilities[row][j].item<double>(),
+                                                         cpu_logits[row][index].item<double>()});
+    }
+  }
+  return out;
+}
+
+nlohmann::json to_json(const ClassScore& score) {
+  return {{"index", score.index}, {"label", score.label}, {"probability", score.probability}, {"logit", score.logit}};
+}
+
+}  // namespace tve

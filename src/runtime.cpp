@@ -1,0 +1,100 @@
+#include "tve/runtime.hpp"
+
+#include <dlfcn.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <sstream>
+#include <thread>
+
+#include "tve/error.hpp"
+
+namespace tve {
+namespace {
+
+// OpenBLAS's control functions, looked up at run time: the binary links the generic libblas.so.3
+// and must keep working (slowly) when the alternatives system points it at another BLAS.
+using SetThreadsFn = void (*)(int);
+using GetConfigFn = char* (*)();
+
+SetThreadsFn openblas_set_threads() {
+  return reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+}
+
+double seconds_of(const std::function<void()>& workload) {
+  const auto start = std::chrono::steady_clock::now();
+  workload();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+torch::Device select_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name == "auto") {
+    if (torch::cuda::is_available()) return torch::Device(torch::kCUDA, 0);
+    if (name == "auto") return torch::kCPU;
+    throw DeviceError(torch::hasCUDA() ? "--device cuda: no CUDA device is visible to this process"
+                                       : "--device cuda: this LibTorch was built without CUDA support; use --device cpu");
+  }
+  throw InvalidArgument("unknown device '" + name + "'; expected cpu, cuda or auto");
+}
+
+BlasInfo detect_blas() {
+  auto config = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+  if (config) return {true, config()};  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+  return {false, "not OpenBLAS (Debian's reference BLAS runs transformers ~40x slower: apt-get install libopenblas0-pthread)"};
+}
+
+std::string to_string(const ThreadSettings& settings) {
+  std::ostringstream out;
+  out << "LibTorch " << settings.intra_op << ", BLAS " << settings.blas;
+  return out.str();
+}
+
+void apply_thread_settings(const ThreadSettings& settings) {
+  at::set_num_threads(settings.intra_op);
+  if (auto set_blas = openblas_set_threads()) set_blas(settings.blas);
+}
+
+int available_cores() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency())); }
+
+ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced) {
+  if (forced) {
+    if (*forced < 1) throw InvalidArgument("--threads must be at least 1");
+    ThreadSettings settings{*forced, *forced};
+    apply_thread_settings(settings);
+    return {settings, "forced by --threads"};
+  }
+  const int cores = available_cores();
+  std::vector<ThreadSettings> candidates{{cores, cores}};
+  if (cores > 1) {
+    candidates.push_back({1, cores});
+    candidates.push_back({cores, 1});
+  }
+  if (!openblas_set_threads()) candidates.resize(std::min<size_t>(candidates.size(), 1));
+
+  ThreadSettings best = candidates.front();
+  double best_seconds = std::numeric_limits<double>::infinity();
+  std::ostringstream report;
+  for (const auto& candidate : candidates) {
+    apply_thread_settings(candidate);
+    // Warm-up: TorchScript's profiling executor specialises a graph over its first two runs, and
+    // new thread counts pay for thread start-up.
+    workload();
+    workload();
+    const double seconds = std::min(seconds_of(workload), seconds_of(workload));
+    report << (report.tellp() > 0 ? "; " : "") << to_string(candidate) << ": " << seconds * 1e3 << " ms";
+    if (seconds < best_seconds) {
+      best_seconds = seconds;
+      best = candidate;
+    }
+  }
+  apply_thread_settings(best);
+  return {best, "fastest of a timed forward pass each (" + report.str() + ")"};
+}
+
+}  // namespace tve

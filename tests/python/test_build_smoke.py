@@ -1,0 +1,34 @@
+"""scripts/build_models.py --smoke runs every stage and produces bundles that load."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tvelib import bundle
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def test_smoke_build_produces_loadable_bundles():
+    out = subprocess.run([sys.executable, str(SCRIPTS / "build_models.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    m = re.search(r"smoke build OK: bundles in (\S+)", out.stdout)
+    assert m, out.stdout[-2000:]
+    models = Path(m.group(1))
+    try:
+        for arch in ("vit", "resnet", "swin"):
+            b = bundle.Bundle(models / arch)
+            assert b.manifest["architecture"] == arch and b.manifest["grid"] == 14
+            assert b.input_size == 112
+            assert set(b.heads) == {"fashion", "mnist", "novel"}
+            x = b.normalise(torch.rand(1, 3, 112, 112))
+            with torch.no_grad():
+                z = b.target.embed(x)
+                assert b.heads["mnist"](z).shape == (1, 10)
+            assert "emoji_heldout_top1" in b.manifest["provenance"]["metrics"]
+    finally:
+        shutil.rmtree(models.parent, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""EmojiScenes and the downstream tasks: determinism, masks, labels, splits."""
+import pytest
+import torch
+
+from tvelib import data
+
+
+@pytest.mark.parametrize("task", data.TASKS)
+def test_same_seed_same_scenes(task):
+    a = data.make_scenes(task, "train", 3, 7, 6)
+    b = data.make_scenes(task, "train", 3, 7, 6)
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(a.labels, b.labels)
+    assert torch.equal(a.masks, b.masks)
+
+
+def test_other_index_seed_or_split_differs():
+    base = data.make_scenes("emoji", "train", 3, 7, 6)
+    for other in (data.make_scenes("emoji", "train", 3, 8, 6), data.make_scenes("emoji", "train", 4, 7, 6),
+                  data.make_scenes("emoji", "test", 3, 7, 6)):
+        assert not torch.equal(base.images, other.images)
+
+
+def test_stream_resumes_at_any_batch():
+    stream = data.train_batches("emoji", 4, start=0)
+    first = [next(stream) for _ in range(3)]
+    resumed = next(data.train_batches("emoji", 4, start=2))
+    assert torch.equal(first[2].images, resumed.images)
+
+
+def test_fixed_set_sizes_and_repeatability():
+    a = list(data.fixed_set("mnist", "test", 10, batch=4))
+    b = list(data.fixed_set("mnist", "test", 10, batch=4))
+    assert [len(s.labels) for s in a] == [4, 4, 2]
+    assert all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("task", data.TASKS)
+def test_scene_shapes_and_ranges(task):
+    s = data.make_scenes(task, "test", 0, 0, 8)
+    assert s.images.shape == (8, 3, data.IMAGE_SIZE, data.IMAGE_SIZE) and s.images.dtype == torch.float32
+    assert 0.0 <= float(s.images.min()) and float(s.images.max()) <= 1.0
+    assert s.masks.shape == (8, data.IMAGE_SIZE, data.IMAGE_SIZE) and s.masks.dtype == torch.bool
+    assert int(s.labels.min()) >= 0 and int(s.labels.max()) < data.num_classes(task)
+    area = s.masks.float().mean(dim=(1, 2))
+    assert bool((area > 0.01).all()), area  # the main object is always visible
+    cells = data.grid_mask(s.masks)
+    assert cells.shape == (8, data.GRID, data.GRID)
+
+
+def _label_alpha(task: str, s: data.Scenes, labels: torch.Tensor) -> torch.Tensor:
+    """Where a sprite of class `labels` would be, placed with each scene's main-sprite geometry."""
+    pool = data.sprite_pool(task, "test")
+    # one sprite per class for emoji tasks: class index == sprite index
+    placed = data._warp(pool.take(labels), s.main_theta, data.IMAGE_SIZE)
+    return placed[:, 3] > 0.5  # [B,H,W]
+
+
+@pytest.mark.parametrize("task", ["emoji", "novel"])
+def test_masks_match_labels(task):
+    n = 64
+    s = data.make_scenes(task, "test", 0, 0, n, max_distractors=0)
+    right = _label_alpha(task, s, s.labels)
+    # without distractors the mask is exactly the labelled sprite's alpha
+    assert torch.equal(s.masks, right)
+    wrong = _label_alpha(task, s, (s.labels + 1) % data.num_classes(task))
+    inter = (s.masks & wrong).flatten(1).sum(1).float()
+    union = (s.masks | wrong).flatten(1).sum(1).float()
+    assert float((inter / union).mean()) < 0.9  # another class's shape does not fit the mask
+
+
+def test_distractors_only_remove_mask_pixels():
+    s = data.make_scenes("emoji", "test", 0, 0, 32)
+    full = _label_alpha("emoji", s, s.labels)
+    assert bool((s.masks & ~full).sum() == 0)  # visible part of the main sprite only
+    assert bool((s.masks.sum() < full.sum()))  # and some scenes have it partly covered
+
+
+def test_colour_is_randomised():
+    # the same class, drawn many times, gets very different mean colours inside its mask
+    s = data.make_scenes("mnist", "test", 0, 0, 64, max_distractors=0)
+    m = s.masks.unsqueeze(1).float()
+    colour = (s.images * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3))  # [B,3]
+    assert float(colour.std(dim=0).min()) > 0.1
+
+
+def test_classes_are_disjoint_and_enough():
+    pre, novel, _ = data.emoji_class_lists()
+    assert len(pre) >= 100 and len(novel) >= 20
+    assert not set(pre) & set(novel)
+    assert data.class_names("fashion")[0] == "t-shirt" and data.class_names("mnist") == [str(d) for d in range(10)]
+
+
+def test_probe_splits_are_disjoint_sources():
+    # Fashion-MNIST train scenes draw from the 60k train images, test scenes from the 10k t10k
+    assert len(data.sprite_pool("fashion", "train")) == 60000
+    assert len(data.sprite_pool("fashion", "test")) == 10000
+    tr, te = data.sprite_pool("mnist", "train"), data.sprite_pool("mnist", "test")
+    assert len(tr) + len(te) == 10000 and len(te) == 2000

@@ -1,0 +1,195 @@
+// Bundle loading: the shipped tiny bundles load, and every way a bundle can be malformed gets its
+// own error naming the file and the mismatch, before any image is touched.
+
+#include "tve/bundle.hpp"
+
+#include <torch/torch.h>
+
+#include "test_helpers.hpp"
+#include "tve/error.hpp"
+#include "tve/sha256.hpp"
+
+namespace tve {
+namespace {
+
+using test::copy_bundle;
+using test::expect_error;
+using test::TempDir;
+namespace fs = std::filesystem;
+
+Bundle load_cpu(const fs::path& dir) { return Bundle::load(dir, torch::kCPU); }
+
+class TinyBundles : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TinyBundles, LoadsAndMatchesItsManifest) {
+  Bundle bundle = load_cpu(test::shipped_bundle(GetParam()));
+  const Manifest& m = bundle.manifest();
+  EXPECT_EQ(m.name, GetParam());
+  EXPECT_EQ(m.input.height, 32);
+  EXPECT_EQ(m.grid, 4);
+  EXPECT_EQ(m.target.labels.size(), 10u);
+  EXPECT_TRUE(bundle.has_explainer());
+  EXPECT_TRUE(bundle.has_gradient_methods());
+  EXPECT_EQ(bundle.head_names(), (std::vector<std::string>{"target", "parity"}));
+
+  torch::InferenceMode guard;
+  auto x = torch::randn({2, 3, 32, 32});
+  auto z = bundle.embed(x);
+  EXPECT_EQ(z.sizes(), (std::vector<int64_t>{2, m.embedding_dim}));
+  EXPECT_TRUE(torch::allclose(bundle.head("target").logits(z), bundle.logits(x), 1e-5, 1e-5));
+  EXPECT_EQ(bundle.head("parity").logits(z).sizes(), (std::vector<int64_t>{2, 2}));
+  auto [pos, neg] = bundle.meta_attributions(x);
+  EXPECT_EQ(pos.sizes(), (std::vector<int64_t>{2, 16, m.embedding_dim}));
+  EXPECT_EQ(neg.sizes(), pos.sizes());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shipped, TinyBundles, ::testing::Values("tiny-vit", "tiny-resnet", "tiny-swin"));
+
+TEST(Bundle, UnknownHeadNamesTheAvailableOnes) {
+  Bundle bundle = load_cpu(test::shipped_bundle("tiny-vit"));
+  expect_error<InvalidArgument>([&] { bundle.head("nope"); }, {"no head 'nope'", "target, parity"});
+}
+
+TEST(Bundle, ExternalHeadIsCheckedLikeABundledOne) {
+  Bundle bundle = load_cpu(test::shipped_bundle("tiny-vit"));
+  Head parity = bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", {"even", "odd"});
+  EXPECT_EQ(parity.spec.labels.size(), 2u);
+  expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_nonlinear.pt"), {"a", "b"}); },
+                            {"head_nonlinear.pt", "not affine"});
+  expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_wrong_dim.pt"), {"a", "b"}); },
+                            {"head_wrong_dim.pt", "running the head"});
+  expect_error<BundleError>([&] { bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", {"a", "b", "c"}); },
+                            {"parity.pt", "expected [1, 3]"});
+}
+
+// ---- malformed manifests -------------------------------------------------------------------
+
+TEST(BundleErrors, MissingFolderAndManifest) {
+  TempDir tmp;
+  expect_error<BundleError>([&] { load_cpu(tmp / "absent"); }, {"absent", "does not exist"});
+  expect_error<BundleError>([&] { load_cpu(tmp.path()); }, {"no manifest.json"});
+}
+
+TEST(BundleErrors, ManifestIsNotJson) {
+  TempDir tmp;
+  const auto dir = copy_bundle("tiny-vit", tmp.path());
+  test::write_text(dir / "manifest.json", "{ \"format_version\": 1, ");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"manifest.json", "not valid JSON"});
+}
+
+struct ManifestCase {
+  std::string name;
+  std::function<void(nlohmann::json&)> edit;
+  std::string expected;
+};
+
+class MalformedManifest : public ::testing::TestWithParam<ManifestCase> {};
+
+TEST_P(MalformedManifest, IsRefusedWithAClearError) {
+  TempDir tmp;
+  const auto dir = copy_bundle("tiny-vit", tmp.path(), GetParam().edit);
+  expect_error<BundleError>([&] { load_cpu(dir); }, {GetParam().expected});
+  // read_manifest alone already sees schema errors; file errors need Bundle::load.
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, MalformedManifest,
+    ::testing::Values(
+        ManifestCase{"future_version", [](auto& m) { m["format_version"] = 2; }, "format_version 2 is not supported"},
+        ManifestCase{"version_is_text", [](auto& m) { m["format_version"] = "1"; }, "'format_version' must be an integer"},
+        ManifestCase{"no_input", [](auto& m) { m.erase("input"); }, "missing required key 'input'"},
+        ManifestCase{"height_is_text", [](auto& m) { m["input"]["height"] = "32"; }, "'input.height' must be an integer"},
+        ManifestCase{"negative_grid", [](auto& m) { m["grid"] = -4; }, "'grid' is -4"},
+        ManifestCase{"mean_of_two", [](auto& m) { m["input"]["mean"] = {0.5, 0.5}; }, "'input.mean' must be a list of 3"},
+        ManifestCase{"zero_std", [](auto& m) { m["input"]["std"] = {0.2, 0.0, 0.2}; }, "'input.std' must be positive"},
+        ManifestCase{"unknown_resize", [](auto& m) { m["input"]["resize"] = "squash"; }, "expected stretch or center_crop"},
+        ManifestCase{"unknown_architecture", [](auto& m) { m["architecture"] = "mlp"; }, "expected vit, resnet or swin"},
+        ManifestCase{"no_labels", [](auto& m) { m["target"].erase("labels"); }, "'target' needs 'labels' or 'labels_file'"},
+        ManifestCase{"escaping_path", [](auto& m) { m["target"]["file"] = "../tiny-resnet/target.pt"; }, "must not leave the bundle"},
+        ManifestCase{"bad_hash_text", [](auto& m) { m["target"]["sha256"] = "XYZ"; }, "64 lowercase hex digits"},
+        ManifestCase{"missing_file", [](auto& m) { m["heads"]["parity"]["file"] = "heads/gone.pt"; }, "gone.pt: file named in the manifest does not exist"},
+        ManifestCase{"wrong_hash", [](auto& m) { m["target"]["sha256"] = std::string(64, 'a'); }, "target.pt: SHA-256 is"},
+        ManifestCase{"too_few_labels", [](auto& m) { m["target"]["labels"] = {"a", "b"}; }, "expected [1, 2] (the manifest lists 2 labels)"},
+        ManifestCase{"wrong_embedding_dim", [](auto& m) { m["embedding_dim"] = 31; }, "embed() gives [1, 32], expected [1, 31]"},
+        ManifestCase{"wrong_grid", [](auto& m) { m["grid"] = 8; }, "explainer.pt: explainer output is [1, 16, 32], expected [1, 64, 32]"},
+        ManifestCase{"explainer_for_other_target", [](auto& m) { m["explainer"]["target_sha256"] = std::string(64, 'b'); }, "explainer was trained against target SHA-256 bbbb"},
+        ManifestCase{"head_labels_mismatch", [](auto& m) { m["heads"]["parity"]["labels"] = {"x", "y", "z"}; }, "parity.pt: head maps [1,32] to [1, 2], expected [1, 3]"},
+        ManifestCase{"reserved_head_name", [](auto& m) { m["heads"]["target"] = m["heads"]["parity"]; }, "'heads.target' is reserved"}),
+    [](const auto& test_info) { return test_info.param.name; });
+
+// ---- malformed TorchScript files -----------------------------------------------------------
+
+// Replaces one file of a bundle copy with a broken part and updates its hash in the manifest, so
+// that the error comes from the file's content, not from the hash check.
+fs::path bundle_with_part(const TempDir& tmp, const std::string& manifest_key, const std::string& part) {
+  const auto dir = copy_bundle("tiny-vit", tmp.path());
+  auto manifest = test::read_json(dir / "manifest.json");
+  nlohmann::json* entry = &manifest[manifest_key];
+  if (manifest_key == "heads") entry = &manifest["heads"]["parity"];
+  fs::copy_file(test::bundle_part(part), dir / (*entry)["file"].get<std::string>(), fs::copy_options::overwrite_existing);
+  (*entry)["sha256"] = sha256_file(dir / (*entry)["file"].get<std::string>());
+  if (manifest_key == "target") manifest["explainer"]["target_sha256"] = (*entry)["sha256"];
+  test::write_text(dir / "manifest.json", manifest.dump(2));
+  return dir;
+}
+
+TEST(BundleErrors, TargetThatIsNotTorchScript) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "target", "not_torchscript.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"target.pt", "not a loadable TorchScript module"});
+}
+
+TEST(BundleErrors, TargetWithoutHeadMethod) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "target", "target_without_head.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"target.pt", "no method 'embed'"});
+}
+
+TEST(BundleErrors, ExplainerOfTheWrongEmbeddingDim) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "explainer", "explainer_wrong_dim.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"explainer.pt", "[1, 16, 35]", "expected [1, 16, 32]", "embedding_dim 32"});
+}
+
+TEST(BundleErrors, ExplainerOfTheWrongGrid) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "explainer", "explainer_wrong_grid.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"explainer.pt", "[1, 64, 32]", "grid 4x4"});
+}
+
+TEST(BundleErrors, HeadTakingAnotherEmbeddingDim) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "heads", "head_wrong_dim.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"parity.pt", "running the head on a [1,32] embedding failed"});
+}
+
+TEST(BundleErrors, HeadThatIsNotLinear) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "heads", "head_nonlinear.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"parity.pt", "not affine"});
+}
+
+TEST(BundleErrors, TruncatedTorchScriptFileFailsItsHash) {
+  TempDir tmp;
+  const auto dir = copy_bundle("tiny-vit", tmp.path());
+  fs::resize_file(dir / "explainer.pt", fs::file_size(dir / "explainer.pt") / 2);
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"explainer.pt", "SHA-256 is", "changed or corrupt"});
+}
+
+TEST(Manifest, LabelsFileIsRead) {
+  TempDir tmp;
+  const auto dir = copy_bundle("tiny-vit", tmp.path(), [](auto& m) {
+    m["target"].erase("labels");
+    m["target"]["labels_file"] = "labels.txt";
+  });
+  std::string labels;
+  for (int i = 0; i < 10; ++i) labels += "label " + std::to_string(i) + "\r\n";
+  test::write_text(dir / "labels.txt", labels + "\n");
+  const Manifest m = read_manifest(dir);
+  ASSERT_EQ(m.target.labels.size(), 10u);
+  EXPECT_EQ(m.target.labels[3], "label 3");
+  EXPECT_NO_THROW(load_cpu(dir));
+}
+
+}  // namespace
+}  // namespace tve

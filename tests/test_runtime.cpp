@@ -1,0 +1,48 @@
+#include "tve/runtime.hpp"
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "test_helpers.hpp"
+#include "tve/error.hpp"
+
+namespace tve {
+namespace {
+
+TEST(Device, CpuAndAutoWithoutGpu) {
+  EXPECT_TRUE(select_device("cpu").is_cpu());
+  EXPECT_EQ(select_device("auto").is_cuda(), torch::cuda::is_available());
+}
+
+TEST(Device, CudaWithoutCudaIsAClearError) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a CUDA device is present";
+  test::expect_error<DeviceError>([] { select_device("cuda"); }, {"--device cuda", "use --device cpu"});
+}
+
+TEST(Device, UnknownName) {
+  test::expect_error<InvalidArgument>([] { select_device("tpu"); }, {"unknown device 'tpu'"});
+}
+
+TEST(Threads, ForcedCountIsApplied) {
+  const auto choice = choose_threads([] {}, 1);
+  EXPECT_EQ(choice.settings, (ThreadSettings{1, 1}));
+  EXPECT_EQ(at::get_num_threads(), 1);
+  test::expect_error<InvalidArgument>([] { choose_threads([] {}, 0); }, {"--threads"});
+}
+
+TEST(Threads, MeasuredChoiceIsOneOfTheCandidatesAndApplied) {
+  int calls = 0;
+  const auto choice = choose_threads([&] { ++calls; }, std::nullopt);
+  EXPECT_GE(calls, 4);  // warm-up and timing for at least one candidate
+  EXPECT_EQ(at::get_num_threads(), choice.settings.intra_op);
+  EXPECT_NE(choice.reason.find("ms"), std::string::npos);
+}
+
+TEST(Blas, OpenBlasIsInUse) {
+  // scripts/setup.sh installs libopenblas0-pthread; without it transformers run ~40x slower.
+  const auto blas = detect_blas();
+  EXPECT_TRUE(blas.is_openblas) << blas.description;
+}
+
+}  // namespace
+}  // namespace tve
