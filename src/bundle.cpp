@@ -414,7 +414,7 @@ std::vector<std::string> Bundle::head_names() const {
   return names;
 }
 
-Head Bundle::load_external_head(const fs::path& head_file, std::vector<std::string> labels) {
+Head Bundle::load_external_head(const fs::path& head_file, std::optional<std::vector<std::string>> labels) {
   std::error_code ec;
   if (!fs::is_regular_file(head_file, ec)) throw BundleError(head_file, "head file does not exist");
   HeadSpec spec;
@@ -422,9 +422,19 @@ Head Bundle::load_external_head(const fs::path& head_file, std::vector<std::stri
   spec.task = spec.name;
   spec.file = head_file;
   spec.sha256 = sha256_file(head_file);
-  spec.labels = std::move(labels);
   torch::InferenceMode no_autograd;
   Head head{spec, load_module(head_file, spec.sha256, device_)};
+  if (labels) {
+    head.spec.labels = std::move(*labels);
+  } else if (head.module.hasattr("labels")) {
+    try {
+      for (const auto& label : head.module.attr("labels").toListRef()) head.spec.labels.push_back(label.toStringRef());
+    } catch (const c10::Error&) {
+      throw BundleError(head_file, "the head's 'labels' attribute is not a list of strings");
+    }
+  } else {
+    throw BundleError(head_file, "head has no 'labels' attribute; give its labels with --labels FILE (one per line)");
+  }
   check_head(head, manifest_.embedding_dim, device_);
   return head;
 }

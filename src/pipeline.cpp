@@ -29,7 +29,7 @@ void add_input(const std::string& input, std::vector<InputFile>& out) {
   if (!fs::is_directory(path, ec)) {
     // Files, and names that do not exist: the latter fail later with a per-image error, like any
     // other bad input, instead of stopping the run.
-    out.push_back({path, path.filename()});
+    out.push_back({path});
     return;
   }
   std::vector<InputFile> found;
@@ -37,11 +37,11 @@ void add_input(const std::string& input, std::vector<InputFile>& out) {
   for (auto it = fs::recursive_directory_iterator(path, options, ec); !ec && it != fs::recursive_directory_iterator();
        it.increment(ec)) {
     if (it->is_regular_file(ec) && has_image_extension(it->path())) {
-      found.push_back({it->path(), it->path().lexically_relative(path)});
+      found.push_back({it->path()});
     }
   }
   if (ec) throw InvalidArgument(path, "cannot list folder: " + ec.message());
-  std::sort(found.begin(), found.end(), [](const InputFile& a, const InputFile& b) { return a.relative < b.relative; });
+  std::sort(found.begin(), found.end(), [](const InputFile& a, const InputFile& b) { return a.path < b.path; });
   out.insert(out.end(), found.begin(), found.end());
 }
 
@@ -58,6 +58,18 @@ std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std
       }
     } else {
       add_input(input, out);
+    }
+  }
+  return out;
+}
+
+fs::path mirrored_output_path(const fs::path& input) {
+  fs::path out;
+  for (const auto& part : input.lexically_normal().relative_path()) {
+    if (part == "..") {
+      out /= "_parent_";
+    } else if (part != "." && !part.empty()) {
+      out /= part;
     }
   }
   return out;

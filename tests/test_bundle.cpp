@@ -52,13 +52,13 @@ TEST(Bundle, UnknownHeadNamesTheAvailableOnes) {
 
 TEST(Bundle, ExternalHeadIsCheckedLikeABundledOne) {
   Bundle bundle = load_cpu(test::shipped_bundle("tiny-vit"));
-  Head parity = bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", {"even", "odd"});
+  Head parity = bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", std::vector<std::string>{"even", "odd"});
   EXPECT_EQ(parity.spec.labels.size(), 2u);
-  expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_nonlinear.pt"), {"a", "b"}); },
+  expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_nonlinear.pt"), std::vector<std::string>{"a", "b"}); },
                             {"head_nonlinear.pt", "not affine"});
-  expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_wrong_dim.pt"), {"a", "b"}); },
+  expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_wrong_dim.pt"), std::vector<std::string>{"a", "b"}); },
                             {"head_wrong_dim.pt", "running the head"});
-  expect_error<BundleError>([&] { bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", {"a", "b", "c"}); },
+  expect_error<BundleError>([&] { bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", std::vector<std::string>{"a", "b", "c"}); },
                             {"parity.pt", "expected [1, 3]"});
 }
 

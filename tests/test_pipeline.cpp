@@ -35,8 +35,8 @@ TEST(ExpandInputs, FoldersRecurseByExtensionInSortedOrder) {
   std::istringstream no_stdin;
   const auto files = expand_inputs({(tmp / "a").string()}, no_stdin);
   ASSERT_EQ(files.size(), 2u);
-  EXPECT_EQ(files[0].relative, fs::path("sub") / "y.PNG");
-  EXPECT_EQ(files[1].relative, fs::path("x.png"));
+  EXPECT_EQ(files[0].path, tmp / "a" / "sub" / "y.PNG");
+  EXPECT_EQ(files[1].path, tmp / "a" / "x.png");
 }
 
 TEST(ExpandInputs, MixesFilesFoldersAndStdin) {
@@ -59,7 +59,7 @@ TEST(ExpandInputs, MissingFileIsKeptToFailOnItsOwn) {
 TEST(ReadInBatches, BadImagesFailAloneAndOrderIsKept) {
   std::vector<InputFile> inputs;
   for (const char* name : {"rgb8.png", "truncated.png", "gray8.png", "empty.png", "rgba.png", "palette.png", "bomb.png"}) {
-    inputs.push_back({test::image_fixture(name), name});
+    inputs.push_back({test::image_fixture(name)});
   }
   BatchOptions options;
   options.batch_size = 2;
@@ -68,7 +68,7 @@ TEST(ReadInBatches, BadImagesFailAloneAndOrderIsKept) {
   read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) {
     int good = 0;
     for (const auto& job : jobs) {
-      order.push_back(job.input.relative.string() + (job.ok() ? "" : "!"));
+      order.push_back(job.input.path.filename().string() + (job.ok() ? "" : "!"));
       if (job.ok()) {
         ++good;
         EXPECT_EQ(job.tensor.sizes(), (std::vector<int64_t>{3, 32, 32}));
@@ -88,10 +88,17 @@ TEST(ReadInBatches, BadImagesFailAloneAndOrderIsKept) {
 TEST(ReadInBatches, KeepsDecodedImagesWhenAsked) {
   BatchOptions options;
   options.keep_images = true;
-  read_in_batches({{test::image_fixture("rgb16.png"), "rgb16.png"}}, spec32(), options, [](std::vector<ImageJob>& jobs) {
+  read_in_batches({{test::image_fixture("rgb16.png")}}, spec32(), options, [](std::vector<ImageJob>& jobs) {
     ASSERT_TRUE(jobs[0].image.has_value());
     EXPECT_EQ(jobs[0].image->pixels.depth(), CV_16U);
   });
+}
+
+TEST(MirroredOutputPath, KeepsInputsApart) {
+  EXPECT_EQ(mirrored_output_path("a/x.png"), fs::path("a/x.png"));
+  EXPECT_EQ(mirrored_output_path("/data/b/x.png"), fs::path("data/b/x.png"));
+  EXPECT_EQ(mirrored_output_path("./a/../../x.png"), fs::path("_parent_/x.png"));
+  EXPECT_NE(mirrored_output_path("a/x.png"), mirrored_output_path("b/x.png"));
 }
 
 TEST(ReadInBatches, RefusesBatchSizeZero) {

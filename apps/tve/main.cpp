@@ -5,6 +5,8 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -13,6 +15,8 @@
 
 #include "tve/bundle.hpp"
 #include "tve/error.hpp"
+#include "tve/explain.hpp"
+#include "tve/fit_head.hpp"
 #include "tve/log.hpp"
 #include "tve/model_paths.hpp"
 #include "tve/pipeline.hpp"
@@ -51,6 +55,37 @@ struct PredictOptions {
   int top_k = 5;
   int batch_size = 8;
   int64_t max_pixels = tve::ImageLimits{}.max_pixels;
+};
+
+struct ExplainCliOptions {
+  std::vector<std::string> inputs;
+  std::string model = "vit";
+  std::string head = "target";
+  std::optional<std::string> head_file;
+  std::optional<std::string> labels_file;
+  std::string method = "tve";
+  std::optional<std::string> class_spec;
+  int top_k = 1;
+  std::optional<double> lambda_pos;
+  std::optional<double> lambda_neg;
+  std::optional<bool> smooth;
+  std::optional<std::string> out_dir;
+  std::string formats = "overlay,npy,json";
+  std::string colormap = "jet";
+  double alpha = 0.5;
+  int batch_size = 8;
+  int64_t max_pixels = tve::ImageLimits{}.max_pixels;
+  std::string progress = "auto";
+};
+
+struct FitHeadCliOptions {
+  std::string model = "vit";
+  std::string data;
+  std::string out;
+  double held_out = 0.2;
+  int steps = 500;
+  uint64_t seed = 0;
+  int batch_size = 16;
 };
 
 struct ModelsOptions {
@@ -140,6 +175,114 @@ int run_predict(const CommonOptions& common, const PredictOptions& options) {
   return exit_code_for(succeeded, failed);
 }
 
+// A one-line progress bar on stderr, redrawn in place; only when stderr is a terminal (or forced).
+class ProgressBar {
+ public:
+  explicit ProgressBar(const std::string& mode)
+      : enabled_(mode == "always" || (mode == "auto" && isatty(STDERR_FILENO))),
+        start_(std::chrono::steady_clock::now()) {}
+  ~ProgressBar() {
+    if (enabled_ && drawn_) std::fputc('\n', stderr);
+  }
+  void update(size_t done, size_t total) {
+    if (!enabled_ || total == 0) return;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * done / total);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    std::fprintf(stderr, "\r[%s%s] %zu/%zu images, %.1f images/s ", std::string(static_cast<size_t>(filled), '#').c_str(),
+                 std::string(static_cast<size_t>(kWidth - filled), ' ').c_str(), done, total,
+                 seconds > 0 ? static_cast<double>(done) / seconds : 0.0);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+std::unique_ptr<tve::AttributionMethod> make_method(const ExplainCliOptions& options, const tve::Bundle& bundle) {
+  const tve::Manifest& m = bundle.manifest();
+  if (options.method == "tve") {
+    if (!bundle.has_explainer()) {
+      throw tve::BundleError(m.dir, "bundle has no explainer, so --method tve is unavailable; try --method occlusion");
+    }
+    tve::TveOptions tve_options = tve::TveMethod::defaults_for(m);
+    if (options.lambda_pos) tve_options.lambda_pos = *options.lambda_pos;
+    if (options.lambda_neg) tve_options.lambda_neg = *options.lambda_neg;
+    if (options.smooth) tve_options.smooth = *options.smooth;
+    return std::make_unique<tve::TveMethod>(tve_options);
+  }
+  tve::OcclusionOptions occlusion;
+  occlusion.radius = m.radius;
+  if (options.lambda_pos) occlusion.lambda_pos = *options.lambda_pos;
+  if (options.lambda_neg) occlusion.lambda_neg = *options.lambda_neg;
+  return std::make_unique<tve::WindowedOcclusion>(occlusion);
+}
+
+int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
+  std::optional<tve::Head> external;
+  if (options.head_file) {
+    std::optional<std::vector<std::string>> labels;
+    if (options.labels_file) labels = tve::read_labels_file(*options.labels_file);
+    external = bundle.load_external_head(*options.head_file, labels);
+  }
+  tve::Head& head = external ? *external : bundle.head(options.head);
+  auto method = make_method(options, bundle);
+
+  tve::ExplainOptions explain;
+  if (options.class_spec) explain.class_index = tve::resolve_class(head, *options.class_spec);
+  explain.top_k = options.top_k;
+  explain.batch.batch_size = options.batch_size;
+  explain.batch.limits.max_pixels = options.max_pixels;
+  explain.formats = tve::parse_formats(options.formats);
+  explain.overlay.colormap = tve::parse_colormap(options.colormap);
+  explain.overlay.alpha = options.alpha;
+  if (options.out_dir) explain.out_dir = fs::path(*options.out_dir);
+
+  const auto inputs = tve::expand_inputs(options.inputs, std::cin);
+  if (inputs.empty()) {
+    tve::logger().error("no images found in the inputs given");
+    return kNoInputSucceeded;
+  }
+  tve::logger().info("explaining {} image(s) with {} on head '{}' ({} classes){}", inputs.size(), method->name(),
+                     head.spec.name, head.spec.labels.size(),
+                     explain.out_dir ? ", writing to " + explain.out_dir->string() : "");
+  ProgressBar progress(options.progress);
+  const auto summary = tve::run_explain(bundle, head, *method, inputs, explain,
+                                        {print_json_line, [&](size_t done, size_t total) { progress.update(done, total); }});
+  tve::logger().info("{} image(s) explained, {} failed{}", summary.succeeded, summary.failed,
+                     explain.out_dir ? "; outputs in " + explain.out_dir->string() : "");
+  return exit_code_for(summary.succeeded, summary.failed);
+}
+
+int run_fit_head(const CommonOptions& common, const FitHeadCliOptions& options) {
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
+  const auto data = tve::scan_labelled_folder(options.data);
+  tve::logger().info("fitting a linear head on {} image(s) of {} classes from {}", data.files.size(),
+                     data.class_names.size(), options.data);
+  tve::FitHeadOptions fit;
+  fit.held_out_fraction = options.held_out;
+  fit.steps = options.steps;
+  fit.seed = options.seed;
+  fit.batch.batch_size = options.batch_size;
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = tve::fit_linear_head(bundle, data, fit, [](const std::string& error) { tve::logger().error("{}", error); });
+  tve::save_linear_head(options.out, result);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  json record{{"head", options.out}, {"model", bundle.manifest().name}, {"classes", result.labels},
+              {"train_images", result.train_count}, {"held_out_images", result.held_out_count},
+              {"failed_images", result.failed_images}, {"train_accuracy", result.train_accuracy},
+              {"seconds", seconds}};
+  if (result.held_out_count > 0) record["held_out_accuracy"] = result.held_out_accuracy;
+  print_json_line(record);
+  tve::logger().info("head written to {}: held-out accuracy {:.1f}% on {} image(s); explain with --head-file {}",
+                     options.out, 100 * result.held_out_accuracy, result.held_out_count, options.out);
+  return result.failed_images == 0 ? kSuccess : kSomeInputsFailed;
+}
+
 json listing_json(const tve::BundleListing& listing) {
   json out{{"path", listing.dir.string()}, {"shadowed", listing.shadowed}};
   if (!listing.manifest) {
@@ -209,10 +352,14 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("tve ") + tve::kVersion);
   app.require_subcommand(1);
   app.footer(R"(Examples:
-  tve models                                   list the model bundles found
-  tve predict image.png --model vit            classify one image, one JSON line on stdout
-  tve predict photos/ --model vit --top-k 3    every image under a folder
-  find . -name '*.jpg' | tve predict - --model resnet
+  tve explain image.png --model vit --out out      heatmap overlay, raw map and JSON in out/
+  tve explain photos/ --model vit --top-k 3 --out out --format overlay
+  tve explain scans/ --model vit --head fashion    a downstream head the explainer never saw
+  tve fit-head --model vit --data labelled/ --out my_head.pt
+  tve explain labelled/ --model vit --head-file my_head.pt --out out
+  tve predict image.png --model vit                classify only, one JSON line per image
+  find . -name '*.jpg' | tve explain - --model resnet --out out
+  tve models                                       list the model bundles found
 
 Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage error, 3 bad or missing model bundle,
 4 no input succeeded, 5 device unavailable, 6 internal error.
@@ -238,6 +385,44 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   predict_cmd->add_option("--max-pixels", predict.max_pixels, "Refuse larger images before decoding")->check(CLI::PositiveNumber)->capture_default_str();
   add_common(predict_cmd);
 
+  ExplainCliOptions explain;
+  auto* explain_cmd = app.add_subcommand("explain", "Attribution heatmaps: overlays, raw maps and a JSON line per image");
+  explain_cmd->add_option("inputs", explain.inputs, "Image files, folders (recursive), or - for paths on stdin")->required();
+  explain_cmd->add_option("-m,--model", explain.model, "Bundle name or folder")->capture_default_str();
+  auto* head_option = explain_cmd->add_option("--head", explain.head, "Head to explain: target or a downstream task of the bundle")->capture_default_str();
+  explain_cmd->add_option("--head-file", explain.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
+      ->excludes(head_option);
+  explain_cmd->add_option("--labels", explain.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
+  explain_cmd->add_option("--method", explain.method, "tve (one explainer pass) or occlusion (2*G*G model passes, exact)")
+      ->check(CLI::IsMember({"tve", "occlusion"}))->capture_default_str();
+  auto* class_option = explain_cmd->add_option("-c,--class", explain.class_spec, "Class to explain, by index or label (default: top-1)");
+  explain_cmd->add_option("-k,--top-k", explain.top_k, "Explain the K most likely classes (same forward pass)")
+      ->check(CLI::Range(1, 1000))->excludes(class_option)->capture_default_str();
+  explain_cmd->add_option("--lambda-pos", explain.lambda_pos, "Weight of the region-alone term (default: the bundle's)");
+  explain_cmd->add_option("--lambda-neg", explain.lambda_neg, "Weight of the region-removed term (default: the bundle's)");
+  explain_cmd->add_flag("--smooth,!--no-smooth", explain.smooth, "Mean filter over the perturbation window (default: the bundle's)");
+  explain_cmd->add_option("-o,--out", explain.out_dir, "Output folder; mirrors the inputs' paths (nothing written without it)");
+  explain_cmd->add_option("--format", explain.formats, "What to write under --out: overlay,npy,json or none")->capture_default_str();
+  explain_cmd->add_option("--colormap", explain.colormap, "jet, turbo, inferno or viridis")
+      ->check(CLI::IsMember({"jet", "turbo", "inferno", "viridis"}))->capture_default_str();
+  explain_cmd->add_option("--alpha", explain.alpha, "Heatmap opacity in overlays")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  explain_cmd->add_option("--batch-size", explain.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
+  explain_cmd->add_option("--max-pixels", explain.max_pixels, "Refuse larger images before decoding")->check(CLI::PositiveNumber)->capture_default_str();
+  explain_cmd->add_option("--progress", explain.progress, "Progress bar on stderr: auto (when a terminal), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}))->capture_default_str();
+  add_common(explain_cmd);
+
+  FitHeadCliOptions fit;
+  auto* fit_cmd = app.add_subcommand("fit-head", "Train a linear head on a frozen encoder from a labelled folder");
+  fit_cmd->add_option("-m,--model", fit.model, "Bundle name or folder")->capture_default_str();
+  fit_cmd->add_option("--data", fit.data, "Folder with one sub-folder of images per class")->required();
+  fit_cmd->add_option("-o,--out", fit.out, "Where to write the head (TorchScript, labels inside)")->required();
+  fit_cmd->add_option("--held-out", fit.held_out, "Fraction of each class held out for the accuracy")->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  fit_cmd->add_option("--steps", fit.steps, "Optimisation steps (full batch)")->check(CLI::Range(1, 100000))->capture_default_str();
+  fit_cmd->add_option("--seed", fit.seed, "Seed of the held-out split and initialisation")->capture_default_str();
+  fit_cmd->add_option("--batch-size", fit.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
+  add_common(fit_cmd);
+
   ModelsOptions models;
   auto* models_cmd = app.add_subcommand("models", "List the model bundles found");
   models_cmd->add_flag("--json", models.json, "One JSON line per bundle");
@@ -254,6 +439,8 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   if (common.verbose) tve::logger().set_level(spdlog::level::debug);
 
   try {
+    if (*explain_cmd) return run_explain(common, explain);
+    if (*fit_cmd) return run_fit_head(common, fit);
     if (*predict_cmd) return run_predict(common, predict);
     if (*models_cmd) return run_models(common, models);
   } catch (const tve::BundleError& e) {

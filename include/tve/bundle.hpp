@@ -96,9 +96,11 @@ class Bundle {
   Head& head(const std::string& name);
   std::vector<std::string> head_names() const;
 
-  // Loads a TorchScript head from outside the bundle and checks it maps [1,D] to [1,labels.size()]
-  // and is affine. Used to explain heads trained after the explainer (TVE's transfer).
-  Head load_external_head(const std::filesystem::path& head_file, std::vector<std::string> labels);
+  // Loads a TorchScript head from outside the bundle and checks it maps [1,D] to [1,C] and is
+  // affine. Labels come from `labels` or, when empty, from the module's own `labels` attribute
+  // (heads written by `tve fit-head` carry one). Used to explain heads trained after the
+  // explainer: TVE's transfer.
+  Head load_external_head(const std::filesystem::path& head_file, std::optional<std::vector<std::string>> labels);
 
   bool has_explainer() const { return explainer_.has_value(); }
   // psi_pos, psi_neg: each [B,G*G,D], cell k = row * G + col. Throws if there is no explainer.

@@ -18,12 +18,15 @@ namespace tve {
 // Expands command-line inputs into image files, in the order given: a file is kept as is (even
 // with an unknown extension: its content decides), a folder contributes its images recursively
 // (by extension, sorted), and "-" reads one path per line from `stdin_paths`.
-// Each file keeps the input it came from so that outputs can mirror relative paths.
 struct InputFile {
-  std::filesystem::path path;
-  std::filesystem::path relative;  // path relative to the folder it was found in; the file name otherwise
+  std::filesystem::path path;  // as given, or the folder as given joined with the path inside it
 };
 std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths);
+
+// Where an input's outputs go under an output folder: the input path as given, made relative
+// (a leading '/' dropped, '..' spelt "_parent_"). Distinct inputs never share outputs, so equal
+// file names in different folders do not collide, and the tree under --out mirrors the inputs.
+std::filesystem::path mirrored_output_path(const std::filesystem::path& input);
 
 bool has_image_extension(const std::filesystem::path& file);
 

@@ -1,0 +1,88 @@
+#pragma once
+// One interface for every attribution method. A method takes a preprocessed batch and, for each
+// image, the classes to explain, and returns one G x G map per (image, class), oriented like the
+// image: map[i][k][row][col], row 0 at the top. Rendering, output and evaluation never care
+// which method made a map.
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "tve/bundle.hpp"
+
+namespace tve {
+
+struct Attribution {
+  torch::Tensor maps;             // [B,K,G,G] f32, on the bundle's device
+  int64_t model_evaluations = 0;  // forward passes of the target (or explainer) per image
+  double seconds = 0;             // wall time for the whole batch
+};
+
+class AttributionMethod {
+ public:
+  virtual ~AttributionMethod() = default;
+  virtual std::string name() const = 0;
+  // Parameters worth recording next to a map (lambdas, radius, smoothing...).
+  virtual nlohmann::json parameters() const = 0;
+  // images: [B,3,H,W] normalised, on the bundle's device. classes: [B,K] int64 class indices of
+  // `head`. Runs without autograd unless the method needs gradients.
+  virtual Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) = 0;
+};
+
+struct TveOptions {
+  double lambda_pos = 1.0;
+  double lambda_neg = 1.0;
+  bool smooth = true;
+  int radius = 2;
+};
+
+// TVE (DESIGN.md section 2): e[k] = lambda_pos * h(psi_pos[k])[c] - lambda_neg * h(psi_neg[k])[c],
+// then optionally a (2r+1) x (2r+1) mean filter that does not count cells outside the grid.
+// One explainer forward pass per batch; the head is applied to the meta-attributions, which is
+// what lets a head trained after the explainer be explained without training anything.
+class TveMethod : public AttributionMethod {
+ public:
+  explicit TveMethod(TveOptions options) : options_(options) {}
+  // Defaults from the bundle's manifest (explainer section and radius).
+  static TveOptions defaults_for(const Manifest& manifest);
+
+  std::string name() const override { return "tve"; }
+  nlohmann::json parameters() const override;
+  Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) override;
+
+ private:
+  TveOptions options_;
+};
+
+// Windowed occlusion, the quantity TVE amortises, by brute force: for each cell k,
+// e[k] = h(E(x with only S_k kept))[c] - h(E(x with S_k removed))[c], where S_k is the
+// (2r+1) x (2r+1) block of cells around k (clipped at the border) and removed pixels take the
+// baseline value 0 in normalised space (the mean colour). 2 * G * G forward passes per image.
+struct OcclusionOptions {
+  int radius = 2;
+  int batch_size = 64;  // masked images per forward pass
+  double lambda_pos = 1.0;
+  double lambda_neg = 1.0;
+};
+
+class WindowedOcclusion : public AttributionMethod {
+ public:
+  explicit WindowedOcclusion(OcclusionOptions options) : options_(options) {}
+  std::string name() const override { return "occlusion"; }
+  nlohmann::json parameters() const override;
+  Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) override;
+
+ private:
+  OcclusionOptions options_;
+};
+
+// Pixel masks of the windows: [G*G, 1, H, W] f32, 1 inside S_k. Cell k = row * G + col covers
+// pixel rows [row*H/G, (row+1)*H/G) (integer division), likewise for columns.
+torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device);
+
+// [B,K,G,G] -> [B,K,G,G] mean over the (2r+1) window, cells outside the grid not counted.
+torch::Tensor smooth_map(const torch::Tensor& maps, int radius);
+
+}  // namespace tve

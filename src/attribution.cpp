@@ -1,0 +1,119 @@
+#include "tve/attribution.hpp"
+
+#include <torch/torch.h>
+
+#include <chrono>
+
+#include "tve/error.hpp"
+
+namespace tve {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// logits [B,N,C] (N cells), classes [B,K] -> [B,K,N]: each image's logits of its chosen classes.
+torch::Tensor logits_of_classes(const torch::Tensor& logits, const torch::Tensor& classes) {
+  const auto cells = logits.size(1);
+  auto index = classes.unsqueeze(1).expand({classes.size(0), cells, classes.size(1)});  // [B,N,K]
+  return logits.gather(2, index).transpose(1, 2);                                        // [B,K,N]
+}
+
+void check_classes(const torch::Tensor& images, const torch::Tensor& classes, const Head& head) {
+  if (classes.dim() != 2 || classes.size(0) != images.size(0)) {
+    throw InvalidArgument("classes must be [B,K] for a batch of " + std::to_string(images.size(0)) + " images");
+  }
+  const auto count = static_cast<int64_t>(head.spec.labels.size());
+  if (classes.numel() > 0 && (classes.min().item<int64_t>() < 0 || classes.max().item<int64_t>() >= count)) {
+    throw InvalidArgument("class index out of range for head '" + head.spec.name + "' with " + std::to_string(count) + " classes");
+  }
+}
+
+}  // namespace
+
+TveOptions TveMethod::defaults_for(const Manifest& manifest) {
+  TveOptions options;
+  options.radius = manifest.radius;
+  if (manifest.explainer) {
+    options.lambda_pos = manifest.explainer->lambda_pos;
+    options.lambda_neg = manifest.explainer->lambda_neg;
+    options.smooth = manifest.explainer->smooth;
+  }
+  return options;
+}
+
+nlohmann::json TveMethod::parameters() const {
+  return {{"lambda_pos", options_.lambda_pos}, {"lambda_neg", options_.lambda_neg}, {"smooth", options_.smooth},
+          {"radius", options_.radius}};
+}
+
+Attribution TveMethod::explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) {
+  check_classes(images, classes, head);
+  const auto start = std::chrono::steady_clock::now();
+  torch::InferenceMode no_autograd;
+  const int grid = bundle.manifest().grid;
+  auto [psi_pos, psi_neg] = bundle.meta_attributions(images);  // each [B,N,D], N = G*G row-major
+  const auto batch = psi_pos.size(0), cells = psi_pos.size(1), dim = psi_pos.size(2);
+  // The head sees the meta-attributions as if they were embeddings: [B*N,D] -> [B*N,C].
+  auto head_pos = head.logits(psi_pos.reshape({batch * cells, dim})).view({batch, cells, -1});
+  auto head_neg = head.logits(psi_neg.reshape({batch * cells, dim})).view({batch, cells, -1});
+  auto scores = options_.lambda_pos * logits_of_classes(head_pos, classes) -
+                options_.lambda_neg * logits_of_classes(head_neg, classes);  // [B,K,N]
+  auto maps = scores.reshape({batch, classes.size(1), grid, grid});          // row-major: [.., row, col]
+  if (options_.smooth) maps = smooth_map(maps, options_.radius);
+  return {maps.contiguous(), 1, seconds_since(start)};
+}
+
+torch::Tensor smooth_map(const torch::Tensor& maps, int radius) {
+  if (radius == 0) return maps;
+  const auto sizes = maps.sizes().vec();  // [B,K,G,G]
+  auto flat = maps.reshape({sizes[0] * sizes[1], 1, sizes[2], sizes[3]});
+  auto smoothed = torch::nn::functional::avg_pool2d(
+      flat, torch::nn::functional::AvgPool2dFuncOptions(2 * radius + 1).stride(1).padding(radius).count_include_pad(false));
+  return smoothed.reshape(sizes);
+}
+
+torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device) {
+  // Cell boundaries in pixels: cell i spans [i*H/G, (i+1)*H/G).
+  auto row_of_pixel = (torch::arange(height, torch::kLong) * grid) / height;  // [H]
+  auto col_of_pixel = (torch::arange(width, torch::kLong) * grid) / width;    // [W]
+  auto cell_rows = torch::arange(grid, torch::kLong).repeat_interleave(grid);  // [N] row of cell k
+  auto cell_cols = torch::arange(grid, torch::kLong).repeat(grid);             // [N] col of cell k
+  auto in_rows = (row_of_pixel.unsqueeze(0) - cell_rows.unsqueeze(1)).abs() <= radius;  // [N,H]
+  auto in_cols = (col_of_pixel.unsqueeze(0) - cell_cols.unsqueeze(1)).abs() <= radius;  // [N,W]
+  auto masks = in_rows.unsqueeze(2) & in_cols.unsqueeze(1);                             // [N,H,W]
+  return masks.unsqueeze(1).to(device, torch::kFloat32);
+}
+
+nlohmann::json WindowedOcclusion::parameters() const {
+  return {{"radius", options_.radius}, {"lambda_pos", options_.lambda_pos}, {"lambda_neg", options_.lambda_neg}};
+}
+
+Attribution WindowedOcclusion::explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) {
+  check_classes(images, classes, head);
+  const auto start = std::chrono::steady_clock::now();
+  torch::InferenceMode no_autograd;
+  const int grid = bundle.manifest().grid;
+  const auto height = images.size(2), width = images.size(3);
+  const auto masks = window_masks(grid, options_.radius, static_cast<int>(height), static_cast<int>(width), images.device());
+  const int64_t cells = masks.size(0);
+  std::vector<torch::Tensor> per_image;
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    const auto image = images[i].unsqueeze(0);  // [1,3,H,W]
+    std::vector<torch::Tensor> kept, removed;
+    for (int64_t from = 0; from < cells; from += options_.batch_size) {
+      const auto m = masks.slice(0, from, std::min(cells, from + options_.batch_size));  // [n,1,H,W]
+      // Baseline 0 in normalised space: multiplying by the mask removes what lies outside it.
+      kept.push_back(head.logits(bundle.embed(image * m)));
+      removed.push_back(head.logits(bundle.embed(image * (1 - m))));
+    }
+    const auto c = classes[i];  // [K]
+    auto pos = torch::cat(kept).index_select(1, c).t();     // [K,N]
+    auto neg = torch::cat(removed).index_select(1, c).t();  // [K,N]
+    per_image.push_back((options_.lambda_pos * pos - options_.lambda_neg * neg).reshape({c.size(0), grid, grid}));
+  }
+  return {torch::stack(per_image).contiguous(), 2 * cells, seconds_since(start)};
+}
+
+}  // namespace tve

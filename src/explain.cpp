@@ -1,0 +1,231 @@
+#include "tve/explain.hpp"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <sstream>
+
+#include "tve/atomic_file.hpp"
+#include "tve/error.hpp"
+#include "tve/log.hpp"
+#include "tve/npy.hpp"
+#include "tve/predict.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace tve {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// [G,G] tensor -> nested JSON rows, row 0 at the top.
+json rows_of(const torch::Tensor& map) {
+  const auto cpu = map.to(torch::kCPU, torch::kFloat32).contiguous();
+  json rows = json::array();
+  for (int64_t r = 0; r < cpu.size(0); ++r) {
+    const float* row = cpu[r].data_ptr<float>();
+    rows.push_back(std::vector<float>(row, row + cpu.size(1)));
+  }
+  return rows;
+}
+
+// Writes the outputs of one image; returns the paths written, by kind. On failure removes what it
+// wrote for this image so that no partial set of outputs is left.
+json write_outputs(const ImageJob& job, const torch::Tensor& maps, const json& record, const ExplainOptions& options,
+                   const InputSpec& spec) {
+  const fs::path base = *options.out_dir / mirrored_output_path(job.input.path);
+  auto with_suffix = [&](const std::string& suffix) { return fs::path(base.string() + suffix); };
+  std::vector<fs::path> written;
+  json paths = json::object();
+  try {
+    const auto classes = maps.size(0);
+    if (options.formats.overlay) {
+      const cv::Mat display = to_display_bgr8(*job.image);
+      const CropBox region = input_region(display.cols, display.rows, spec);
+      paths["overlay"] = json::array();
+      for (int64_t k = 0; k < classes; ++k) {
+        const fs::path file = with_suffix(classes == 1 ? ".overlay.png" : ".top" + std::to_string(k + 1) + ".overlay.png");
+        write_file_atomically(file, encode_png(render_overlay(display, maps[k], region, options.overlay)));
+        written.push_back(file);
+        paths["overlay"].push_back(file.string());
+      }
+    }
+    if (options.formats.npy) {
+      const fs::path file = with_suffix(".map.npy");
+      const auto cpu = maps.to(torch::kCPU, torch::kFloat32).contiguous();  // [K,G,G]
+      write_npy(file, NpyArray{cpu.sizes().vec(), std::vector<float>(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel())});
+      written.push_back(file);
+      paths["npy"] = file.string();
+    }
+    if (options.formats.json) {
+      const fs::path file = with_suffix(".json");
+      json full = record;
+      full["outputs"] = paths;
+      full["outputs"]["json"] = file.string();
+      write_file_atomically(file, full.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+      written.push_back(file);
+      paths["json"] = file.string();
+    }
+  } catch (...) {
+    std::error_code ignored;
+    for (const auto& file : written) fs::remove(file, ignored);
+    throw;
+  }
+  return paths;
+}
+
+}  // namespace
+
+OutputFormats parse_formats(const std::string& list) {
+  OutputFormats formats{false, false, false};
+  if (list == "none") return formats;
+  std::stringstream stream(list);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    if (item == "overlay") formats.overlay = true;
+    else if (item == "npy") formats.npy = true;
+    else if (item == "json") formats.json = true;
+    else throw InvalidArgument("unknown output format '" + item + "'; expected overlay, npy, json (comma-separated) or none");
+  }
+  return formats;
+}
+
+int64_t resolve_class(const Head& head, const std::string& index_or_label) {
+  const auto& labels = head.spec.labels;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    if (labels[i] == index_or_label) return static_cast<int64_t>(i);
+  }
+  const bool is_number = !index_or_label.empty() && index_or_label.find_first_not_of("0123456789") == std::string::npos;
+  if (is_number && index_or_label.size() < 10) {
+    const int64_t index = std::stoll(index_or_label);
+    if (index < static_cast<int64_t>(labels.size())) return index;
+    throw InvalidArgument("--class " + index_or_label + " is out of range: head '" + head.spec.name + "' has " +
+                          std::to_string(labels.size()) + " classes (0.." + std::to_string(labels.size() - 1) + ")");
+  }
+  std::string examples;
+  for (size_t i = 0; i < std::min<size_t>(labels.size(), 5); ++i) examples += (i ? ", " : "") + labels[i];
+  throw InvalidArgument("--class '" + index_or_label + "' is neither an index nor a label of head '" + head.spec.name +
+                        "' (labels: " + examples + (labels.size() > 5 ? ", ..." : "") + ")");
+}
+
+namespace {
+
+// What one batch's model work produced, for the records of its good images (rows in input order).
+struct BatchResult {
+  std::vector<std::vector<ClassScore>> predictions;  // per row, the head's best classes
+  torch::Tensor classes;                             // [B,K] int64, CPU: the explained classes
+  torch::Tensor probabilities;                       // [B,C] f32, CPU
+  torch::Tensor maps;                                // [B,K,G,G] f32, CPU
+  int64_t model_evaluations = 0;
+  double forward_ms = 0;  // per image
+  double explain_ms = 0;  // per image
+};
+
+BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method, const torch::Tensor& images,
+                          const ExplainOptions& options) {
+  BatchResult result;
+  const auto start = std::chrono::steady_clock::now();
+  torch::Tensor logits;  // [B,C]
+  {
+    torch::InferenceMode no_autograd;
+    logits = head.logits(bundle.embed(images));
+  }
+  constexpr int kReportedPredictions = 5;
+  result.predictions = top_k(logits, head.spec.labels, std::max(options.top_k, kReportedPredictions));
+  torch::Tensor classes = options.class_index
+                              ? torch::full({images.size(0), 1}, *options.class_index, torch::kLong)
+                              : std::get<1>(logits.topk(std::min<int64_t>(options.top_k, logits.size(1)), 1));
+  classes = classes.to(bundle.device(), torch::kLong);
+  const double good = static_cast<double>(images.size(0));
+  result.forward_ms = ms_since(start) / good;
+
+  Attribution attribution = method.explain(bundle, head, images, classes);
+  result.maps = attribution.maps.to(torch::kCPU, torch::kFloat32).contiguous();
+  result.explain_ms = 1e3 * attribution.seconds / good;
+  result.model_evaluations = attribution.model_evaluations;
+  result.classes = classes.to(torch::kCPU);
+  result.probabilities = torch::softmax(logits.to(torch::kCPU, torch::kFloat32), 1);
+  return result;
+}
+
+json record_head(const ImageJob& job, const Manifest& manifest, const Head& head, const AttributionMethod& method) {
+  return {{"input", job.input.path.string()}, {"model", manifest.name}, {"head", head.spec.name},
+          {"task", head.spec.task}, {"method", method.name()}};
+}
+
+json success_record(const ImageJob& job, const BatchResult& batch, int64_t row, const Manifest& manifest,
+                    const Head& head, const AttributionMethod& method) {
+  json record = record_head(job, manifest, head, method);
+  record["parameters"] = method.parameters();
+  record["grid"] = manifest.grid;
+  record["top_k"] = json::array();
+  for (const auto& score : batch.predictions[static_cast<size_t>(row)]) record["top_k"].push_back(to_json(score));
+  record["explained"] = json::array();
+  for (int64_t k = 0; k < batch.classes.size(1); ++k) {
+    const int64_t c = batch.classes[row][k].item<int64_t>();
+    record["explained"].push_back({{"index", c},
+                                   {"label", head.spec.labels[static_cast<size_t>(c)]},
+                                   {"probability", batch.probabilities[row][c].item<double>()},
+                                   {"values", rows_of(batch.maps[row][k])}});
+  }
+  record["model_evaluations"] = batch.model_evaluations;
+  record["timings_ms"] = {{"decode", 1e3 * job.decode_seconds}, {"forward", batch.forward_ms}, {"explain", batch.explain_ms}};
+  return record;
+}
+
+}  // namespace
+
+ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method, const std::vector<InputFile>& inputs,
+                           const ExplainOptions& options, const ExplainCallbacks& callbacks) {
+  if (options.top_k < 1) throw InvalidArgument("--top-k must be at least 1");
+  const Manifest& manifest = bundle.manifest();
+  BatchOptions batch_options = options.batch;
+  batch_options.keep_images = options.out_dir.has_value() && options.formats.overlay;
+
+  ExplainSummary summary;
+  size_t done = 0;
+  auto emit = [&](const json& record) {
+    if (callbacks.on_record) callbacks.on_record(record);
+  };
+  auto fail = [&](const ImageJob& job, const std::string& error) {
+    ++summary.failed;
+    logger().error("{}", error);
+    json record = record_head(job, manifest, head, method);
+    record["error"] = error;
+    emit(record);
+  };
+
+  read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
+    const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], good images only
+    BatchResult batch;
+    if (images.defined()) batch = explain_batch(bundle, head, method, images, options);
+    int64_t row = 0;
+    for (auto& job : jobs) {
+      if (!job.ok()) {
+        fail(job, job.error);
+        continue;
+      }
+      const auto write_start = std::chrono::steady_clock::now();
+      json record = success_record(job, batch, row, manifest, head, method);
+      const torch::Tensor maps = batch.maps[row++];  // [K,G,G]
+      try {
+        if (options.out_dir) record["outputs"] = write_outputs(job, maps, record, options, manifest.input);
+      } catch (const Error& e) {
+        fail(job, e.what());
+        continue;
+      }
+      record["timings_ms"]["write"] = ms_since(write_start);
+      ++summary.succeeded;
+      emit(record);
+      job.image.reset();  // the decoded image is no longer needed once its outputs are written
+    }
+    done += jobs.size();
+    if (callbacks.on_progress) callbacks.on_progress(done, inputs.size());
+  });
+  return summary;
+}
+
+}  // namespace tve

@@ -1,0 +1,66 @@
+#include "tve/render.hpp"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "tve/error.hpp"
+
+namespace tve {
+
+Colormap parse_colormap(const std::string& name) {
+  if (name == "jet") return Colormap::Jet;
+  if (name == "turbo") return Colormap::Turbo;
+  if (name == "inferno") return Colormap::Inferno;
+  if (name == "viridis") return Colormap::Viridis;
+  throw InvalidArgument("unknown colormap '" + name + "'; expected jet, turbo, inferno or viridis");
+}
+
+namespace {
+
+cv::ColormapTypes to_opencv(Colormap colormap) {
+  switch (colormap) {
+    case Colormap::Jet: return cv::COLORMAP_JET;
+    case Colormap::Turbo: return cv::COLORMAP_TURBO;
+    case Colormap::Inferno: return cv::COLORMAP_INFERNO;
+    case Colormap::Viridis: return cv::COLORMAP_VIRIDIS;
+  }
+  return cv::COLORMAP_JET;
+}
+
+}  // namespace
+
+cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const CropBox& region, const OverlayOptions& options) {
+  if (!(options.alpha >= 0.0 && options.alpha <= 1.0)) throw InvalidArgument("--alpha must be between 0 and 1");
+  auto values = map.detach().to(torch::kCPU, torch::kFloat32).contiguous();  // [G,G]
+  const float low = values.min().item<float>();
+  const float high = values.max().item<float>();
+  values = high > low ? (values - low) / (high - low) : torch::zeros_like(values);
+  const cv::Mat grid(static_cast<int>(values.size(0)), static_cast<int>(values.size(1)), CV_32F, values.data_ptr<float>());
+
+  const cv::Rect box = cv::Rect(static_cast<int>(std::lround(region.x)), static_cast<int>(std::lround(region.y)),
+                                std::max(1, static_cast<int>(std::lround(region.width))),
+                                std::max(1, static_cast<int>(std::lround(region.height)))) &
+                       cv::Rect(0, 0, display.cols, display.rows);
+  // Bilinear upsampling of cell values (cell centres at pixel centres of the box): smooth, and
+  // never outside the map's range, unlike cubic.
+  cv::Mat upsampled, levels, heat;
+  cv::resize(grid, upsampled, box.size(), 0, 0, cv::INTER_LINEAR);
+  upsampled.convertTo(levels, CV_8U, 255.0);
+  cv::applyColorMap(levels, heat, to_opencv(options.colormap));
+
+  cv::Mat out = display.clone();
+  cv::Mat target = out(box);
+  cv::addWeighted(heat, options.alpha, display(box), 1.0 - options.alpha, 0.0, target);
+  return out;
+}
+
+std::string encode_png(const cv::Mat& image) {
+  std::vector<uchar> bytes;
+  if (!cv::imencode(".png", image, bytes)) throw Error("OpenCV could not encode a PNG");
+  return std::string(bytes.begin(), bytes.end());
+}
+
+}  // namespace tve
