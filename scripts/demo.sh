@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine, builds, and runs the main job on the shipped samples.
+# Sets up a fresh Debian 12 machine, builds, and runs the main job: TVE explanations of the
+# shipped sample images with the default model, overlays written to demo-output/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-model=${TVE_DEMO_MODEL:-tiny-vit}
-echo "== tve predict data/samples --model $model" >&2
-"${TVE_BUILD_DIR:-build}/tve" predict data/samples --model "$model" --top-k 3
+model=${TVE_DEMO_MODEL:-$(cat models/DEFAULT)}
+out=${TVE_DEMO_OUT:-demo-output}
+echo "== tve explain data/samples --model $model --top-k 1 --out $out" >&2
+status=0
+"${TVE_BUILD_DIR:-build}/tve" explain data/samples --model "$model" --out "$out" || status=$?
+echo "== overlays, raw maps (.npy) and JSON records are in $out/data/samples/" >&2
+exit $status

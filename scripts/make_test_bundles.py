@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -86,6 +87,67 @@ def make_parts(parts: Path, seed: int) -> None:
     (parts / "not_torchscript.pt").write_bytes(b"this is not a TorchScript archive\n")
 
 
+class BrightnessEncoder(nn.Module):
+    """z = mean brightness of each grid cell, row-major: [B,3,H,W] -> [B,G*G]. Linear in x."""
+
+    def __init__(self, grid: int, classes: int):
+        super().__init__()
+        self.grid = grid
+        # Class 0 sums all cells (a bright patch anywhere raises it); the others are random.
+        weight = torch.randn(classes, grid * grid) * 0.1
+        weight[0] = 1.0
+        self.classifier = nn.Linear(grid * grid, classes)
+        with torch.no_grad():
+            self.classifier.weight.copy_(weight)
+            self.classifier.bias.zero_()
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        cells = nn.functional.adaptive_avg_pool2d(x.mean(dim=1, keepdim=True), self.grid)  # [B,1,G,G]
+        return cells.flatten(1)  # row-major: cell k = row * G + col
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class OracleExplainer(nn.Module):
+    """The exact meta-attributions of BrightnessEncoder: psi_pos[k] = E(x with only S_k kept),
+    psi_neg[k] = E(x with S_k removed). Because E is linear and removal sets pixels to 0, both are
+    z masked by the window; TVE with this explainer must equal windowed occlusion exactly."""
+
+    def __init__(self, grid: int, radius: int):
+        super().__init__()
+        rows = torch.arange(grid).repeat_interleave(grid)
+        cols = torch.arange(grid).repeat(grid)
+        near = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
+        self.register_buffer("window", near.float())  # [N,N]: window[k, j] = 1 if cell j is in S_k
+        self.encoder = BrightnessEncoder(grid, 1)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder.embed(x).unsqueeze(1)  # [B,1,N]
+        return z * self.window, z * (1.0 - self.window)  # each [B,N,N] = [B, cells, D]
+
+
+def make_oracle_bundle(out_root: Path) -> dict:
+    """A bundle whose explanations are known exactly: for tests of orientation and of TVE against
+    windowed occlusion."""
+    torch.manual_seed(0)
+    grid, radius = 8, 1
+    target = BrightnessEncoder(grid, 3).eval()
+    return bundle.write_bundle(
+        out_root, name="oracle", architecture="resnet", target=target, labels=["bright", "noise-1", "noise-2"],
+        task="brightness (test bundle)", input_size=32, grid=grid, radius=radius, embedding_dim=grid * grid,
+        explainer=OracleExplainer(grid, radius), explainer_defaults={"smooth": False},
+        description="Hand-built: cell brightness encoder and its exact explainer, for tests only",
+        provenance={"script": "scripts/make_test_bundles.py", "weights": "constructed"},
+        mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5],
+    )
+
+
 def main() -> None:
     tvelib.reexec_with_fixed_hash_seed()
     here = Path(__file__).resolve().parent.parent
@@ -100,6 +162,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in (args.out / f"tiny-{arch}").rglob("*") if p.is_file())
         print(f"{manifest['name']}: {size / 1e3:.0f} kB")
     make_parts(args.parts, args.seed)
+    make_oracle_bundle(args.parts.parent / "bundles" / "oracle")
 
 
 if __name__ == "__main__":

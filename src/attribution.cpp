@@ -76,8 +76,8 @@ torch::Tensor smooth_map(const torch::Tensor& maps, int radius) {
 
 torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device) {
   // Cell boundaries in pixels: cell i spans [i*H/G, (i+1)*H/G).
-  auto row_of_pixel = (torch::arange(height, torch::kLong) * grid) / height;  // [H]
-  auto col_of_pixel = (torch::arange(width, torch::kLong) * grid) / width;    // [W]
+  auto row_of_pixel = torch::div(torch::arange(height, torch::kLong) * grid, height, "floor");  // [H]
+  auto col_of_pixel = torch::div(torch::arange(width, torch::kLong) * grid, width, "floor");    // [W]
   auto cell_rows = torch::arange(grid, torch::kLong).repeat_interleave(grid);  // [N] row of cell k
   auto cell_cols = torch::arange(grid, torch::kLong).repeat(grid);             // [N] col of cell k
   auto in_rows = (row_of_pixel.unsqueeze(0) - cell_rows.unsqueeze(1)).abs() <= radius;  // [N,H]

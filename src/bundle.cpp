@@ -435,6 +435,7 @@ Head Bundle::load_external_head(const fs::path& head_file, std::optional<std::ve
   } else {
     throw BundleError(head_file, "head has no 'labels' attribute; give its labels with --labels FILE (one per line)");
   }
+  if (head.spec.labels.empty()) throw BundleError(head_file, "head has no labels (empty labels file?)");
   check_head(head, manifest_.embedding_dim, device_);
   return head;
 }

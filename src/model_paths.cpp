@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <set>
 
 #include "tve/error.hpp"
@@ -68,6 +69,15 @@ fs::path resolve_bundle(const std::string& name_or_path, const std::vector<fs::p
   for (const auto& name : available) names += (names.empty() ? "" : ", ") + name;
   throw BundleError("no bundle named '" + name_or_path + "' in " + (searched.empty() ? "(no models folder found)" : searched) +
                     (names.empty() ? "" : "; available: " + names) + " (set --models-dir or " + kModelsDirEnv + ")");
+}
+
+std::string default_model_name(const std::vector<fs::path>& search_dirs) {
+  for (const auto& dir : search_dirs) {
+    std::ifstream in(dir / "DEFAULT");
+    std::string name;
+    if (in && std::getline(in, name) && !name.empty()) return name;
+  }
+  return "vit";
 }
 
 std::vector<BundleListing> list_bundles(const std::vector<fs::path>& search_dirs) {

@@ -53,6 +53,14 @@ TEST(ModelPaths, UnknownNameListsWhatIsAvailable) {
                                   {"no bundle named 'nope'", "tiny-vit", "--models-dir", kModelsDirEnv});
 }
 
+TEST(ModelPaths, DefaultModelComesFromTheFirstDefaultFile) {
+  TempDir a, b;
+  EXPECT_EQ(default_model_name({a.path()}), "vit");
+  test::write_text(b / "DEFAULT", "tiny-swin\n");
+  EXPECT_EQ(default_model_name({a.path(), b.path()}), "tiny-swin");
+  EXPECT_EQ(default_model_name(model_search_dirs(std::nullopt)), "tiny-vit");  // the shipped models/DEFAULT
+}
+
 TEST(ModelPaths, InvalidBundlesAreListedWithTheirError) {
   TempDir tmp;
   test::write_text(tmp / "broken" / "manifest.json", "[]");

@@ -50,7 +50,7 @@ struct CommonOptions {
 
 struct PredictOptions {
   std::vector<std::string> inputs;
-  std::string model = "vit";
+  std::string model;  // empty: the shipped default (models/DEFAULT)
   std::string head = "target";
   int top_k = 5;
   int batch_size = 8;
@@ -59,7 +59,7 @@ struct PredictOptions {
 
 struct ExplainCliOptions {
   std::vector<std::string> inputs;
-  std::string model = "vit";
+  std::string model;  // empty: the shipped default (models/DEFAULT)
   std::string head = "target";
   std::optional<std::string> head_file;
   std::optional<std::string> labels_file;
@@ -79,7 +79,7 @@ struct ExplainCliOptions {
 };
 
 struct FitHeadCliOptions {
-  std::string model = "vit";
+  std::string model;  // empty: the shipped default (models/DEFAULT)
   std::string data;
   std::string out;
   double held_out = 0.2;
@@ -105,7 +105,8 @@ std::optional<fs::path> as_path(const std::optional<std::string>& text) {
 // Loads the bundle named by --model on the chosen device and picks thread counts by measurement.
 tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size) {
   const torch::Device device = tve::select_device(common.device);
-  const fs::path dir = tve::resolve_bundle(model, tve::model_search_dirs(as_path(common.models_dir)));
+  const auto search_dirs = tve::model_search_dirs(as_path(common.models_dir));
+  const fs::path dir = tve::resolve_bundle(model.empty() ? tve::default_model_name(search_dirs) : model, search_dirs);
   tve::logger().debug("loading bundle {}", dir.string());
   tve::Bundle bundle = tve::Bundle::load(dir, device);
   if (device.is_cpu()) {
@@ -378,7 +379,7 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   PredictOptions predict;
   auto* predict_cmd = app.add_subcommand("predict", "Classify images: one JSON line per image on stdout");
   predict_cmd->add_option("inputs", predict.inputs, "Image files, folders (recursive), or - for paths on stdin")->required();
-  predict_cmd->add_option("-m,--model", predict.model, "Bundle name or folder")->capture_default_str();
+  predict_cmd->add_option("-m,--model", predict.model, "Bundle name or folder (default: models/DEFAULT)");
   predict_cmd->add_option("--head", predict.head, "Head to classify with: target or a downstream task")->capture_default_str();
   predict_cmd->add_option("-k,--top-k", predict.top_k, "Classes reported per image")->check(CLI::Range(1, 100000))->capture_default_str();
   predict_cmd->add_option("--batch-size", predict.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
@@ -388,7 +389,7 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   ExplainCliOptions explain;
   auto* explain_cmd = app.add_subcommand("explain", "Attribution heatmaps: overlays, raw maps and a JSON line per image");
   explain_cmd->add_option("inputs", explain.inputs, "Image files, folders (recursive), or - for paths on stdin")->required();
-  explain_cmd->add_option("-m,--model", explain.model, "Bundle name or folder")->capture_default_str();
+  explain_cmd->add_option("-m,--model", explain.model, "Bundle name or folder (default: models/DEFAULT)");
   auto* head_option = explain_cmd->add_option("--head", explain.head, "Head to explain: target or a downstream task of the bundle")->capture_default_str();
   explain_cmd->add_option("--head-file", explain.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
       ->excludes(head_option);
@@ -414,7 +415,7 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
 
   FitHeadCliOptions fit;
   auto* fit_cmd = app.add_subcommand("fit-head", "Train a linear head on a frozen encoder from a labelled folder");
-  fit_cmd->add_option("-m,--model", fit.model, "Bundle name or folder")->capture_default_str();
+  fit_cmd->add_option("-m,--model", fit.model, "Bundle name or folder (default: models/DEFAULT)");
   fit_cmd->add_option("--data", fit.data, "Folder with one sub-folder of images per class")->required();
   fit_cmd->add_option("-o,--out", fit.out, "Where to write the head (TorchScript, labels inside)")->required();
   fit_cmd->add_option("--held-out", fit.held_out, "Fraction of each class held out for the accuracy")->check(CLI::Range(0.0, 0.9))->capture_default_str();

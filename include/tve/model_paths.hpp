@@ -20,6 +20,10 @@ std::vector<std::filesystem::path> model_search_dirs(const std::optional<std::fi
 // `search_dirs`. Throws BundleError listing the folders searched and the names found there.
 std::filesystem::path resolve_bundle(const std::string& name_or_path, const std::vector<std::filesystem::path>& search_dirs);
 
+// The bundle used when --model is not given: the name in the first search folder's DEFAULT file
+// (one line), else "vit".
+std::string default_model_name(const std::vector<std::filesystem::path>& search_dirs);
+
 struct BundleListing {
   std::filesystem::path dir;
   std::optional<Manifest> manifest;  // empty when the manifest is invalid

@@ -135,5 +135,100 @@ case_predict_odd_names() {
   json_check "len(lines) == 3 and lines[1]['input'].endswith('odd name ü.png') and lines[2]['input'].endswith('no_extension')"
 }
 
+case_explain_samples() {
+  run explain "$SAMPLES" --model tiny-vit --out "$WORK/res"; expect_rc 0
+  json_check "len(lines) >= 3 and all(l['method'] == 'tve' and len(l['explained'][0]['values']) == 4 and len(l['outputs']['overlay']) == 1 for l in lines)"
+  for f in chelsea coffee astronaut; do
+    [[ -n "$(find "$WORK/res" -name "$f.jpg.overlay.png")" ]] || fail "no overlay for $f"
+  done
+  [[ -z "$(find "$WORK/res" -name '*.tmp')" ]] || fail "temporary files left behind"
+  expect_in err "outputs in"
+}
+
+case_explain_outputs_readable_by_numpy() {
+  cp "$FIXTURES/images/rgb8.png" "$WORK/x.png"
+  (cd "$WORK" && "$TVE" explain x.png --model tiny-resnet --top-k 3 --out out --format npy,json >"$WORK/out.jsonl" 2>"$WORK/err"); rc=$?
+  expect_rc 0
+  /usr/bin/python3 - "$WORK" <<'PY' || fail "npy/json mismatch"
+import json, sys, numpy as np
+work = sys.argv[1]
+record = json.load(open(f"{work}/out/x.png.json"))
+maps = np.load(f"{work}/out/x.png.map.npy")
+assert maps.shape == (3, 4, 4) and maps.dtype == np.float32, maps.shape
+for k in range(3):
+    assert np.allclose(maps[k], np.array(record["explained"][k]["values"], dtype=np.float32))
+assert [e["index"] for e in record["explained"]] == [t["index"] for t in record["top_k"][:3]]
+PY
+  [[ -z "$(find "$WORK/out" -name '*.png')" ]] || fail "--format npy,json wrote an overlay"
+}
+
+case_explain_equal_names_and_stdin() {
+  mkdir -p "$WORK/a" "$WORK/b"
+  cp "$FIXTURES/images/rgb8.png" "$WORK/a/same.png"; cp "$FIXTURES/images/gray8.png" "$WORK/b/same.png"
+  cp "$FIXTURES/images/truncated.png" "$WORK/b/bad.png"
+  printf '%s\n' "$WORK/b/same.png" "$WORK/b/bad.png" > "$WORK/list"
+  (cd "$WORK" && "$TVE" explain a - --model tiny-swin --out res <"$WORK/list" >"$WORK/out" 2>"$WORK/err"); rc=$?
+  expect_rc 1
+  json_check "len(lines) == 3 and 'error' in lines[2] and 'bad.png' in lines[2]['error'] and lines[0]['outputs']['npy'] != lines[1]['outputs']['npy']"
+  [[ -f "$WORK/res/a/same.png.overlay.png" ]] || fail "a/same.png not mirrored"
+  [[ -n "$(find "$WORK/res" -path '*b/same.png.overlay.png')" ]] || fail "b/same.png not mirrored"
+  [[ -z "$(find "$WORK/res" -name 'bad.png*')" ]] || fail "outputs written for a bad image"
+}
+
+case_explain_class_and_options() {
+  run explain "$SAMPLES/coffee.jpg" --model tiny-vit --class class-3 --colormap viridis --alpha 0.3 --no-smooth --lambda-neg 0 --out "$WORK/o"
+  expect_rc 0
+  json_check "lines[0]['explained'][0]['label'] == 'class-3' and lines[0]['parameters'] == {'lambda_pos': 1.0, 'lambda_neg': 0.0, 'smooth': False, 'radius': 1}"
+  run explain "$SAMPLES/coffee.jpg" --model tiny-vit --class nope; expect_rc 2; expect_in err "--class 'nope'"
+  run explain "$SAMPLES/coffee.jpg" --model tiny-vit --colormap rainbow; expect_rc 2
+  run explain "$SAMPLES/coffee.jpg" --model tiny-vit --format gif; expect_rc 2; expect_in err "unknown output format 'gif'"
+}
+
+case_explain_occlusion() {
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --method occlusion --threads 1; expect_rc 0
+  json_check "lines[0]['method'] == 'occlusion' and lines[0]['model_evaluations'] == 32"
+}
+
+case_explain_progress_only_on_terminals() {
+  run explain "$SAMPLES" --model tiny-vit; expect_rc 0
+  ! grep -q "images/s" "$WORK/err" || fail "progress bar drawn on a non-terminal"
+  run explain "$SAMPLES" --model tiny-vit --progress always; expect_rc 0; expect_in err "3/3 images"
+}
+
+case_fit_head_then_explain() {
+  /usr/bin/python3 - "$WORK/data" <<'PY'
+import sys, numpy as np
+from pathlib import Path
+from PIL import Image
+rng = np.random.default_rng(0)
+for name, colour in [("blue", (40, 40, 230)), ("red", (230, 40, 40))]:
+    (Path(sys.argv[1]) / name).mkdir(parents=True)
+    for i in range(30):
+        image = rng.integers(0, 80, size=(32, 32, 3), dtype=np.uint8)
+        y, x = rng.integers(0, 18, size=2)
+        image[y:y + 14, x:x + 14] = colour
+        Image.fromarray(image).save(Path(sys.argv[1]) / name / f"{i}.png")
+PY
+  run fit-head --model tiny-vit --data "$WORK/data" --out "$WORK/heads/colour.pt"; expect_rc 0
+  json_check "lines[0]['classes'] == ['blue', 'red'] and lines[0]['held_out_images'] == 12 and lines[0]['held_out_accuracy'] >= 0.9"
+  run explain "$WORK/data/red" --model tiny-vit --head-file "$WORK/heads/colour.pt" --format none --out "$WORK/o"; expect_rc 0
+  json_check "len(lines) == 30 and sum(l['explained'][0]['label'] == 'red' for l in lines) >= 27 and all(l['head'] == 'colour' for l in lines)"
+  printf 'a\nb\n' > "$WORK/labels.txt"
+  run explain "$WORK/data/red" --model tiny-vit --head-file "$TVE_SOURCE_DIR/tests/fixtures/bundle_parts/head_nonlinear.pt" --labels "$WORK/labels.txt"
+  expect_rc 3; expect_in err "not affine"
+  run explain "$WORK/data/red" --model tiny-vit --head-file "$WORK/heads/colour.pt" --labels /dev/null
+  expect_rc 3; expect_in err "no labels"
+}
+
+case_explain_no_explainer() {
+  cp -r "$TVE_SOURCE_DIR/models/tiny-vit" "$WORK/noexp"
+  /usr/bin/python3 - "$WORK/noexp/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1])); del m["explainer"]; json.dump(m, open(sys.argv[1], "w"))
+PY
+  run explain "$SAMPLES/chelsea.jpg" --model "$WORK/noexp"; expect_rc 3; expect_in err "no explainer"
+  run explain "$SAMPLES/chelsea.jpg" --model "$WORK/noexp" --method occlusion; expect_rc 0
+}
+
 "case_$1"
 echo "PASS: $1"
