@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tve/benchmark.hpp"
 #include "tve/bundle.hpp"
 #include "tve/error.hpp"
 #include "tve/explain.hpp"
@@ -86,6 +87,17 @@ struct FitHeadCliOptions {
   int steps = 500;
   uint64_t seed = 0;
   int batch_size = 16;
+};
+
+struct BenchCliOptions {
+  std::string model;
+  std::string method = "tve";
+  std::vector<std::string> inputs;
+  size_t count = 0;  // 0: every image found
+  int repeats = 20;
+  int batch_size = 8;
+  std::optional<std::string> out_dir;
+  std::string formats = "overlay,npy,json";
 };
 
 struct ModelsOptions {
@@ -254,8 +266,8 @@ int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
   ProgressBar progress(options.progress);
   const auto summary = tve::run_explain(bundle, head, *method, inputs, explain,
                                         {print_json_line, [&](size_t done, size_t total) { progress.update(done, total); }});
-  tve::logger().info("{} image(s) explained, {} failed{}", summary.succeeded, summary.failed,
-                     explain.out_dir ? "; outputs in " + explain.out_dir->string() : "");
+  tve::logger().info("{} image(s) explained, {} failed{}; peak memory {:.0f} MiB", summary.succeeded, summary.failed,
+                     explain.out_dir ? "; outputs in " + explain.out_dir->string() : "", tve::peak_rss_mib());
   return exit_code_for(summary.succeeded, summary.failed);
 }
 
@@ -282,6 +294,29 @@ int run_fit_head(const CommonOptions& common, const FitHeadCliOptions& options) 
   tve::logger().info("head written to {}: held-out accuracy {:.1f}% on {} image(s); explain with --head-file {}",
                      options.out, 100 * result.held_out_accuracy, result.held_out_count, options.out);
   return result.failed_images == 0 ? kSuccess : kSomeInputsFailed;
+}
+
+int run_bench(const CommonOptions& common, const BenchCliOptions& options) {
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
+  tve::Head& head = bundle.head("target");
+  ExplainCliOptions method_options;
+  method_options.method = options.method;
+  auto method = make_method(method_options, bundle);
+  tve::BenchmarkOptions bench;
+  bench.repeats = options.repeats;
+  bench.batch_size = options.batch_size;
+  bench.formats = tve::parse_formats(options.formats);
+  if (options.out_dir) bench.out = fs::path(*options.out_dir);
+  bench.files = tve::expand_inputs(options.inputs, std::cin);
+  if (options.count > 0 && bench.files.size() > options.count) bench.files.resize(options.count);
+  if (!options.inputs.empty() && bench.files.empty()) {
+    tve::logger().error("no images found in the inputs given");
+    return kNoInputSucceeded;
+  }
+  tve::logger().info("benchmarking {} with {} ({} image(s) for throughput)", bundle.manifest().name, method->name(),
+                     bench.files.size());
+  print_json_line(tve::run_benchmark(bundle, head, *method, bench));
+  return kSuccess;
 }
 
 json listing_json(const tve::BundleListing& listing) {
@@ -424,6 +459,18 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   fit_cmd->add_option("--batch-size", fit.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
   add_common(fit_cmd);
 
+  BenchCliOptions bench;
+  auto* bench_cmd = app.add_subcommand("bench", "Measure explain cost against the model's own forward pass (one JSON line)");
+  bench_cmd->add_option("inputs", bench.inputs, "Images or folders for the throughput run (optional)");
+  bench_cmd->add_option("-m,--model", bench.model, "Bundle name or folder (default: models/DEFAULT)");
+  bench_cmd->add_option("--method", bench.method, "tve or occlusion")->check(CLI::IsMember({"tve", "occlusion"}))->capture_default_str();
+  bench_cmd->add_option("--count", bench.count, "Use at most this many images (0: all)")->capture_default_str();
+  bench_cmd->add_option("--repeats", bench.repeats, "Timed runs for latency")->check(CLI::Range(1, 100000))->capture_default_str();
+  bench_cmd->add_option("--batch-size", bench.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
+  bench_cmd->add_option("-o,--out", bench.out_dir, "Write the throughput run's outputs here (default: write nothing)");
+  bench_cmd->add_option("--format", bench.formats, "Outputs written with --out")->capture_default_str();
+  add_common(bench_cmd);
+
   ModelsOptions models;
   auto* models_cmd = app.add_subcommand("models", "List the model bundles found");
   models_cmd->add_flag("--json", models.json, "One JSON line per bundle");
@@ -443,6 +490,7 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
     if (*explain_cmd) return run_explain(common, explain);
     if (*fit_cmd) return run_fit_head(common, fit);
     if (*predict_cmd) return run_predict(common, predict);
+    if (*bench_cmd) return run_bench(common, bench);
     if (*models_cmd) return run_models(common, models);
   } catch (const tve::BundleError& e) {
     tve::logger().error("{}", e.what());

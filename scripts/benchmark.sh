@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Speed and memory of `tve explain`, measured as ratios in one run per model (docs/performance.md):
+#   - per-image explain time against the target's own forward pass (batch 1, median);
+#   - images/s on a folder (decode, forward, explain, write overlays + .npy + JSON) against the
+#     pure model compute for as many images;
+#   - peak resident memory for 500 and for 5,000 images (must not grow with the count).
+# Usage: bash scripts/benchmark.sh [MODEL...]   (default: every bundle with an explainer)
+# Needs a build (scripts/build.sh). Writes JSON lines to stdout and a table to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tve=${TVE:-${TVE_BUILD_DIR:-build}/tve}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# 5,000 distinct JPEGs from the sample photos: random crops, flips and sizes (160 to 320 px).
+/usr/bin/python3 - "$work/images" <<'PY'
+import random, sys
+from pathlib import Path
+from PIL import Image, ImageOps
+out = Path(sys.argv[1]); out.mkdir(parents=True)
+photos = [Image.open(p).convert("RGB") for p in sorted(Path("data/samples").glob("*.jpg"))]
+rng = random.Random(0)
+for i in range(5000):
+    image = photos[i % len(photos)]
+    w, h = image.size
+    cw, ch = rng.randint(w // 2, w), rng.randint(h // 2, h)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    crop = image.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        crop = ImageOps.mirror(crop)
+    side = rng.randint(160, 320)
+    crop.thumbnail((side, side))
+    (out / f"{i // 1000}").mkdir(exist_ok=True)
+    crop.save(out / f"{i // 1000}" / f"{i:05d}.jpg", quality=90)
+PY
+
+models=("$@")
+if [[ ${#models[@]} -eq 0 ]]; then
+  mapfile -t models < <("$tve" models --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("explainer") and not m.get("shadowed"):
+        print(m["name"])')
+fi
+
+for model in "${models[@]}"; do
+  for count in 500 5000; do
+    rm -rf "$work/out"
+    "$tve" bench "$work/images" --model "$model" --count "$count" --out "$work/out" --repeats 30 2>>"$work/log" \
+      || { cat "$work/log" >&2; exit 1; }
+  done
+done | tee "$work/results.jsonl"
+
+/usr/bin/python3 - "$work/results.jsonl" >&2 <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(f"{'model':14} {'images':>6} {'fwd ms':>8} {'explain ms':>10} {'ratio':>6} {'pipeline/s':>10} {'compute/s':>10} {'p/c':>5} {'peak MiB':>8}")
+for r in rows:
+    lat, thr = r["latency"], r["throughput"]
+    print(f"{r['model']:14} {thr['images']:>6} {lat['forward_ms']:8.2f} {lat['explain_ms']:10.2f} {lat['explain_over_forward']:6.2f} "
+          f"{thr['pipeline_images_per_s']:10.1f} {thr['compute_images_per_s']:10.1f} {thr['pipeline_over_compute']:5.2f} {r['peak_rss_mib']:8.0f}")
+PY

@@ -1,0 +1,99 @@
+#include "tve/benchmark.hpp"
+
+#include <sys/resource.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "tve/error.hpp"
+
+using nlohmann::json;
+
+namespace tve {
+namespace {
+
+double seconds_of(const std::function<void()>& work) {
+  const auto start = std::chrono::steady_clock::now();
+  work();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+}  // namespace
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const BenchmarkOptions& options) {
+  if (options.repeats < 1) throw InvalidArgument("--repeats must be at least 1");
+  const auto& input = bundle.manifest().input;
+  const auto options_f32 = torch::TensorOptions().dtype(torch::kFloat32).device(bundle.device());
+  torch::manual_seed(0);
+
+  // The model work of one explanation, exactly as run_explain does it: forward for the class,
+  // then the attribution method.
+  auto forward = [&](const torch::Tensor& x) {
+    torch::InferenceMode no_autograd;
+    return head.logits(bundle.embed(x));
+  };
+  auto explain = [&](const torch::Tensor& x) {
+    const auto logits = forward(x);
+    const auto classes = std::get<1>(logits.topk(1, 1));
+    return method.explain(bundle, head, x, classes).maps;
+  };
+  auto synchronize = [&] {
+    if (bundle.device().is_cuda()) torch::cuda::synchronize();
+  };
+
+  // 1. Per-image latency, batch 1, interleaved so that load on the machine hits both alike.
+  const auto one = torch::randn({1, 3, input.height, input.width}, options_f32);
+  for (int i = 0; i < 3; ++i) explain(one);  // warm-up (TorchScript profiles its first runs)
+  std::vector<double> forward_s, explain_s;
+  for (int i = 0; i < options.repeats; ++i) {
+    forward_s.push_back(seconds_of([&] { forward(one); synchronize(); }));
+    explain_s.push_back(seconds_of([&] { explain(one); synchronize(); }));
+  }
+  json report{{"model", bundle.manifest().name}, {"method", method.name()}, {"device", bundle.device().str()},
+              {"latency", {{"forward_ms", 1e3 * median(forward_s)},
+                           {"explain_ms", 1e3 * median(explain_s)},
+                           {"explain_over_forward", median(explain_s) / median(forward_s)},
+                           {"repeats", options.repeats}}}};
+
+  // 2. Folder throughput against pure compute on the same number of images.
+  if (!options.files.empty()) {
+    ExplainOptions explain_options;
+    explain_options.batch.batch_size = options.batch_size;
+    explain_options.out_dir = options.out;
+    explain_options.formats = options.formats;
+    ExplainSummary summary;
+    const double pipeline_s = seconds_of([&] { summary = run_explain(bundle, head, method, options.files, explain_options, {}); });
+    const auto count = static_cast<int64_t>(summary.succeeded);
+    const auto batch = torch::randn({options.batch_size, 3, input.height, input.width}, options_f32);
+    const double compute_s = seconds_of([&] {
+      for (int64_t done = 0; done < count; done += options.batch_size) {
+        explain(done + options.batch_size <= count ? batch : batch.slice(0, 0, count - done));
+      }
+      synchronize();
+    });
+    report["throughput"] = {{"images", count},
+                            {"failed", summary.failed},
+                            {"batch_size", options.batch_size},
+                            {"pipeline_images_per_s", static_cast<double>(count) / pipeline_s},
+                            {"compute_images_per_s", static_cast<double>(count) / compute_s},
+                            {"pipeline_over_compute", compute_s / pipeline_s},
+                            {"writes", options.out.has_value()}};
+  }
+  report["peak_rss_mib"] = peak_rss_mib();
+  return report;
+}
+
+}  // namespace tve
