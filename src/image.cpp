@@ -281,6 +281,13 @@ torch::Tensor preprocess(const Image& image, const InputSpec& spec) {
 }
 
 cv::Mat to_display_bgr8(const Image& image) {
+  // The common case needs no conversion; a float copy of a large photo would cost 12 bytes a pixel.
+  if (image.pixels.type() == CV_8UC3) return image.pixels;
+  if (image.pixels.type() == CV_8UC1) {
+    cv::Mat out;
+    cv::cvtColor(image.pixels, out, cv::COLOR_GRAY2BGR);
+    return out;
+  }
   cv::Mat bgr = to_bgr(composite_alpha(to_unit_float(image.pixels), cv::Scalar(1.0, 1.0, 1.0)));
   cv::Mat out;
   bgr.convertTo(out, CV_8U, 255.0);

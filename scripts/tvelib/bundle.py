@@ -121,3 +121,33 @@ class Bundle:
         mean = torch.tensor(self.manifest["input"]["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(self.manifest["input"]["std"]).view(1, 3, 1, 1)
         return (rgb01 - mean) / std
+
+
+def add_explainer(bundle_dir: Path, module: nn.Module, defaults: dict, provenance: Optional[dict] = None) -> dict:
+    """Adds (or replaces) the explainer of an existing bundle without touching target.pt.
+
+    Writes explainer.pt, then the manifest's "explainer" section with target_sha256 set to the
+    SHA-256 of the target.pt on disk (checked against the manifest first, so an explainer is never
+    bound to a target it was not trained against), and provenance["explainer"] if given. The
+    manifest is replaced atomically; returns it.
+    defaults: lambda_pos, lambda_neg, smooth (the transfer rule's defaults).
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    target_file = bundle_dir / manifest["target"]["file"]
+    target_sha = sha256_of(target_file)
+    if target_sha != manifest["target"]["sha256"]:
+        raise ValueError(f"{target_file}: SHA-256 {target_sha} does not match the manifest's "
+                         f"{manifest['target']['sha256']}; refusing to bind an explainer to it")
+    missing = {"lambda_pos", "lambda_neg", "smooth"} - set(defaults)
+    if missing:
+        raise ValueError(f"explainer defaults lack {sorted(missing)}")
+    manifest["explainer"] = {"file": "explainer.pt", "sha256": save_script(module, bundle_dir / "explainer.pt"),
+                             "target_sha256": target_sha, "lambda_pos": float(defaults["lambda_pos"]),
+                             "lambda_neg": float(defaults["lambda_neg"]), "smooth": bool(defaults["smooth"])}
+    if provenance is not None:
+        manifest.setdefault("provenance", {})["explainer"] = provenance
+    tmp = bundle_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, bundle_dir / "manifest.json")
+    return manifest

@@ -36,6 +36,9 @@ import torch.nn.functional as F
 
 from . import sources
 
+# Version of the scene generator: a change that alters the generated images bumps it, so that
+# checkpoints and bundles record which data they saw. 1: four colour modes; 2: adds silhouettes.
+SCENE_VERSION = int(__import__("os").environ.get("TVE_SCENE_VERSION", "2"))
 IMAGE_SIZE = 112
 GRID = 14  # attribution grid: 14 x 14 cells of 8 px
 NUM_PRETRAIN_CLASSES = 200
@@ -166,25 +169,38 @@ def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
     return c * torch.eye(3) + s * kx + (1 - c) * torch.outer(k, k)
 
 
-def _colour_matrices(g: torch.Generator, n: int, keep_colour: bool) -> torch.Tensor:
-    """[B,3,3] per-sprite colour transforms: kept, hue-rotated, grey, or grey re-tinted.
+def _colour_transforms(g: torch.Generator, n: int, keep_colour: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sprite colour transforms rgb' = M rgb + c * alpha: M [B,3,3], c [B,3].
 
-    Grey is luminance copied to three channels; a tint multiplies that by a random colour, scaled
-    so the sprite keeps a visible contrast. Mono sprites (digits, garments) are always re-tinted.
+    Modes: kept, hue-rotated, grey, grey re-tinted, and (scene version 2) a flat silhouette of a
+    random colour, which leaves nothing but the outline to recognise. Grey is luminance copied to
+    three channels; a tint multiplies that by a random colour, scaled so the sprite keeps a visible
+    contrast. Mono sprites (digits, garments) never keep their (grey) colour or get hue-rotated.
     """
     grey = _LUMA.view(1, 1, 3).expand(n, 3, 3)  # every output channel = luminance
     tint = torch.rand(n, 3, generator=g) * 0.8 + 0.2
     tint = tint / tint.max(dim=1, keepdim=True).values  # brightest channel = 1
     tinted = tint.unsqueeze(2) * grey  # [B,3,3]
     hue = _hue_rotation(_u(g, n, 0.0, 2 * math.pi))
-    choice = torch.randint(0, 4, (n,), generator=g)
+    choice = torch.randint(0, 5 if SCENE_VERSION >= 2 else 4, (n,), generator=g)
     if not keep_colour:
         choice = torch.where(choice < 2, torch.full_like(choice, 3), choice)
     mats = torch.where((choice == 0).view(-1, 1, 1), torch.eye(3).expand(n, 3, 3), hue)
     mats = torch.where((choice == 2).view(-1, 1, 1), grey, mats)
     mats = torch.where((choice == 3).view(-1, 1, 1), tinted, mats)
+    silhouette = choice == 4
+    mats = torch.where(silhouette.view(-1, 1, 1), torch.zeros(n, 3, 3), mats)
+    offset = tint * silhouette.float().view(-1, 1)  # [B,3], zero unless silhouette
     # brightness gain: some sprites dark, some bright; inversion-free so shapes stay natural
-    return mats * _u(g, n, 0.6, 1.25).view(-1, 1, 1)
+    gain = _u(g, n, 0.6, 1.25)
+    return mats * gain.view(-1, 1, 1), offset * gain.view(-1, 1)
+
+
+def _recolour(g: torch.Generator, rgba: torch.Tensor, keep_colour: bool) -> torch.Tensor:
+    """[B,4,H,W] premultiplied RGBA -> [B,3,H,W] recoloured premultiplied RGB."""
+    mats, offset = _colour_transforms(g, rgba.shape[0], keep_colour)
+    rgb = torch.einsum("bij,bjhw->bihw", mats, rgba[:, :3])
+    return rgb + offset.view(-1, 3, 1, 1) * rgba[:, 3:4]
 
 
 def _affine(g: torch.Generator, n: int, scale: torch.Tensor, max_rot: float) -> torch.Tensor:
@@ -242,8 +258,7 @@ def _photo_backgrounds(g: torch.Generator, n: int, size: int) -> torch.Tensor:
     c, s = rot.cos() * zoom, rot.sin() * zoom
     theta = torch.stack([torch.stack([c * flip, -s, cx], 1), torch.stack([s * flip, c, cy], 1)], 1)
     bg = _warp(photos[idx], theta, size)
-    mats = _colour_matrices(g, n, keep_colour=True)
-    return torch.einsum("bij,bjhw->bihw", mats, bg).clamp_(0, 1)
+    return _recolour(g, torch.cat([bg, torch.ones_like(bg[:, :1])], 1), keep_colour=True).clamp_(0, 1)
 
 
 def _scene_seed(task: str, split: str, seed: int, index: int, batch: int) -> int:
@@ -272,8 +287,7 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
     def layer(rgba: torch.Tensor, scale: torch.Tensor, keep_colour: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         theta = _affine(g, n, scale, max_rot=math.radians(35))
         placed = _warp(rgba, theta, size)  # [B,4,H,W]
-        rgb = torch.einsum("bij,bjhw->bihw", _colour_matrices(g, n, keep_colour), placed[:, :3])
-        return torch.cat([rgb, placed[:, 3:4]], dim=1), theta
+        return torch.cat([_recolour(g, placed, keep_colour), placed[:, 3:4]], dim=1), theta
 
     main, main_theta = layer(pool.take(main_idx), _u(g, n, *pool.scale), pool.recolour)
     distractors = []  # (layer [B,4,H,W], drawn below the main sprite [B] bool)

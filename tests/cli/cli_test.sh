@@ -230,5 +230,17 @@ PY
   run explain "$SAMPLES/chelsea.jpg" --model "$WORK/noexp" --method occlusion; expect_rc 0
 }
 
+case_explain_bad_head_file() {
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --head-file "$WORK/missing.pt"; expect_rc 3
+  expect_in err "missing.pt: head file does not exist"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --head-file "$TVE_SOURCE_DIR/tests/fixtures/bundle_parts/not_torchscript.pt" --labels "$WORK/none.txt"
+  expect_rc 3; expect_in err "none.txt: cannot open labels file"
+  printf 'a\nb\n' > "$WORK/labels.txt"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --head-file "$TVE_SOURCE_DIR/tests/fixtures/bundle_parts/not_torchscript.pt" --labels "$WORK/labels.txt"
+  expect_rc 3; expect_in err "not a loadable TorchScript module"
+  run fit-head --model tiny-vit --data "$WORK/nothing" --out "$WORK/h.pt"; expect_rc 2; expect_in err "one sub-folder per class"
+  [[ ! -e "$WORK/h.pt" ]] || fail "a head was written"
+}
+
 "case_$1"
 echo "PASS: $1"
