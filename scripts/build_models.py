@@ -13,7 +13,8 @@ Stages per architecture, each resumable (rerun the same command after an interru
     /usr/bin/python3 scripts/build_models.py --smoke             # every stage, a few steps, temp dir
     /usr/bin/python3 scripts/build_models.py --paper-out DIR     # torchvision vit_b_16/resnet50/swin_t
 
-Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs).
+Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs),
+one folder per architecture and scene-generator version (TVE_SCENE_VERSION, see tvelib/data.py).
 One thread only: the build machine has two cores and the other one is kept free.
 """
 from __future__ import annotations
@@ -114,7 +115,8 @@ def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict,
         "architecture_config": {k: v for k, v in archs.CONFIGS[arch]["small"].items()},
         "pretrain": {**asdict(cfg), "steps_done": state["step"], "images_seen": state["images"],
                      "train_seconds": round(state["seconds"], 1), "threads": torch.get_num_threads(),
-                     "data": {"task": "emoji", "train_seed": data.TRAIN_SEED, "class_seed": data.CLASS_SEED,
+                     "data": {"task": "emoji", "scene_version": data.SCENE_VERSION,
+                     "train_seed": data.TRAIN_SEED, "class_seed": data.CLASS_SEED,
                               "num_classes": len(pre), "num_novel_classes": len(novel)}},
         "metrics": {"emoji_heldout_top1": round(evaluation["emoji_heldout_top1"], 4),
                     "emoji_heldout_n": evaluation["emoji_heldout_n"],
@@ -151,35 +153,35 @@ def check_bundle(path: Path) -> None:
 def paper_export(out: Path, log) -> None:
     """torchvision's vit_b_16, resnet50, swin_t as bundles (input 224, grid 14): the real scale.
 
-    Pretrained ImageNet weights are used where torchvision can load them (a machine with internet or
-    a filled torch hub cache); otherwise random weights, recorded in the manifest.
+    ImageNet weights are used when torchvision's file is already in the torch hub cache
+    (torch.hub.get_dir()/checkpoints, e.g. copied from a machine with internet); otherwise the
+    weights are random (seed 0), and the manifest says which. Nothing is downloaded.
     """
     import torchvision.models as tvm
-    makers = {"vit": (tvm.vit_b_16, tvm.ViT_B_16_Weights, archs.VitTarget),
-              "resnet": (tvm.resnet50, tvm.ResNet50_Weights, archs.ResNetTarget),
-              "swin": (tvm.swin_t, tvm.Swin_T_Weights, archs.SwinTarget)}
-    for arch, (ctor, weights_enum, wrapper) in makers.items():
-        weights = weights_enum.DEFAULT
-        try:
+    makers = {"vit": (tvm.vit_b_16, tvm.ViT_B_16_Weights.IMAGENET1K_V1, archs.VitTarget),
+              "resnet": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, archs.ResNetTarget),
+              "swin": (tvm.swin_t, tvm.Swin_T_Weights.IMAGENET1K_V1, archs.SwinTarget)}
+    for arch, (ctor, weights, wrapper) in makers.items():
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if cached.is_file():
             net = ctor(weights=weights)
-            origin = f"torchvision {weights}"
-            labels = list(weights.meta["categories"])
-        except Exception as e:  # no internet and no cached weights: random initialisation
-            log(f"{arch}: pretrained weights unavailable ({type(e).__name__}); random weights")
+            origin = f"torchvision {weights} ({cached.name})"
+        else:
+            log(f"{arch}: {cached} not found; random weights")
             torch.manual_seed(0)
             net = ctor(weights=None)
             origin = "random initialisation (torch.manual_seed(0))"
-            labels = list(weights.meta["categories"])
         target = wrapper(net).eval()
-        dim = archs.embedding_dim(target)
-        bundle.write_bundle(out / f"{arch}-paper", name=f"{arch}-paper", architecture=arch,
-                            target=target, labels=labels, task="ImageNet-1k classes",
-                            input_size=224, grid=14, radius=RADIUS, embedding_dim=dim,
+        name = f"{arch}-paper"
+        bundle.write_bundle(out / name, name=name, architecture=arch, target=target,
+                            labels=list(weights.meta["categories"]), task="ImageNet-1k classes",
+                            input_size=224, grid=14, radius=RADIUS, embedding_dim=archs.embedding_dim(target),
                             provenance={"script": "scripts/build_models.py --paper-out", "weights": origin,
                                         "constructor": f"torchvision.models.{ctor.__name__}"},
                             description=f"torchvision {ctor.__name__}, {origin}")
-        check_bundle(out / f"{arch}-paper")
-        log(f"{arch}: paper-scale bundle written to {out / f'{arch}-paper'}")
+        check_bundle(out / name)
+        size = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
+        log(f"{arch}: paper-scale bundle written to {out / name} ({size / 1e6:.1f} MB)")
 
 
 def main() -> int:
@@ -219,7 +221,7 @@ def main() -> int:
         cfg = training.PRETRAIN[arch]
         if args.smoke:
             cfg = replace(cfg, steps=3, batch=8)
-        run_dir = work / arch
+        run_dir = work / f"{arch}-scenes-v{data.SCENE_VERSION}"  # checkpoints are per data version
         if not pretrain_stage(arch, cfg, run_dir, log, args):
             all_done = False
             continue

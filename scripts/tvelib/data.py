@@ -7,8 +7,8 @@ after compositing (distractors may cover part of it).
 
 Colour must not give the label away, or an encoder learns colour instead of shape (a probe on
 colour emoji reached 81% on emoji and 16% on a Fashion-MNIST probe). Every sprite therefore gets a
-random colour transform (kept, hue-rotated, grey, grey re-tinted), and the whole scene a photometric
-jitter.
+random colour transform (kept, hue-rotated, grey, grey re-tinted, flat silhouette), and the whole
+scene a photometric jitter.
 
 Whole batches are composited with torch ops (affine_grid / grid_sample) from sprites rendered once
 (tvelib.sources caches them), a few milliseconds per batch, so data never holds training up.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -38,7 +39,7 @@ from . import sources
 
 # Version of the scene generator: a change that alters the generated images bumps it, so that
 # checkpoints and bundles record which data they saw. 1: four colour modes; 2: adds silhouettes.
-SCENE_VERSION = int(__import__("os").environ.get("TVE_SCENE_VERSION", "2"))
+SCENE_VERSION = int(os.environ.get("TVE_SCENE_VERSION", "1"))
 IMAGE_SIZE = 112
 GRID = 14  # attribution grid: 14 x 14 cells of 8 px
 NUM_PRETRAIN_CLASSES = 200

@@ -202,10 +202,32 @@ class ChannelsLastToFirst(nn.Module):
         return x.permute(0, 3, 1, 2)  # [B,h,w,C] -> [B,C,h,w]
 
 
-def encoder_trunk(target: nn.Module, grid: int, image_size: int, vit_depth: int = 1) -> nn.Module:
-    """Copies of the target's first stages, up to the deepest one whose output is [B,C,G,G]."""
+class PoolFlatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))  # [B,C,h,w] -> [B,C], what ResNet's/Swin's avgpool + flatten do
+
+
+class SwinRest(nn.Module):
+    """The Swin stages after the trunk, then the final norm and pooling: [B,C,G,G] -> [B,D]."""
+
+    def __init__(self, stages: List[nn.Module], norm: nn.Module):
+        super().__init__()
+        self.stages = nn.Sequential(*stages)
+        self.norm = norm
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.stages(f.permute(0, 2, 3, 1)))  # channels-last [B,h,w,D]
+        return x.mean(dim=(1, 2))
+
+
+def encoder_trunk(target: nn.Module, grid: int, image_size: int,
+                  vit_depth: int = 1) -> Tuple[nn.Module, Optional[nn.Module]]:
+    """Copies of the target's first stages, up to the deepest one whose output is [B,C,G,G], and
+    (ResNet, Swin) a copy of the remaining stages mapping those features to z = E(x), [B,D];
+    None for a ViT, whose class token would need the trunk's full token sequence."""
     import copy
     target = copy.deepcopy(target)
+    rest: Optional[nn.Module] = None
     if isinstance(target, archs.VitTarget):
         trunk = VitTrunk(target, vit_depth)
     else:
@@ -229,12 +251,19 @@ def encoder_trunk(target: nn.Module, grid: int, image_size: int, vit_depth: int 
         if keep < 0:
             raise ValueError(f"no stage of the {type(target).__name__} has a {grid} x {grid} output")
         trunk = nn.Sequential(*stages[:keep + 1], *to_nchw)
+        if isinstance(target, archs.ResNetTarget):
+            rest = nn.Sequential(*stages[keep + 1:], PoolFlatten())
+        else:
+            rest = SwinRest(stages[keep + 1:], target.net.norm)
+    x = torch.randn(2, 3, image_size, image_size)
     with torch.no_grad():
-        out = trunk.eval()(torch.zeros(1, 3, image_size, image_size))
+        out = trunk.eval()(x)
+        if rest is not None and not torch.allclose(rest.eval()(out), target.embed(x), atol=1e-4, rtol=1e-3):
+            raise AssertionError("trunk + rest does not reproduce the encoder")  # a wiring bug
     if tuple(out.shape[2:]) != (grid, grid):
         raise ValueError(f"trunk output {tuple(out.shape)} is not on the {grid} x {grid} grid")
     trunk.out_channels = int(out.shape[1])
-    return trunk
+    return trunk, rest
 
 
 class MixBlock(nn.Module):
@@ -262,12 +291,21 @@ class TrunkExplainer(nn.Module):
 
     Outputs are standardised: psi = mean + std * raw, with per-dimension mean/std of the targets
     measured once on a calibration batch, so that the regression starts well conditioned.
+
+    With a global branch (`rest`: the encoder's remaining stages on the trunk's features, so
+    z_hat ~ E(x)), psi_neg[k] = z_hat + std_neg * raw_neg[k]: removing one window changes the
+    embedding only a little, so the head learns just that change, in units of its own spread
+    (std_neg is then the spread of E(x_{-S_k}) - E(x), not of E(x_{-S_k})). Without it the head
+    would have to reproduce the whole encoder's output at every cell, and the small per-window
+    differences that make the map would drown in the per-image variance.
     """
 
     def __init__(self, trunk: nn.Module, grid: int, embedding_dim: int, width: int, depth: int,
-                 kernel: int):
+                 kernel: int, rest: Optional[nn.Module] = None):
         super().__init__()
         self.trunk = trunk
+        self.has_global = rest is not None
+        self.rest = rest if rest is not None else nn.Identity()
         self.grid = grid
         self.embedding_dim = embedding_dim
         self.inp = nn.Conv2d(trunk.out_channels, width, 1)
@@ -281,10 +319,13 @@ class TrunkExplainer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         f = self.trunk(x)  # [B,C,G,G]
-        f = self.blocks(self.inp(f))
-        raw = self.out(F.gelu(self.norm(f)))  # [B,2D,G,G]
+        h = self.blocks(self.inp(f))
+        raw = self.out(F.gelu(self.norm(h)))  # [B,2D,G,G]
         psi = raw.flatten(2).transpose(1, 2) * self.std + self.mean  # [B,G*G,2D] row-major
-        return psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
+        pos, neg = psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
+        if self.has_global:
+            neg = neg + self.rest(f).unsqueeze(1)  # [B,1,D] broadcast over cells
+        return pos, neg
 
 
 @dataclass
@@ -301,6 +342,7 @@ class ExplainerConfig:
     width: int = 128
     depth: int = 3
     vit_depth: int = 1
+    global_branch: bool = True  # psi_neg = copied encoder's E(x) + learned change (ResNet, Swin)
     logit_weight: float = 0.0  # weight of the loss on the target head's logits (0 = embedding only)
     seed: int = 0
     data_seed: int = data.TRAIN_SEED
@@ -309,9 +351,10 @@ class ExplainerConfig:
 
 def build(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig) -> TrunkExplainer:
     torch.manual_seed(cfg.seed)
-    trunk = encoder_trunk(target, grid, image_size, cfg.vit_depth)
+    trunk, rest = encoder_trunk(target, grid, image_size, cfg.vit_depth)
     dim = archs.embedding_dim(target)
-    return TrunkExplainer(trunk, grid, dim, cfg.width, cfg.depth, 2 * radius + 1)
+    return TrunkExplainer(trunk, grid, dim, cfg.width, cfg.depth, 2 * radius + 1,
+                          rest if cfg.global_branch else None)
 
 
 def freeze_norm_stats(model: nn.Module) -> None:
@@ -413,15 +456,20 @@ def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cf
     s = data.make_scenes("emoji", "train", cfg.data_seed + 7919, 0, cfg.calib_images, size=image_size)
     x = data.normalise(s.images)
     c = draw_centres(cfg.seed + 7919, 0, len(x), masks.shape[0], min(8, masks.shape[0]))
-    zp, zn = masked_targets(encoder, x, masks, c)
+    zp, zn = masked_targets(encoder, x, masks, c)  # [B,K,D] each
+    if model.has_global:
+        with torch.no_grad():
+            zn = zn - encoder.embed(x).unsqueeze(1)  # the change that removing S_k makes
     d = zp.shape[-1]
     zp, zn = zp.reshape(-1, d), zn.reshape(-1, d)
-    model.mean.copy_(torch.cat([zp.mean(0), zn.mean(0)]))
+    # The global branch starts exact, so the learned change starts at zero mean.
+    model.mean.copy_(torch.cat([zp.mean(0), torch.zeros(d) if model.has_global else zn.mean(0)]))
     model.std.copy_(torch.cat([zp.std(0), zn.std(0)]).clamp(min=1e-3))
 
 
 def _param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
-    trunk = [p for p in model.trunk.parameters()]
+    # The copied encoder stages (trunk and global branch) move slower than the new head.
+    trunk = list(model.trunk.parameters()) + list(model.rest.parameters())
     trunk_ids = {id(p) for p in trunk}
     rest = [p for p in model.parameters() if id(p) not in trunk_ids]
     decay = [p for p in rest if p.ndim > 1]

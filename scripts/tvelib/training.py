@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,13 @@ class PretrainConfig:
     seed: int = 0  # model initialisation; the data stream has its own seed (data.TRAIN_SEED)
 
 
-# Budgets measured on the 2-core machine with one thread (see models/README.md): each run fits in
-# one or two stages of at most 90 minutes.
+# The same data budget for every architecture (3000 x 64 = 192,000 scenes). With one thread on the
+# 2-core machine ResNet trains at ~100 img/s (32 min), ViT at ~20 img/s (2.7 h), Swin at ~15 img/s
+# (3.6 h); the long ones run as several resumable stages of at most 90 minutes.
 PRETRAIN = {
     "resnet": PretrainConfig(steps=3000, lr=2e-3),
-    "vit": PretrainConfig(steps=4000, lr=1e-3),
-    "swin": PretrainConfig(steps=4000, lr=1e-3),
+    "vit": PretrainConfig(steps=3000, lr=1e-3),
+    "swin": PretrainConfig(steps=3000, lr=1e-3),
 }
 
 
