@@ -39,7 +39,16 @@ enum ExitCode : int {
   kNoInputSucceeded = 4,
   kDeviceError = 5,
   kInternalError = 6,
+  kOutputError = 7,
 };
+
+int exit_code_for_error(const tve::Error& error) {
+  if (dynamic_cast<const tve::BundleError*>(&error)) return kBundleError;
+  if (dynamic_cast<const tve::DeviceError*>(&error)) return kDeviceError;
+  if (dynamic_cast<const tve::InvalidArgument*>(&error)) return kUsage;
+  if (dynamic_cast<const tve::ImageError*>(&error)) return kNoInputSucceeded;
+  return kOutputError;  // the remaining library errors are about writing files
+}
 
 struct CommonOptions {
   std::optional<std::string> models_dir;
@@ -398,7 +407,7 @@ int main(int argc, char** argv) {
   tve models                                       list the model bundles found
 
 Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage error, 3 bad or missing model bundle,
-4 no input succeeded, 5 device unavailable, 6 internal error.
+4 no input succeeded, 5 device unavailable, 6 internal error, 7 output could not be written.
 Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped models/ folder.)");
 
   CommonOptions common;
@@ -492,15 +501,9 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
     if (*predict_cmd) return run_predict(common, predict);
     if (*bench_cmd) return run_bench(common, bench);
     if (*models_cmd) return run_models(common, models);
-  } catch (const tve::BundleError& e) {
+  } catch (const tve::Error& e) {
     tve::logger().error("{}", e.what());
-    return kBundleError;
-  } catch (const tve::DeviceError& e) {
-    tve::logger().error("{}", e.what());
-    return kDeviceError;
-  } catch (const tve::InvalidArgument& e) {
-    tve::logger().error("{}", e.what());
-    return kUsage;
+    return exit_code_for_error(e);
   } catch (const std::exception& e) {
     tve::logger().error("internal error: {}", e.what());
     return kInternalError;

@@ -240,6 +240,9 @@ case_explain_bad_head_file() {
   expect_rc 3; expect_in err "not a loadable TorchScript module"
   run fit-head --model tiny-vit --data "$WORK/nothing" --out "$WORK/h.pt"; expect_rc 2; expect_in err "one sub-folder per class"
   [[ ! -e "$WORK/h.pt" ]] || fail "a head was written"
+  mkdir -p "$WORK/d/a" "$WORK/d/b"; cp "$FIXTURES/images/rgb8.png" "$WORK/d/a/"; cp "$FIXTURES/images/gray8.png" "$WORK/d/b/"
+  printf 'x' > "$WORK/file"
+  run fit-head --model tiny-vit --data "$WORK/d" --out "$WORK/file/h.pt"; expect_rc 7; expect_in err "file/h.pt"
 }
 
 "case_$1"

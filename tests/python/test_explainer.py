@@ -1,0 +1,185 @@
+"""tvelib.explainer: the mask and map conventions of src/attribution.cpp, the transfer rule, the
+metrics, and a smoke training run on the tiny bundles (train, resume, export, load)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tvelib import bundle, explainer as ex
+
+ROOT = Path(__file__).resolve().parents[2]
+torch.set_num_threads(1)
+
+
+def test_pixel_cells_follow_floor_boundaries():
+    # 10 px over 4 cells: cell i spans [floor(i*10/4), floor((i+1)*10/4)) = [0,2) [2,5) [5,7) [7,10)
+    assert ex.pixel_cells(10, 4).tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+
+
+def test_window_masks_hand_checked_4x4():
+    # 4x4 image, 4x4 grid (one pixel per cell), radius 1.
+    m = ex.window_masks(4, 1, 4, 4)
+    assert m.shape == (16, 1, 4, 4)
+    # k = row*G + col: k = 1 is row 0, col 1, a window clipped at the top border.
+    expected_k1 = torch.tensor([[1, 1, 1, 0],
+                                [1, 1, 1, 0],
+                                [0, 0, 0, 0],
+                                [0, 0, 0, 0]], dtype=torch.float32)
+    assert torch.equal(m[1, 0], expected_k1)
+    # k = 14 is row 3 (the bottom), col 2.
+    expected_k14 = torch.tensor([[0, 0, 0, 0],
+                                 [0, 0, 0, 0],
+                                 [0, 1, 1, 1],
+                                 [0, 1, 1, 1]], dtype=torch.float32)
+    assert torch.equal(m[14, 0], expected_k14)
+    # radius 0: mask k is exactly cell k
+    m0 = ex.window_masks(4, 0, 8, 8)
+    assert torch.equal(m0[6, 0].nonzero().unique(dim=0), torch.tensor([[2, 4], [2, 5], [3, 4], [3, 5]]))
+
+
+def test_smoothing_ignores_padding():
+    maps = torch.zeros(1, 3, 3)
+    maps[0, 0, 0] = 9.0
+    s = ex.smooth_maps(maps, 1)
+    assert s[0, 0, 0] == pytest.approx(9.0 / 4)  # corner: 4 valid cells
+    assert s[0, 1, 1] == pytest.approx(1.0)  # centre: 9 cells
+    assert torch.equal(ex.smooth_maps(maps, 0), maps)
+
+
+def test_rule_matches_the_formula_and_orientation():
+    g, c = 3, 4
+    pos, neg = torch.randn(2, g * g, c), torch.randn(2, g * g, c)
+    classes = torch.tensor([1, 3])
+    maps = ex.rule(pos, neg, classes, g, 1.0, 0.5, False, 1)
+    assert maps.shape == (2, g, g)
+    for b in range(2):
+        for k in range(g * g):
+            want = pos[b, k, classes[b]] - 0.5 * neg[b, k, classes[b]]
+            assert maps[b, k // g, k % g] == pytest.approx(float(want))
+
+
+def test_tve_on_a_bundle_matches_the_reference_computation():
+    # The same computation as tests/python/test_tve_cpp_matches_python.py's python_tve.
+    b = bundle.Bundle(ROOT / "models/tiny-resnet")
+    x = torch.randn(3, 3, 32, 32)
+    g, r = b.manifest["grid"], b.manifest["radius"]
+    with torch.no_grad():
+        pos, neg = b.explainer(x)
+        head = b.target.head
+        c = head(b.target.embed(x)).argmax(1)
+        lp, ln = head(pos.reshape(-1, pos.shape[-1])).view(3, g * g, -1), head(neg.reshape(-1, neg.shape[-1])).view(3, g * g, -1)
+        got = ex.rule(lp, ln, c, g, 1.0, 1.0, True, r)
+        for i in range(3):
+            e = head(pos[i])[:, c[i]] - head(neg[i])[:, c[i]]
+            want = F.avg_pool2d(e.view(1, 1, g, g), 2 * r + 1, stride=1, padding=r, count_include_pad=False)[0, 0]
+            assert torch.allclose(got[i], want, atol=1e-5)
+
+
+def test_occlusion_embeddings_use_baseline_zero():
+    calls = []
+
+    def embed(x):  # records inputs, returns their sums per channel
+        calls.append(x.clone())
+        return x.sum(dim=(2, 3))
+
+    x = torch.randn(1, 3, 4, 4)
+    pos, neg = ex.occlusion_embeddings(embed, x, 2, 0)
+    assert pos.shape == neg.shape == (1, 4, 3)
+    # cell 1 = row 0, col 1 = pixels [0:2, 2:4]
+    assert torch.allclose(pos[0, 1], x[0, :, 0:2, 2:4].sum(dim=(1, 2)))
+    assert torch.allclose(neg[0, 1], x[0].sum(dim=(1, 2)) - x[0, :, 0:2, 2:4].sum(dim=(1, 2)))
+
+
+def test_metrics_against_numpy():
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 2.0, 3.0, 0.0]])
+    b = torch.tensor([[2.0, 4.0, 6.0, 8.0, 11.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    assert ex.spearman(a, b)[0] == pytest.approx(1.0)
+    assert ex.pearson(a, b)[0] == pytest.approx(np.corrcoef(a[0], b[0])[0, 1])
+    # ties get average ranks: a[1] ranks = [1.5, 1.5, 3, 4, 0]; b[1] ranks = [4, 3, 2, 1, 0]
+    ra, rb = np.array([1.5, 1.5, 3, 4, 0]), np.array([4, 3, 2, 1, 0])
+    assert ex.spearman(a, b)[1] == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+    iou = ex.topk_iou(torch.arange(10.0).view(1, -1), torch.arange(10.0).view(1, -1), 0.2)
+    assert iou[0] == pytest.approx(1.0)
+    iou = ex.topk_iou(torch.arange(10.0).view(1, -1), -torch.arange(10.0).view(1, -1), 0.2)
+    assert iou[0] == 0.0
+
+
+def test_pointing_game():
+    maps = torch.zeros(2, 2, 2)
+    maps[0, 1, 0] = 1.0  # max at row 1, col 0
+    maps[1, 0, 1] = 1.0
+    cover = torch.zeros(2, 2, 2)
+    cover[:, 1, 0] = 0.3
+    assert ex.pointing_hits(maps, cover).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit", "swin"])
+def test_trunk_explainer_shapes_and_scripting(arch):
+    b = bundle.Bundle(ROOT / f"models/tiny-{arch}")
+    target = ex.eager_target(b)
+    cfg = ex.ExplainerConfig(width=16, depth=1)
+    model = ex.build(target, 4, 1, 32, cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pos, neg = torch.jit.script(model)(x)
+    assert pos.shape == neg.shape == (2, 16, b.manifest["embedding_dim"])
+    assert ex.count_flops(model, model, x[:1]) > 0
+
+
+def _train(tmp_path, *extra):
+    args = [sys.executable, str(ROOT / "scripts/train_explainer.py"), "--model", str(ROOT / "models/tiny-resnet"),
+            "--smoke", "--run", str(tmp_path / "run"), *extra]
+    return subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+def test_smoke_training_exports_a_matching_explainer(tmp_path):
+    _train(tmp_path, "--export-to", str(tmp_path / "bundle"))
+    b = bundle.Bundle(tmp_path / "bundle")  # verifies every hash
+    m = b.manifest
+    assert m["explainer"]["target_sha256"] == m["target"]["sha256"]
+    assert bundle.sha256_of(tmp_path / "bundle/target.pt") == bundle.sha256_of(ROOT / "models/tiny-resnet/target.pt")
+    pos, neg = b.explainer(torch.randn(2, 3, 32, 32))
+    assert pos.shape == neg.shape == (2, 16, m["embedding_dim"])
+    assert m["provenance"]["explainer"]["steps_done"] == 4
+    assert json.loads((ROOT / "models/tiny-resnet/manifest.json").read_text())["explainer"]["sha256"] != \
+        m["explainer"]["sha256"]  # the shipped bundle was not touched
+
+
+def test_resume_continues_at_the_right_step(tmp_path):
+    _train(tmp_path, "--steps", "6", "--max-steps", "2")
+    state = torch.load(tmp_path / "run/explainer.ckpt")["state"]
+    assert state["step"] == 2 and not state["done"]
+    _train(tmp_path, "--steps", "6")
+    log = (tmp_path / "run/train.log").read_text()
+    assert "resumed at step 2/6" in log
+    state = torch.load(tmp_path / "run/explainer.ckpt")["state"]
+    assert state["step"] == 6 and state["done"]
+    # A different configuration refuses the checkpoint instead of silently mixing runs.
+    with pytest.raises(subprocess.CalledProcessError):
+        _train(tmp_path, "--steps", "6", "--width", "8")
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    # Same data stream, centres and optimiser state: 2 + 2 steps give the same weights as 4.
+    target = ex.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
+    cfg = ex.ExplainerConfig(steps=4, batch=2, centres=2, width=8, depth=1, calib_images=4)
+    quiet = lambda msg: None  # noqa: E731
+    a, _ = ex.train(target, 4, 1, 32, cfg, tmp_path / "a", quiet)
+    ex.train(target, 4, 1, 32, cfg, tmp_path / "b", quiet, max_steps=2)
+    b, _ = ex.train(target, 4, 1, 32, cfg, tmp_path / "b", quiet)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_add_explainer_refuses_a_changed_target(tmp_path):
+    shutil.copytree(ROOT / "models/tiny-resnet", tmp_path / "b")
+    with open(tmp_path / "b/target.pt", "ab") as f:
+        f.write(b"x")
+    module = bundle.Bundle(ROOT / "models/tiny-resnet").explainer
+    with pytest.raises(ValueError, match="does not match"):
+        bundle.add_explainer(tmp_path / "b", module, {"lambda_pos": 1, "lambda_neg": 1, "smooth": True})
