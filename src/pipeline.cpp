@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <future>
 #include <set>
 
 #include "tve/error.hpp"
@@ -75,34 +76,50 @@ fs::path mirrored_output_path(const fs::path& input) {
   return out;
 }
 
-void read_in_batches(const std::vector<InputFile>& inputs, const InputSpec& spec, const BatchOptions& options,
-                     const std::function<void(std::vector<ImageJob>&)>& on_batch) {
-  if (options.batch_size < 1) throw InvalidArgument("--batch-size must be at least 1");
+namespace {
+
+// Decodes inputs from `cursor` on until the batch holds batch_size good images or inputs run out.
+std::vector<ImageJob> decode_batch(const std::vector<InputFile>& inputs, size_t& cursor, const InputSpec& spec,
+                                   const BatchOptions& options) {
   std::vector<ImageJob> batch;
   int good = 0;
-  for (const auto& input : inputs) {
+  while (cursor < inputs.size() && good < options.batch_size) {
     ImageJob job;
-    job.input = input;
+    job.input = inputs[cursor++];
     const auto start = std::chrono::steady_clock::now();
     try {
-      Image image = load_image(input.path, options.limits);
+      Image image = load_image(job.input.path, options.limits);
       job.tensor = preprocess(image, spec);
       if (options.keep_images) job.image = std::move(image);
       ++good;
     } catch (const Error& e) {
       job.error = e.what();
     } catch (const cv::Exception& e) {
-      job.error = input.path.string() + ": OpenCV failed: " + e.msg;
+      job.error = job.input.path.string() + ": OpenCV failed: " + e.msg;
     }
     job.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     batch.push_back(std::move(job));
-    if (good == options.batch_size) {
-      on_batch(batch);
-      batch.clear();
-      good = 0;
-    }
   }
-  if (!batch.empty()) on_batch(batch);
+  return batch;
+}
+
+}  // namespace
+
+void read_in_batches(const std::vector<InputFile>& inputs, const InputSpec& spec, const BatchOptions& options,
+                     const std::function<void(std::vector<ImageJob>&)>& on_batch) {
+  if (options.batch_size < 1) throw InvalidArgument("--batch-size must be at least 1");
+  // Only the decoding side touches `cursor`, one batch at a time (each future is waited for
+  // before the next is started).
+  size_t cursor = 0;
+  auto decode_next = [&] { return decode_batch(inputs, cursor, spec, options); };
+  const auto policy = options.prefetch ? std::launch::async : std::launch::deferred;
+  std::future<std::vector<ImageJob>> next = std::async(policy, decode_next);
+  while (true) {
+    std::vector<ImageJob> batch = next.get();
+    if (batch.empty()) break;
+    next = std::async(policy, decode_next);  // decodes while on_batch works on this batch
+    on_batch(batch);
+  }
 }
 
 torch::Tensor stack_good(const std::vector<ImageJob>& jobs, const torch::Device& device) {

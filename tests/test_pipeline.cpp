@@ -101,6 +101,34 @@ TEST(MirroredOutputPath, KeepsInputsApart) {
   EXPECT_NE(mirrored_output_path("a/x.png"), mirrored_output_path("b/x.png"));
 }
 
+TEST(ReadInBatches, SameBatchesWithAndWithoutPrefetch) {
+  std::vector<InputFile> inputs;
+  for (int i = 0; i < 7; ++i) inputs.push_back({test::image_fixture(i == 3 ? "corrupt.png" : "rgb8.png")});
+  auto sizes_with = [&](bool prefetch) {
+    BatchOptions options;
+    options.batch_size = 3;
+    options.prefetch = prefetch;
+    std::vector<size_t> sizes;
+    read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) { sizes.push_back(jobs.size()); });
+    return sizes;
+  };
+  EXPECT_EQ(sizes_with(true), (std::vector<size_t>{3, 4}));  // 3 good; then 3 good and the corrupt one
+  EXPECT_EQ(sizes_with(false), sizes_with(true));
+}
+
+TEST(ReadInBatches, AnErrorInTheConsumerStopsTheRun) {
+  std::vector<InputFile> inputs(20, InputFile{test::image_fixture("rgb8.png")});
+  BatchOptions options;
+  options.batch_size = 2;
+  int calls = 0;
+  EXPECT_THROW(read_in_batches(inputs, spec32(), options,
+                               [&](std::vector<ImageJob>&) {
+                                 if (++calls == 2) throw std::runtime_error("disk full");
+                               }),
+               std::runtime_error);
+  EXPECT_EQ(calls, 2);
+}
+
 TEST(ReadInBatches, RefusesBatchSizeZero) {
   BatchOptions options;
   options.batch_size = 0;

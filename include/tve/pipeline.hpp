@@ -43,11 +43,15 @@ struct ImageJob {
 struct BatchOptions {
   int batch_size = 8;
   bool keep_images = false;
+  // Decode the next batch on a second thread while `on_batch` runs, so that file reading and
+  // decoding overlap the model's work. At most two batches are in memory.
+  bool prefetch = true;
   ImageLimits limits;
 };
 
 // Decodes `inputs` in order and calls `on_batch` with consecutive runs of jobs holding up to
-// batch_size good images (failed ones ride along in their place). Memory stays bounded by one batch.
+// batch_size good images (failed ones ride along in their place). Memory stays bounded by two
+// batches, however many inputs there are. An exception from `on_batch` stops the run.
 void read_in_batches(const std::vector<InputFile>& inputs, const InputSpec& spec, const BatchOptions& options,
                      const std::function<void(std::vector<ImageJob>&)>& on_batch);
 

@@ -17,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
 
 
-def test_pixel_cells_follow_floor_boundaries():
-    # 10 px over 4 cells: cell i spans [floor(i*10/4), floor((i+1)*10/4)) = [0,2) [2,5) [5,7) [7,10)
-    assert ex.pixel_cells(10, 4).tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+def test_pixel_cells_match_the_cpp_rule():
+    # src/attribution.cpp: pixel p is in cell floor(p*G/H). 10 px over 4 cells (boundaries at
+    # 0, 2.5, 5, 7.5): [0,3) [3,5) [5,8) [8,10). 112 px over 14 cells: 8 px each.
+    assert ex.pixel_cells(10, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert ex.pixel_cells(112, 14).tolist() == [p // 8 for p in range(112)]
 
 
 def test_window_masks_hand_checked_4x4():
