@@ -97,4 +97,11 @@ ThreadChoice choose_threads(const std::function<void()>& workload, std::optional
   return {best, "fastest of a timed forward pass each (" + report.str() + ")"};
 }
 
+ThreadChoice default_threads(std::optional<int> forced) {
+  if (forced) return choose_threads([] {}, forced);
+  const ThreadSettings settings{1, available_cores()};
+  apply_thread_settings(settings);
+  return {settings, "default for short runs, not measured"};
+}
+
 }  // namespace tve

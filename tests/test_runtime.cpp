@@ -38,6 +38,13 @@ TEST(Threads, MeasuredChoiceIsOneOfTheCandidatesAndApplied) {
   EXPECT_NE(choice.reason.find("ms"), std::string::npos);
 }
 
+TEST(Threads, DefaultForShortRunsIsAppliedWithoutMeasuring) {
+  const auto choice = default_threads(std::nullopt);
+  EXPECT_EQ(choice.settings, (ThreadSettings{1, available_cores()}));
+  EXPECT_EQ(at::get_num_threads(), 1);
+  EXPECT_EQ(default_threads(2).settings, (ThreadSettings{2, 2}));  // --threads still wins
+}
+
 TEST(Blas, OpenBlasIsInUse) {
   // scripts/setup.sh installs libopenblas0-pthread; without it transformers run ~40x slower.
   const auto blas = detect_blas();

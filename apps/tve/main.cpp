@@ -123,8 +123,12 @@ std::optional<fs::path> as_path(const std::optional<std::string>& text) {
   return text ? std::optional<fs::path>(*text) : std::nullopt;
 }
 
-// Loads the bundle named by --model on the chosen device and picks thread counts by measurement.
-tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size) {
+// Measuring thread counts costs about a dozen forward passes: worth it from this many images on.
+constexpr size_t kMeasureThreadsFromImages = 32;
+
+// Loads the bundle named by --model on the chosen device and picks thread counts, by measurement
+// when the run is long enough (`images`) to repay it.
+tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images) {
   const torch::Device device = tve::select_device(common.device);
   const auto search_dirs = tve::model_search_dirs(as_path(common.models_dir));
   const fs::path dir = tve::resolve_bundle(model.empty() ? tve::default_model_name(search_dirs) : model, search_dirs);
@@ -135,12 +139,13 @@ tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& 
     if (!blas.is_openblas) tve::logger().warn("BLAS is {}", blas.description);
     const auto& input = bundle.manifest().input;
     auto sample = torch::zeros({batch_size, 3, input.height, input.width});
-    const auto choice = tve::choose_threads(
-        [&] {
-          torch::InferenceMode no_autograd;
-          bundle.logits(sample);
-        },
-        common.threads);
+    const auto choice = images < kMeasureThreadsFromImages ? tve::default_threads(common.threads)
+                                                           : tve::choose_threads(
+                                                                 [&] {
+                                                                   torch::InferenceMode no_autograd;
+                                                                   bundle.logits(sample);
+                                                                 },
+                                                                 common.threads);
     tve::logger().info("threads: {} ({}); {}", tve::to_string(choice.settings), choice.reason, blas.description);
   }
   tve::logger().info("model {} ({}, {}x{} input) on {}", bundle.manifest().name, bundle.manifest().architecture,
@@ -155,9 +160,9 @@ int exit_code_for(size_t succeeded, size_t failed) {
 }
 
 int run_predict(const CommonOptions& common, const PredictOptions& options) {
-  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
-  tve::Head& head = bundle.head(options.head);
   const auto inputs = tve::expand_inputs(options.inputs, std::cin);
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
+  tve::Head& head = bundle.head(options.head);
   if (inputs.empty()) {
     tve::logger().error("no images found in the inputs given");
     return kNoInputSucceeded;
@@ -244,7 +249,8 @@ std::unique_ptr<tve::AttributionMethod> make_method(const ExplainCliOptions& opt
 }
 
 int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
-  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
+  const auto inputs = tve::expand_inputs(options.inputs, std::cin);
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
   std::optional<tve::Head> external;
   if (options.head_file) {
     std::optional<std::vector<std::string>> labels;
@@ -264,7 +270,6 @@ int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
   explain.overlay.alpha = options.alpha;
   if (options.out_dir) explain.out_dir = fs::path(*options.out_dir);
 
-  const auto inputs = tve::expand_inputs(options.inputs, std::cin);
   if (inputs.empty()) {
     tve::logger().error("no images found in the inputs given");
     return kNoInputSucceeded;
@@ -281,8 +286,8 @@ int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
 }
 
 int run_fit_head(const CommonOptions& common, const FitHeadCliOptions& options) {
-  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
   const auto data = tve::scan_labelled_folder(options.data);
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, data.files.size());
   tve::logger().info("fitting a linear head on {} image(s) of {} classes from {}", data.files.size(),
                      data.class_names.size(), options.data);
   tve::FitHeadOptions fit;
@@ -306,7 +311,8 @@ int run_fit_head(const CommonOptions& common, const FitHeadCliOptions& options) 
 }
 
 int run_bench(const CommonOptions& common, const BenchCliOptions& options) {
-  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size);
+  // A benchmark always measures its thread counts: that is part of what it reports.
+  tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, kMeasureThreadsFromImages);
   tve::Head& head = bundle.head("target");
   ExplainCliOptions method_options;
   method_options.method = options.method;

@@ -44,6 +44,11 @@ struct ThreadChoice {
 // `forced` (--threads N) skips the measurement and uses N for both pools.
 ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced);
 
+// Without measuring: 1 LibTorch thread and one BLAS thread per core, the split that was fastest
+// or within a few percent of it for every model measured here (docs/performance.md). Used when a
+// run is too short for a measurement (a dozen forward passes) to pay for itself.
+ThreadChoice default_threads(std::optional<int> forced);
+
 int available_cores();
 
 }  // namespace tve

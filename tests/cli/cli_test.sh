@@ -192,7 +192,8 @@ case_explain_occlusion() {
 case_explain_progress_only_on_terminals() {
   run explain "$SAMPLES" --model tiny-vit; expect_rc 0
   ! grep -q "images/s" "$WORK/err" || fail "progress bar drawn on a non-terminal"
-  run explain "$SAMPLES" --model tiny-vit --progress always; expect_rc 0; expect_in err "3/3 images"
+  run explain "$SAMPLES" --model tiny-vit --progress always; expect_rc 0
+  grep -qE '([0-9]+)/\1 images' "$WORK/err" || fail "progress bar did not reach the end: $(cat "$WORK/err")"
 }
 
 case_fit_head_then_explain() {

@@ -162,8 +162,10 @@ def test_resume_continues_at_the_right_step(tmp_path):
     state = torch.load(tmp_path / "run/explainer.ckpt")["state"]
     assert state["step"] == 6 and state["done"]
     # A different configuration refuses the checkpoint instead of silently mixing runs.
-    with pytest.raises(subprocess.CalledProcessError):
-        _train(tmp_path, "--steps", "6", "--width", "8")
+    target = ex.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
+    other = ex.ExplainerConfig(steps=6, batch=4, centres=2, width=8, depth=1, calib_images=8)
+    with pytest.raises(ValueError, match="was made with"):
+        ex.train(target, 4, 1, 32, other, tmp_path / "run", lambda msg: None)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
