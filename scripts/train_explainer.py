@@ -20,7 +20,7 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -54,7 +54,8 @@ def export(b: bundle.Bundle, model: torch.nn.Module, state: dict, out_dir: Path,
     provenance = {"script": "scripts/train_explainer.py", "architecture": "TrunkExplainer (tvelib.explainer)",
                   "config": cfg, "steps_done": state["step"], "images_seen": state["images"],
                   "train_seconds": round(state["seconds"], 1), "threads": 1,
-                  "data": {"task": "emoji", "train_seed": cfg["data_seed"], "class_seed": data.CLASS_SEED},
+                  "data": {"task": "emoji", "train_seed": cfg["data_seed"], "class_seed": data.CLASS_SEED,
+                           "scene_version": cfg["scene_version"]},
                   "defaults_chosen_by": defaults.get("chosen_by", "command-line flags"),
                   "torch": torch.__version__}
     if "metrics" in defaults:
@@ -94,6 +95,7 @@ def main() -> None:
         base = dict(steps=4, batch=4, centres=2, width=32, depth=1, calib_images=8)
         base.update(overrides)
         overrides = base
+    overrides.setdefault("scene_version", ex.scene_version_of(m))
     cfg = ex.ExplainerConfig(**overrides)
     run = args.run or default_run(b)
     log = Logger(run / "train.log")

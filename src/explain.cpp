@@ -216,6 +216,9 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
       } catch (const Error& e) {
         fail(job, e.what());
         continue;
+      } catch (const cv::Exception& e) {  // rendering or PNG encoding
+        fail(job, job.input.path.string() + ": rendering the overlay failed: " + e.msg);
+        continue;
       }
       record["timings_ms"]["write"] = ms_since(write_start);
       ++summary.succeeded;

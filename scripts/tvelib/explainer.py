@@ -2,7 +2,8 @@
 
 Conventions (identical to src/attribution.cpp, DESIGN.md section 2):
     cell k = row * G + col, row 0 at the top of the image;
-    cell i spans pixel rows [floor(i*H/G), floor((i+1)*H/G)) (columns likewise);
+    pixel row p lies in cell row floor(p*G/H) (columns likewise), i.e. cell i spans the real
+    interval [i*H/G, (i+1)*H/G); 112 px over 14 cells: 8 px each;
     S_k = the cells within Chebyshev distance r of k, clipped at the border;
     removed pixels take the value 0 in normalised space (the dataset mean colour);
     smoothing = avg_pool2d(kernel 2r+1, stride 1, padding r, count_include_pad=False).
@@ -17,9 +18,11 @@ Explainer architecture (TrunkExplainer): the first stages of the target encoder 
 and fine-tuned, up to the deepest point where its feature map has the attribution grid's
 resolution (ResNet: the stage at stride H/G; ViT: patch tokens after a few blocks; Swin: the stage
 at G x G), then a small convolutional "meta head" of depthwise (2r+1) x (2r+1) mixing blocks with
-a global-context term, and a 1x1 projection to 2D channels. The paper initialises its explainer
-from the encoder too; starting from features the encoder already computes is what makes a
-network this small (within 1.5x the target's forward cost) learn in an hour of one CPU thread.
+a global-context term, and a 1x1 projection to 2D channels. For ResNet and Swin a copy of the
+encoder's remaining stages on the trunk's features gives E(x), and psi_neg is E(x) plus a learned
+per-cell change (see TrunkExplainer). The paper initialises its explainer from the encoder too;
+starting from what the encoder already computes is what lets a network within 1.5x the target's
+forward cost learn in an hour of one CPU thread.
 """
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +47,9 @@ from . import archs, data
 def pixel_cells(size: int, grid: int) -> torch.Tensor:
     """[size] int64: the grid row (or column) each pixel row (column) belongs to, floor(p*G/size).
 
-    Cell i spans [floor(i*size/G), floor((i+1)*size/G)), i.e. pixel p is in cell floor(p*G/size).
+    As src/attribution.cpp: cell i spans the pixels p with i*size/G <= p < (i+1)*size/G (real
+    boundaries), i.e. [ceil(i*size/G), ceil((i+1)*size/G)); the same as floor boundaries whenever
+    G divides the size (112 px over 14 cells: 8 px each).
     """
     return torch.div(torch.arange(size) * grid, size, rounding_mode="floor")
 
@@ -179,7 +184,7 @@ def eager_target(b) -> nn.Module:
 
 
 class VitTrunk(nn.Module):
-    """A ViT target's patch embedding and first `depth` blocks -> [B,W,g,g] patch tokens."""
+    """A ViT target's patch embedding and first `depth` blocks -> [B,1+g*g,W] tokens (0: class)."""
 
     def __init__(self, target: archs.VitTarget, depth: int):
         super().__init__()
@@ -189,12 +194,33 @@ class VitTrunk(nn.Module):
         self.blocks = nn.Sequential(*list(target.early_blocks.children())[:depth])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.conv_proj(x)  # [B,W,g,g]
-        b, w, h, ww = t.shape
-        t = t.flatten(2).transpose(1, 2)  # [B,g*g,W] row-major
-        t = torch.cat([self.class_token.expand(b, -1, -1), t], dim=1) + self.pos_embedding
-        t = self.blocks(t)[:, 1:]
-        return t.transpose(1, 2).reshape(b, w, h, ww)
+        t = self.conv_proj(x).flatten(2).transpose(1, 2)  # [B,g*g,W] row-major
+        t = torch.cat([self.class_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embedding
+        return self.blocks(t)
+
+
+class TokensToMap(nn.Module):
+    """[B,1+g*g,W] tokens -> [B,W,g,g] patch-token map (the class token dropped)."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], self.grid, self.grid)
+
+
+class VitRest(nn.Module):
+    """The ViT blocks after the trunk, the last block and the final norm: tokens -> class token z."""
+
+    def __init__(self, target: archs.VitTarget, depth: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*list(target.early_blocks.children())[depth:])
+        self.last_block = target.last_block
+        self.ln = target.ln
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.last_block(self.blocks(t)))[:, 0]
 
 
 class ChannelsLastToFirst(nn.Module):
@@ -221,15 +247,20 @@ class SwinRest(nn.Module):
 
 
 def encoder_trunk(target: nn.Module, grid: int, image_size: int,
-                  vit_depth: int = 1) -> Tuple[nn.Module, Optional[nn.Module]]:
-    """Copies of the target's first stages, up to the deepest one whose output is [B,C,G,G], and
-    (ResNet, Swin) a copy of the remaining stages mapping those features to z = E(x), [B,D];
-    None for a ViT, whose class token would need the trunk's full token sequence."""
+                  vit_depth: int = 1) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """Copies of the target's parts: (trunk, to_map, rest).
+
+    trunk: the first stages, up to the deepest one on the G x G grid (ViT: the patch embedding and
+    the first vit_depth blocks); to_map: trunk output -> [B,C,G,G]; rest: the remaining stages,
+    trunk output -> z = E(x) [B,D], so that rest(trunk(x)) reproduces the encoder exactly.
+    """
     import copy
     target = copy.deepcopy(target)
-    rest: Optional[nn.Module] = None
+    to_map: nn.Module = nn.Identity()
     if isinstance(target, archs.VitTarget):
         trunk = VitTrunk(target, vit_depth)
+        to_map = TokensToMap(grid)
+        rest: nn.Module = VitRest(target, vit_depth)
     else:
         if isinstance(target, archs.ResNetTarget):
             n = target.net
@@ -257,13 +288,14 @@ def encoder_trunk(target: nn.Module, grid: int, image_size: int,
             rest = SwinRest(stages[keep + 1:], target.net.norm)
     x = torch.randn(2, 3, image_size, image_size)
     with torch.no_grad():
-        out = trunk.eval()(x)
-        if rest is not None and not torch.allclose(rest.eval()(out), target.embed(x), atol=1e-4, rtol=1e-3):
+        f = trunk.eval()(x)
+        out = to_map(f)
+        if not torch.allclose(rest.eval()(f), target.embed(x), atol=1e-4, rtol=1e-3):
             raise AssertionError("trunk + rest does not reproduce the encoder")  # a wiring bug
     if tuple(out.shape[2:]) != (grid, grid):
         raise ValueError(f"trunk output {tuple(out.shape)} is not on the {grid} x {grid} grid")
     trunk.out_channels = int(out.shape[1])
-    return trunk, rest
+    return trunk, to_map, rest
 
 
 class MixBlock(nn.Module):
@@ -301,9 +333,10 @@ class TrunkExplainer(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, grid: int, embedding_dim: int, width: int, depth: int,
-                 kernel: int, rest: Optional[nn.Module] = None):
+                 kernel: int, rest: Optional[nn.Module] = None, to_map: Optional[nn.Module] = None):
         super().__init__()
         self.trunk = trunk
+        self.to_map = to_map if to_map is not None else nn.Identity()
         self.has_global = rest is not None
         self.rest = rest if rest is not None else nn.Identity()
         self.grid = grid
@@ -318,8 +351,8 @@ class TrunkExplainer(nn.Module):
         self.register_buffer("std", torch.ones(2 * embedding_dim))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        f = self.trunk(x)  # [B,C,G,G]
-        h = self.blocks(self.inp(f))
+        f = self.trunk(x)  # [B,C,G,G] (ViT: [B,1+G*G,C] tokens)
+        h = self.blocks(self.inp(self.to_map(f)))  # [B,width,G,G]
         raw = self.out(F.gelu(self.norm(h)))  # [B,2D,G,G]
         psi = raw.flatten(2).transpose(1, 2) * self.std + self.mean  # [B,G*G,2D] row-major
         pos, neg = psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
@@ -330,8 +363,13 @@ class TrunkExplainer(nn.Module):
 
 @dataclass
 class ExplainerConfig:
-    """Everything that defines a training run; a checkpoint refuses to resume under another one."""
-    steps: int = 3000
+    """Everything that defines a training run; a checkpoint refuses to resume under another one.
+
+    Defaults: the shipped resnet explainer's run (models/README.md). width/depth were picked under
+    the 1.5x-forward cost cap (96 x 2: 1.39x the small ResNet's FLOPs); logit_weight 1 and the
+    global branch by short trials (150 steps) on the quick held-out set.
+    """
+    steps: int = 1100
     batch: int = 16  # images per step
     centres: int = 8  # centres k per image per step (each costs 2 encoder passes)
     lr: float = 1e-3
@@ -339,22 +377,36 @@ class ExplainerConfig:
     weight_decay: float = 0.01
     warmup: float = 0.03
     clip: float = 1.0
-    width: int = 128
-    depth: int = 3
+    width: int = 96
+    depth: int = 2
     vit_depth: int = 1
-    global_branch: bool = True  # psi_neg = copied encoder's E(x) + learned change (ResNet, Swin)
-    logit_weight: float = 0.0  # weight of the loss on the target head's logits (0 = embedding only)
+    global_branch: bool = True  # psi_neg = copied encoder's E(x) + learned change
+    logit_weight: float = 1.0  # weight of the loss on the target head's logits (0 = embedding only)
     seed: int = 0
     data_seed: int = data.TRAIN_SEED
+    scene_version: int = 1  # tvelib.data.SCENE_VERSION the target was trained on (scene_version_of)
     calib_images: int = 32
+
+
+def scene_version_of(manifest: dict) -> int:
+    """The EmojiScenes generator version a bundle's encoder saw (its provenance; 1 when absent).
+
+    The explainer trains and is evaluated on the same scene distribution as its encoder.
+    """
+    return int(manifest.get("provenance", {}).get("pretrain", {}).get("data", {}).get("scene_version", 1))
+
+
+def use_scene_version(version: int) -> None:
+    """Selects the scene generator version for this process (tvelib.data reads it per batch)."""
+    data.SCENE_VERSION = version
 
 
 def build(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig) -> TrunkExplainer:
     torch.manual_seed(cfg.seed)
-    trunk, rest = encoder_trunk(target, grid, image_size, cfg.vit_depth)
+    trunk, to_map, rest = encoder_trunk(target, grid, image_size, cfg.vit_depth)
     dim = archs.embedding_dim(target)
     return TrunkExplainer(trunk, grid, dim, cfg.width, cfg.depth, 2 * radius + 1,
-                          rest if cfg.global_branch else None)
+                          rest if cfg.global_branch else None, to_map)
 
 
 def freeze_norm_stats(model: nn.Module) -> None:
@@ -382,7 +434,9 @@ def count_flops(model: Callable[[torch.Tensor], object], modules: nn.Module, x: 
         total[0] += 2 * (out.numel() // m.out_features) * m.in_features * m.out_features
 
     def mha(m: nn.MultiheadAttention, inp, out):
-        q = inp[0]  # [B,L,E] (batch_first) — projections plus QK^T and AV
+        # The output has the query's shape ([B,L,E] with batch_first); torchvision passes the
+        # inputs as keywords, which forward hooks do not see. Projections plus QK^T and AV:
+        q = out[0]
         bsz, n, e = (q.shape[0], q.shape[1], q.shape[2]) if m.batch_first else (q.shape[1], q.shape[0], q.shape[2])
         total[0] += bsz * (2 * n * e * 3 * e + 2 * n * e * e + 4 * n * n * e)
 
@@ -523,6 +577,7 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     checkpoint_minutes and at every stop, atomically, so a killed run continues from the last one.
     """
     torch.manual_seed(cfg.seed)
+    use_scene_version(cfg.scene_version)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "explainer.ckpt"
     target = target.eval()
@@ -643,7 +698,11 @@ def occlusion_cache(b, task: str, n: int, seed: int = data.HELDOUT_SEED,
     """
     m = b.manifest
     grid, radius, size = m["grid"], m["radius"], b.input_size
+    version = scene_version_of(m)
+    use_scene_version(version)
     key = f"{m['target']['sha256'][:16]}-{task}-s{seed}-n{n}-g{grid}-r{radius}"
+    if version != 1:
+        key += f"-v{version}"
     path = cache_dir() / "occlusion" / f"{key}.pt"
     if path.is_file():
         return torch.load(path)
