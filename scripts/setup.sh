@@ -15,6 +15,7 @@ packages=(
   libopenblas0-pthread
   # Python side: model export, training, data, fixtures, script tests (all for /usr/bin/python3)
   python3-torch python3-torchvision python3-numpy python3-pil python3-pytest python3-skimage
+  python3-fonttools
   # data sources for the generic pre-training set and the downstream tasks
   fonts-noto-color-emoji dataset-fashion-mnist
 )

@@ -1,6 +1,7 @@
 """tvelib.explainer: the mask and map conventions of src/attribution.cpp, the transfer rule, the
 metrics, and a smoke training run on the tiny bundles (train, resume, export, load)."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -187,3 +188,17 @@ def test_add_explainer_refuses_a_changed_target(tmp_path):
     module = bundle.Bundle(ROOT / "models/tiny-resnet").explainer
     with pytest.raises(ValueError, match="does not match"):
         bundle.add_explainer(tmp_path / "b", module, {"lambda_pos": 1, "lambda_neg": 1, "smooth": True})
+
+
+def test_evaluation_script_runs_and_caches_occlusion(tmp_path):
+    env = {**os.environ, "TVE_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, str(ROOT / "scripts/evaluate_explainer.py"), "--model", str(ROOT / "models/tiny-resnet"),
+            "--n", "3", "--tasks", "emoji", "--out", str(tmp_path / "eval.json")]
+    subprocess.run(args, check=True, capture_output=True, text=True, env=env)
+    assert len(list((tmp_path / "cache/occlusion").glob("*-emoji-s1000-n3-g4-r1.pt"))) == 1
+    out = json.loads((tmp_path / "eval.json").read_text())
+    fid = out["tasks"]["emoji"]["fidelity"]
+    assert set(fid) >= {"lneg0_raw", "lneg0_smooth", "lneg1_raw", "lneg1_smooth", "r2_pos", "r2_neg"}
+    for setting in ("lneg0_raw", "lneg1_smooth"):
+        assert -1.0 <= fid[setting]["spearman"] <= 1.0 and 0.0 <= fid[setting]["pointing_tve"] <= 1.0
+    assert out["defaults"]["lambda_pos"] == 1.0 and isinstance(out["defaults"]["smooth"], bool)
