@@ -4,8 +4,9 @@ tests use to check that each malformed bundle gets its own error.
 
     /usr/bin/python3 scripts/make_test_bundles.py [--out models] [--parts tests/fixtures/bundle_parts]
 
-Every bundle is under 1 MB. Same seed, same weights; the TorchScript files are byte-identical
-across runs of the same torch version, which tests/python/test_make_test_bundles.py checks.
+Every bundle is under 1 MB. Same seed, same weights (tests/python/test_make_test_bundles.py checks
+it); the TorchScript files are byte-identical across runs from the same checkout folder with the
+same torch version (TorchScript records the scripted code's source paths).
 """
 from __future__ import annotations
 

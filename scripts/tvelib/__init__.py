@@ -11,8 +11,9 @@ def reexec_with_fixed_hash_seed() -> None:
     """Restarts the interpreter with PYTHONHASHSEED=0 unless it already runs with it.
 
     TorchScript writes a module's constants in set-iteration order, which follows Python's string
-    hash seed; a fixed seed makes exported .pt files byte-identical from run to run, so their
-    SHA-256 in a manifest is reproducible.
+    hash seed; a fixed seed makes exported .pt files byte-identical from run to run (from the same
+    checkout folder: the archives also record source file paths), so their SHA-256 in a manifest
+    is reproducible.
     """
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.environ["PYTHONHASHSEED"] = "0"

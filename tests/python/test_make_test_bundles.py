@@ -1,4 +1,8 @@
-"""The test-bundle script regenerates bundles that load and are byte-identical to the shipped ones."""
+"""The test-bundle script regenerates bundles that load and hold the same weights as the shipped ones.
+
+File hashes are not compared: TorchScript archives record the source file paths of the scripted
+code, so the bytes depend on where the checkout lives.
+"""
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +14,24 @@ from tvelib import bundle
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def without_hashes(value):
+    if isinstance(value, dict):
+        return {k: without_hashes(v) for k, v in value.items() if "sha256" not in k}
+    return value
+
+
 def test_regenerated_bundles_load_and_match_the_shipped_ones(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts/make_test_bundles.py"), "--out", str(tmp_path / "models"),
                     "--parts", str(tmp_path / "parts")], check=True, capture_output=True)
     for arch in ["vit", "resnet", "swin"]:
         regenerated = bundle.Bundle(tmp_path / "models" / f"tiny-{arch}")
         shipped = bundle.Bundle(ROOT / "models" / f"tiny-{arch}")
-        assert regenerated.manifest == shipped.manifest, f"tiny-{arch} differs from the shipped bundle"
+        assert without_hashes(regenerated.manifest) == without_hashes(shipped.manifest), f"tiny-{arch} manifest"
+        for mine, theirs in [(regenerated.target, shipped.target), (regenerated.explainer, shipped.explainer),
+                             (regenerated.heads["parity"], shipped.heads["parity"])]:
+            a, b = mine.state_dict(), theirs.state_dict()
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a), f"tiny-{arch} weights differ from the shipped bundle"
         x = torch.randn(2, 3, 32, 32)
         z = regenerated.target.embed(x)
         assert z.shape == (2, regenerated.manifest["embedding_dim"])
