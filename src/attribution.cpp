@@ -75,7 +75,7 @@ torch::Tensor smooth_map(const torch::Tensor& maps, int radius) {
 }
 
 torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device) {
-  // Cell boundaries in pixels: cell i spans [i*H/G, (i+1)*H/G).
+  // Pixel p lies in grid row (or column) floor(p * G / H).
   auto row_of_pixel = torch::div(torch::arange(height, torch::kLong) * grid, height, "floor");  // [H]
   auto col_of_pixel = torch::div(torch::arange(width, torch::kLong) * grid, width, "floor");    // [W]
   auto cell_rows = torch::arange(grid, torch::kLong).repeat_interleave(grid);  // [N] row of cell k

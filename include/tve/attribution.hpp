@@ -78,8 +78,8 @@ class WindowedOcclusion : public AttributionMethod {
   OcclusionOptions options_;
 };
 
-// Pixel masks of the windows: [G*G, 1, H, W] f32, 1 inside S_k. Cell k = row * G + col covers
-// pixel rows [row*H/G, (row+1)*H/G) (integer division), likewise for columns.
+// Pixel masks of the windows: [G*G, 1, H, W] f32, 1 inside S_k. Pixel row p belongs to grid row
+// floor(p * G / H), likewise for columns; cell k = row * G + col.
 torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device);
 
 // [B,K,G,G] -> [B,K,G,G] mean over the (2r+1) window, cells outside the grid not counted.
