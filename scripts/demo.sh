@@ -3,8 +3,8 @@
 # shipped sample images with the default model, overlays written to demo-output/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-bash scripts/build.sh
+bash scripts/setup.sh >&2
+bash scripts/build.sh >&2  # stdout carries only the JSON lines
 model=${TVE_DEMO_MODEL:-$(cat models/DEFAULT)}
 out=${TVE_DEMO_OUT:-demo-output}
 echo "== tve explain data/samples --model $model --top-k 1 --out $out" >&2
