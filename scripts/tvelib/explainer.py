@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import archs, data
+from .training import atomic_save, resume_checkpoint, save_checkpoint
 
 # ---- masks, transfer rule, windowed occlusion ------------------------------------------------
 
@@ -533,12 +534,6 @@ def _param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
             {"params": no_decay, "weight_decay": 0.0, "scale": 1.0}]
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
            centres: torch.Tensor, logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
     """One training objective evaluation. Returns (loss, parts, seconds spent per phase)."""
@@ -586,25 +581,19 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     masks = window_masks(grid, radius, image_size, image_size)  # [N,1,H,W]
     model = build(target, grid, radius, image_size, cfg)
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
-    state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "config": asdict(cfg),
-             "history": [], "evals": []}
-    if ckpt_path.is_file():
-        ck = torch.load(ckpt_path)
-        if ck["state"]["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt_path} was made with {ck['state']['config']}, not {asdict(cfg)}; "
-                             "delete it (or use another --run) to start over")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
+    state = resume_checkpoint(ckpt_path, model, opt, asdict(cfg), "delete it (or use another --run) to start over")
+    if state is not None:
         log(f"resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
+        state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "config": asdict(cfg),
+                 "history": [], "evals": []}
         calibrate(model, target, masks, cfg, image_size)
         n_params = sum(p.numel() for p in model.parameters())
         log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
             f"in the copied trunk), {asdict(cfg)}")
 
     def save() -> None:
-        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt_path)
+        save_checkpoint(ckpt_path, model, opt, state)
 
     stage_start = last_ckpt = time.time()
     seg = {"t": time.time(), "n": 0, "pos": 0.0, "neg": 0.0, "logit": 0.0, "targets": 0.0}
@@ -729,7 +718,7 @@ def occlusion_cache(b, task: str, n: int, seed: int = data.HELDOUT_SEED,
             out["images"].append(x)
             log(f"occlusion {task}: {sum(len(p) for p in out['pos'])}/{n} images, {time.time() - t:.0f} s")
     result = {k: torch.cat(v) for k, v in out.items()}
-    _atomic_save(result, path)
+    atomic_save(result, path)
     return result
 
 

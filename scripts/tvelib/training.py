@@ -68,10 +68,29 @@ class Logger:
                 f.write(line + "\n")
 
 
-def _atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a run killed mid-write keeps its last checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, path)
+
+
+def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict,
+                    restart_hint: str = "delete it to start over") -> Optional[dict]:
+    """Restores model and optimiser from `path` and returns the saved state, or None when there is
+    no checkpoint. Refuses a checkpoint made with another configuration: resuming it would mix runs."""
+    if not path.is_file():
+        return None
+    ck = torch.load(path)
+    if ck["state"]["config"] != config:
+        raise ValueError(f"{path} was made with {ck['state']['config']}, not {config}; {restart_hint}")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    return ck["state"]
 
 
 def build_encoder(arch: str, num_classes: int, seed: int) -> nn.Module:
@@ -100,21 +119,15 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, max_
     ckpt_path = run_dir / "pretrain.ckpt"
     model = build_encoder(arch, data.num_classes("emoji"), cfg.seed)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    state = {"step": 0, "seconds": 0.0, "images": 0, "config": asdict(cfg), "arch": arch, "history": []}
-    if ckpt_path.is_file():
-        ck = torch.load(ckpt_path)
-        if ck["state"]["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt_path} was made with {ck['state']['config']}, not {asdict(cfg)}; "
-                             "delete it to start over")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
+    state = resume_checkpoint(ckpt_path, model, opt, asdict(cfg))
+    if state is not None:
         log(f"{arch}: resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
+        state = {"step": 0, "seconds": 0.0, "images": 0, "config": asdict(cfg), "arch": arch, "history": []}
         log(f"{arch}: start, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {asdict(cfg)}")
 
     def save() -> None:
-        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt_path)
+        save_checkpoint(ckpt_path, model, opt, state)
 
     stage_start = time.time()
     last_ckpt = time.time()
