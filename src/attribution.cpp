@@ -13,13 +13,6 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// logits [B,N,C] (N cells), classes [B,K] -> [B,K,N]: each image's logits of its chosen classes.
-torch::Tensor logits_of_classes(const torch::Tensor& logits, const torch::Tensor& classes) {
-  const auto cells = logits.size(1);
-  auto index = classes.unsqueeze(1).expand({classes.size(0), cells, classes.size(1)});  // [B,N,K]
-  return logits.gather(2, index).transpose(1, 2);                                        // [B,K,N]
-}
-
 void check_classes(const torch::Tensor& images, const torch::Tensor& classes, const Head& head) {
   if (classes.dim() != 2 || classes.size(0) != images.size(0)) {
     throw InvalidArgument("classes must be [B,K] for a batch of " + std::to_string(images.size(0)) + " images");
@@ -54,13 +47,18 @@ Attribution TveMethod::explain(Bundle& bundle, Head& head, const torch::Tensor& 
   torch::InferenceMode no_autograd;
   const int grid = bundle.manifest().grid;
   auto [psi_pos, psi_neg] = bundle.meta_attributions(images);  // each [B,N,D], N = G*G row-major
-  const auto batch = psi_pos.size(0), cells = psi_pos.size(1), dim = psi_pos.size(2);
-  // The head sees the meta-attributions as if they were embeddings: [B*N,D] -> [B*N,C].
-  auto head_pos = head.logits(psi_pos.reshape({batch * cells, dim})).view({batch, cells, -1});
-  auto head_neg = head.logits(psi_neg.reshape({batch * cells, dim})).view({batch, cells, -1});
-  auto scores = options_.lambda_pos * logits_of_classes(head_pos, classes) -
-                options_.lambda_neg * logits_of_classes(head_neg, classes);  // [B,K,N]
-  auto maps = scores.reshape({batch, classes.size(1), grid, grid});          // row-major: [.., row, col]
+  // The head sees the meta-attributions as if they were embeddings. h is affine, so
+  //   lambda_pos * h(psi_pos)[c] - lambda_neg * h(psi_neg)[c]
+  //     = (lambda_pos * psi_pos - lambda_neg * psi_neg) . W[c] + (lambda_pos - lambda_neg) * b[c],
+  // and only the K explained rows of W are needed, not all C classes.
+  const auto combined = options_.lambda_pos * psi_pos - options_.lambda_neg * psi_neg;  // [B,N,D]
+  const auto batch = classes.size(0), explained = classes.size(1);
+  const auto rows = classes.reshape(-1);
+  const auto class_weights = head.weight.index_select(0, rows).view({batch, explained, -1});  // [B,K,D]
+  const auto class_bias = head.bias.index_select(0, rows).view({batch, explained, 1});        // [B,K,1]
+  const auto scores = torch::bmm(class_weights, combined.transpose(1, 2)) +
+                      (options_.lambda_pos - options_.lambda_neg) * class_bias;  // [B,K,N]
+  auto maps = scores.reshape({batch, explained, grid, grid});                    // row-major: [.., row, col]
   if (options_.smooth) maps = smooth_map(maps, options_.radius);
   return {maps.contiguous(), 1, seconds_since(start)};
 }

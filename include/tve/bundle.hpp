@@ -71,13 +71,18 @@ struct Manifest {
 // Opens no TorchScript file and computes no hash.
 Manifest read_manifest(const std::filesystem::path& bundle_dir);
 
-// A loaded head: an affine map from the encoder's embedding to class logits.
+// A loaded head: an affine map from the encoder's embedding to class logits, logits = z W^T + b.
 struct Head {
   HeadSpec spec;
   torch::jit::Module module;
   std::string method = "forward";  // the target's own head is its "head" method
+  // W [C,D] and b [C], read off the module once when it is loaded and checked to be affine
+  // (b = h(0), row j of W^T = h(e_j) - b). They let TVE apply only the explained classes' rows to
+  // the meta-attributions instead of the whole head.
+  torch::Tensor weight;
+  torch::Tensor bias;
 
-  torch::Tensor logits(const torch::Tensor& embedding);  // [B,D] -> [B,C]
+  torch::Tensor logits(const torch::Tensor& embedding);  // [B,D] -> [B,C], through the module
 };
 
 class Bundle {

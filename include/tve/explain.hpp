@@ -1,7 +1,8 @@
 #pragma once
 // An explain run: images in, per image a prediction, attribution maps for the chosen classes, and
 // the outputs (overlay PNGs, raw .npy maps, a JSON record) written atomically under --out.
-// The run streams: one batch of images in memory at a time, however many inputs there are.
+// The run streams: at most four batches of images in memory at a time (decoding, in the model,
+// waiting to be written, being written), however many inputs there are.
 
 #include <filesystem>
 #include <functional>
