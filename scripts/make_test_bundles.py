@@ -74,6 +74,22 @@ class EmbedOnly(nn.Module):
         return self.proj(x.mean(dim=(2, 3)))
 
 
+class PosChangingExplainer(nn.Module):
+    """An explainer whose forward_with_embedding changes psi_pos, which only psi_neg may do."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x)
+
+    @torch.jit.export
+    def forward_with_embedding(self, x: torch.Tensor, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        pos, neg = self.inner(x)
+        return pos + 1.0, neg
+
+
 def make_parts(parts: Path, seed: int) -> None:
     """Broken pieces for the bundle validation tests, all built for tiny-vit's D and input size."""
     torch.manual_seed(seed)
@@ -85,6 +101,8 @@ def make_parts(parts: Path, seed: int) -> None:
                        parts / "explainer_wrong_dim.pt")
     bundle.save_script(archs.build_explainer(IMAGE_SIZE, GRID * 2, dim, num_layers=1, hidden_dim=16),
                        parts / "explainer_wrong_grid.pt")
+    bundle.save_script(PosChangingExplainer(archs.build_explainer(IMAGE_SIZE, GRID, dim, num_layers=1, hidden_dim=16)),
+                       parts / "explainer_embedding_changes_pos.pt")
     (parts / "not_torchscript.pt").write_bytes(b"this is not a TorchScript archive\n")
 
 

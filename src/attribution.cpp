@@ -13,7 +13,10 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-void check_classes(const torch::Tensor& images, const torch::Tensor& classes, const Head& head) {
+}  // namespace
+
+Attribution AttributionMethod::explain(Bundle& bundle, Head& head, const torch::Tensor& images,
+                                       const torch::Tensor& classes, const torch::Tensor& embeddings) {
   if (classes.dim() != 2 || classes.size(0) != images.size(0)) {
     throw InvalidArgument("classes must be [B,K] for a batch of " + std::to_string(images.size(0)) + " images");
   }
@@ -21,9 +24,12 @@ void check_classes(const torch::Tensor& images, const torch::Tensor& classes, co
   if (classes.numel() > 0 && (classes.min().item<int64_t>() < 0 || classes.max().item<int64_t>() >= count)) {
     throw InvalidArgument("class index out of range for head '" + head.spec.name + "' with " + std::to_string(count) + " classes");
   }
+  if (embeddings.defined() &&
+      (embeddings.dim() != 2 || embeddings.size(0) != images.size(0) || embeddings.size(1) != bundle.manifest().embedding_dim)) {
+    throw InvalidArgument("embeddings must be [B, embedding_dim] for a batch of " + std::to_string(images.size(0)) + " images");
+  }
+  return compute_maps(bundle, head, images, classes, embeddings);
 }
-
-}  // namespace
 
 TveOptions TveMethod::defaults_for(const Manifest& manifest) {
   TveOptions options;
@@ -41,12 +47,12 @@ nlohmann::json TveMethod::parameters() const {
           {"radius", options_.radius}};
 }
 
-Attribution TveMethod::explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) {
-  check_classes(images, classes, head);
+Attribution TveMethod::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
+                                    const torch::Tensor& embeddings) {
   const auto start = std::chrono::steady_clock::now();
   torch::InferenceMode no_autograd;
   const int grid = bundle.manifest().grid;
-  auto [psi_pos, psi_neg] = bundle.meta_attributions(images);  // each [B,N,D], N = G*G row-major
+  auto [psi_pos, psi_neg] = bundle.meta_attributions(images, embeddings);  // each [B,N,D], N = G*G row-major
   // The head sees the meta-attributions as if they were embeddings. h is affine, so
   //   lambda_pos * h(psi_pos)[c] - lambda_neg * h(psi_neg)[c]
   //     = (lambda_pos * psi_pos - lambda_neg * psi_neg) . W[c] + (lambda_pos - lambda_neg) * b[c],
@@ -88,8 +94,8 @@ nlohmann::json WindowedOcclusion::parameters() const {
   return {{"radius", options_.radius}, {"lambda_pos", options_.lambda_pos}, {"lambda_neg", options_.lambda_neg}};
 }
 
-Attribution WindowedOcclusion::explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) {
-  check_classes(images, classes, head);
+Attribution WindowedOcclusion::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images,
+                                            const torch::Tensor& classes, const torch::Tensor& /*embeddings*/) {
   const auto start = std::chrono::steady_clock::now();
   torch::InferenceMode no_autograd;
   const int grid = bundle.manifest().grid;

@@ -46,9 +46,10 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
     return head.logits(bundle.embed(x));
   };
   auto explain = [&](const torch::Tensor& x) {
-    const auto logits = forward(x);
-    const auto classes = std::get<1>(logits.topk(1, 1));
-    return method.explain(bundle, head, x, classes).maps;
+    torch::InferenceMode no_autograd;
+    const auto embeddings = bundle.embed(x);
+    const auto classes = std::get<1>(head.logits(embeddings).topk(1, 1));
+    return method.explain(bundle, head, x, classes, embeddings).maps;
   };
   auto synchronize = [&] {
     if (bundle.device().is_cuda()) torch::cuda::synchronize();

@@ -15,6 +15,9 @@ using nlohmann::json;
 namespace tve {
 namespace {
 
+// Optional explainer method: forward_with_embedding(x, z) -> (psi_pos, psi_neg), z = the target's E(x).
+constexpr const char* kExplainerWithEmbedding = "forward_with_embedding";
+
 // Reads manifest fields with errors that name the manifest file and the key's full path.
 class ManifestReader {
  public:
@@ -330,6 +333,7 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
                                                " but the bundle's target.pt is " + m.target.sha256);
     }
     bundle.explainer_ = load_module(m.explainer->file, m.explainer->sha256, device);
+    bundle.explainer_takes_embedding_ = bundle.explainer_->find_method(kExplainerWithEmbedding).has_value();
   }
   std::vector<Head> heads;
   for (const auto& spec : m.heads) heads.push_back(Head{spec, load_module(spec.file, spec.sha256, device), "forward", {}, {}});
@@ -377,6 +381,19 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
                                                  ", embedding_dim " + std::to_string(d) + ")");
       }
     }
+    if (bundle.explainer_takes_embedding_) {
+      // Only psi_neg's estimate of E(x) may change when E(x) is given; psi_pos must not.
+      auto [pos_z, neg_z] = checked(m.explainer->file, std::string(kExplainerWithEmbedding) + "(x, embed(x))", [&] {
+        return bundle.meta_attributions(x, z);
+      });
+      if (pos_z.sizes() != pos.sizes() || neg_z.sizes() != neg.sizes()) {
+        throw BundleError(m.explainer->file, std::string(kExplainerWithEmbedding) + "() gives " + shape_of(pos_z) + " and " +
+                                                 shape_of(neg_z) + ", forward() gives " + shape_of(pos));
+      }
+      if (!torch::allclose(pos_z, pos, 1e-4, 1e-4)) {
+        throw BundleError(m.explainer->file, std::string(kExplainerWithEmbedding) + "() changes psi_pos; only psi_neg may use E(x)");
+      }
+    }
   }
   for (auto& head : heads) {
     check_head(head, m.embedding_dim, device);
@@ -393,11 +410,13 @@ torch::Tensor Bundle::features(const torch::Tensor& images) { return call_method
 
 torch::Tensor Bundle::classify(const torch::Tensor& features) { return call_method(target_, "classify", features); }
 
-std::pair<torch::Tensor, torch::Tensor> Bundle::meta_attributions(const torch::Tensor& images) {
+std::pair<torch::Tensor, torch::Tensor> Bundle::meta_attributions(const torch::Tensor& images, const torch::Tensor& embeddings) {
   if (!explainer_) throw BundleError(manifest_.dir, "bundle has no explainer (no 'explainer' in manifest.json)");
-  auto out = explainer_->forward({images});
+  const bool with_embedding = embeddings.defined() && explainer_takes_embedding_;
+  auto out = with_embedding ? explainer_->get_method(kExplainerWithEmbedding)({images, embeddings}) : explainer_->forward({images});
   if (!out.isTuple() || out.toTuple()->elements().size() != 2) {
-    throw BundleError(manifest_.explainer->file, "explainer forward() must return a tuple (psi_pos, psi_neg)");
+    throw BundleError(manifest_.explainer->file, std::string("explainer ") + (with_embedding ? kExplainerWithEmbedding : "forward") +
+                                                     "() must return a tuple (psi_pos, psi_neg)");
   }
   const auto& parts = out.toTuple()->elements();
   return {parts[0].toTensor(), parts[1].toTensor()};

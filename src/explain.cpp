@@ -130,10 +130,11 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
                           const ExplainOptions& options) {
   BatchResult result;
   const auto start = std::chrono::steady_clock::now();
-  torch::Tensor logits;  // [B,C]
+  torch::Tensor embeddings, logits;  // [B,D], [B,C]
   {
     torch::InferenceMode no_autograd;
-    logits = head.logits(bundle.embed(images));
+    embeddings = bundle.embed(images);
+    logits = head.logits(embeddings);
   }
   constexpr int kReportedPredictions = 5;
   result.predictions = top_k(logits, head.spec.labels, std::max(options.top_k, kReportedPredictions));
@@ -144,7 +145,7 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
   const double good = static_cast<double>(images.size(0));
   result.forward_ms = ms_since(start) / good;
 
-  Attribution attribution = method.explain(bundle, head, images, classes);
+  Attribution attribution = method.explain(bundle, head, images, classes, embeddings);
   result.maps = attribution.maps.to(torch::kCPU, torch::kFloat32).contiguous();
   result.explain_ms = 1e3 * attribution.seconds / good;
   result.model_evaluations = attribution.model_evaluations;

@@ -77,6 +77,40 @@ TEST(Tve, RefusesClassesOutOfRange) {
       {"class index out of range", "3 classes"});
 }
 
+// The shipped resnet explainer estimates E(x) for psi_neg; `tve explain` gives it the target's own
+// E(x) instead. Then psi_neg = z + change[k], so the map is exactly
+// lambda_pos h(psi_pos)[c] - lambda_neg (W[c].z + b[c] + W[c].change[k]): moving z by delta moves
+// every cell by -lambda_neg W[c].delta, and the estimate itself may differ from z only by a
+// constant per image and class.
+TEST(Tve, ExplainerTakesTheTargetsEmbeddingAsDocumented) {
+  Bundle bundle = Bundle::load(test::shipped_bundle("resnet"), torch::kCPU);
+  ASSERT_TRUE(bundle.explainer_takes_embedding());
+  Head& head = bundle.head("target");
+  torch::InferenceMode guard;
+  torch::manual_seed(5);
+  const auto images = torch::randn({2, 3, 112, 112});
+  const auto embeddings = bundle.embed(images);                   // [2,D]
+  const auto delta = torch::randn_like(embeddings);                // [2,D]
+  const auto classes = torch::tensor({{3, 17}, {150, 0}}, torch::kLong);
+  const double lambda_neg = 0.7;
+  TveMethod tve({1.0, lambda_neg, /*smooth=*/true, 2});
+  const auto given = tve.explain(bundle, head, images, classes, embeddings).maps;  // [2,2,14,14]
+  const auto moved = tve.explain(bundle, head, images, classes, embeddings + delta).maps;
+  const auto estimated = tve.explain(bundle, head, images, classes).maps;
+  const double scale = given.abs().max().item<double>() + 1.0;
+
+  const auto class_weights = head.weight.index_select(0, classes.reshape(-1)).view({2, 2, -1});  // [2,2,D]
+  const auto expected_move = -lambda_neg * (class_weights * delta.unsqueeze(1)).sum(2);          // [2,2]
+  const auto move = (moved - given).flatten(2);                                                  // [2,2,196]
+  EXPECT_LT((move - expected_move.unsqueeze(2)).abs().max().item<double>(), 1e-4 * scale);
+  EXPECT_GT(expected_move.abs().min().item<double>(), 1e-2);  // the move is visible at all
+
+  const auto shift = (given - estimated).flatten(2);
+  EXPECT_LT((shift - shift.mean(2, true)).abs().max().item<double>(), 1e-4 * scale);
+  test::expect_error<InvalidArgument>([&] { tve.explain(bundle, head, images, classes, embeddings.slice(0, 0, 1)); },
+                                      {"embeddings must be [B, embedding_dim]"});
+}
+
 TEST(Tve, DefaultsComeFromTheManifest) {
   const auto options = TveMethod::defaults_for(read_manifest(test::fixtures() / "bundles" / "oracle"));
   EXPECT_FALSE(options.smooth);

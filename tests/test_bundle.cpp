@@ -147,6 +147,12 @@ fs::path bundle_with_part(const TempDir& tmp, const std::string& manifest_key, c
   return dir;
 }
 
+TEST(BundleErrors, ExplainerWhoseEmbeddingPathChangesPsiPos) {
+  TempDir tmp;
+  const auto dir = bundle_with_part(tmp, "explainer", "explainer_embedding_changes_pos.pt");
+  expect_error<BundleError>([&] { load_cpu(dir); }, {"explainer.pt", "forward_with_embedding() changes psi_pos"});
+}
+
 TEST(BundleErrors, TargetThatIsNotTorchScript) {
   TempDir tmp;
   const auto dir = bundle_with_part(tmp, "target", "not_torchscript.pt");

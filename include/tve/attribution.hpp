@@ -26,9 +26,19 @@ class AttributionMethod {
   virtual std::string name() const = 0;
   // Parameters worth recording next to a map (lambdas, radius, smoothing...).
   virtual nlohmann::json parameters() const = 0;
+
   // images: [B,3,H,W] normalised, on the bundle's device. classes: [B,K] int64 class indices of
-  // `head`. Runs without autograd unless the method needs gradients.
-  virtual Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) = 0;
+  // `head`. embeddings: the target's E(images) [B,D] when the caller already has them (from the
+  // forward pass that picked the classes), else undefined; a method may use them to avoid
+  // recomputing. Checks the arguments, then runs the method without autograd unless it needs
+  // gradients. Throws InvalidArgument on a class index outside the head.
+  Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
+                      const torch::Tensor& embeddings = {});
+
+ protected:
+  // The method itself, on arguments explain() has checked.
+  virtual Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
+                                   const torch::Tensor& embeddings) = 0;
 };
 
 struct TveOptions {
@@ -50,7 +60,10 @@ class TveMethod : public AttributionMethod {
 
   std::string name() const override { return "tve"; }
   nlohmann::json parameters() const override;
-  Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) override;
+
+ protected:
+  Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
+                           const torch::Tensor& embeddings) override;
 
  private:
   TveOptions options_;
@@ -72,7 +85,11 @@ class WindowedOcclusion : public AttributionMethod {
   explicit WindowedOcclusion(OcclusionOptions options) : options_(options) {}
   std::string name() const override { return "occlusion"; }
   nlohmann::json parameters() const override;
-  Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes) override;
+
+ protected:
+  // Ignores the embeddings: every masked image needs its own forward pass anyway.
+  Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
+                           const torch::Tensor& embeddings) override;
 
  private:
   OcclusionOptions options_;

@@ -109,7 +109,12 @@ class Bundle {
 
   bool has_explainer() const { return explainer_.has_value(); }
   // psi_pos, psi_neg: each [B,G*G,D], cell k = row * G + col. Throws if there is no explainer.
-  std::pair<torch::Tensor, torch::Tensor> meta_attributions(const torch::Tensor& images);
+  // With `embeddings` (the target's E(images), [B,D]) and an explainer that defines
+  // forward_with_embedding, that method runs instead of forward(): it takes E(x) from the caller
+  // rather than estimating it again (docs/bundle-format.md).
+  std::pair<torch::Tensor, torch::Tensor> meta_attributions(const torch::Tensor& images,
+                                                            const torch::Tensor& embeddings = {});
+  bool explainer_takes_embedding() const { return explainer_takes_embedding_; }
 
   bool has_gradient_methods() const { return has_features_; }
   torch::Tensor features(const torch::Tensor& images);
@@ -124,6 +129,7 @@ class Bundle {
   std::optional<torch::jit::Module> explainer_;
   std::map<std::string, Head> heads_;  // "target" and each downstream head
   bool has_features_ = false;
+  bool explainer_takes_embedding_ = false;
 };
 
 // Reads a labels file: UTF-8, one label per line, trailing empty lines ignored.

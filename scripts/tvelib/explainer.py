@@ -15,7 +15,7 @@ and the transfer rule e[k] = lambda_pos * h(psi_pos[k])[c] - lambda_neg * h(psi_
 amortises windowed occlusion e_exact[k] = h(E(x_{S_k}))[c] - h(E(x_{-S_k}))[c] for any linear h.
 
 Explainer architecture (TrunkExplainer): the first stages of the target encoder itself, copied
-and fine-tuned, up to the deepest point where its feature map has the attribution grid's
+(and, as trained so far, frozen: see _param_groups), up to the deepest point where its feature map has the attribution grid's
 resolution (ResNet: the stage at stride H/G; ViT: patch tokens after a few blocks; Swin: the stage
 at G x G), then a small convolutional "meta head" of depthwise (2r+1) x (2r+1) mixing blocks with
 a global-context term, and a 1x1 projection to 2D channels. For ResNet and Swin a copy of the
@@ -351,14 +351,30 @@ class TrunkExplainer(nn.Module):
         self.register_buffer("mean", torch.zeros(2 * embedding_dim))
         self.register_buffer("std", torch.ones(2 * embedding_dim))
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _local(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Trunk features f, psi_pos, and psi_neg without the global term."""
         f = self.trunk(x)  # [B,C,G,G] (ViT: [B,1+G*G,C] tokens)
         h = self.blocks(self.inp(self.to_map(f)))  # [B,width,G,G]
         raw = self.out(F.gelu(self.norm(h)))  # [B,2D,G,G]
         psi = raw.flatten(2).transpose(1, 2) * self.std + self.mean  # [B,G*G,2D] row-major
-        pos, neg = psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
+        return f, psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        f, pos, neg = self._local(x)
         if self.has_global:
             neg = neg + self.rest(f).unsqueeze(1)  # [B,1,D] broadcast over cells
+        return pos, neg
+
+    @torch.jit.export
+    def forward_with_embedding(self, x: torch.Tensor, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """As forward(), with the target's own embedding z = E(x) [B,D] in place of the global
+        branch's estimate of it. The caller has z from the forward pass that picks the class, so
+        the encoder's remaining stages (about a third of the explainer's cost for ResNet) are not
+        run twice. psi_pos is unchanged; psi_neg moves by the same vector z - rest(f) at every
+        cell, so a map moves by one constant per image and class (docs/bundle-format.md)."""
+        f, pos, neg = self._local(x)
+        if self.has_global:
+            neg = neg + z.unsqueeze(1)
         return pos, neg
 
 
@@ -523,7 +539,13 @@ def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cf
 
 
 def _param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
-    # The copied encoder stages (trunk and global branch) move slower than the new head.
+    # The copied encoder stages (trunk and global branch) were meant to move slower than the new
+    # head (trunk_lr_scale). But train() freezes the target before build() copies it, and the
+    # copies keep requires_grad=False, so they do not move at all: every explainer trained so far
+    # (the shipped resnet one included) holds exact copies of its encoder's stages, which is why
+    # forward_with_embedding gives the same maps as forward for it. Kept as trained, to keep the
+    # runs reproducible; sharing those stages with the target is the next speed lever
+    # (docs/performance.md).
     trunk = list(model.trunk.parameters()) + list(model.rest.parameters())
     trunk_ids = {id(p) for p in trunk}
     rest = [p for p in model.parameters() if id(p) not in trunk_ids]

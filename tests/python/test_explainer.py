@@ -134,6 +134,28 @@ def test_trunk_explainer_shapes_and_scripting(arch):
     assert ex.count_flops(model, model, x[:1]) > 0
 
 
+@pytest.mark.parametrize("arch", ["resnet", "swin"])  # the architectures with a global branch
+def test_forward_with_embedding_moves_psi_neg_by_one_vector_per_image(arch):
+    b = bundle.Bundle(ROOT / f"models/tiny-{arch}")
+    target = ex.eager_target(b)
+    eager = ex.build(target, 4, 1, 32, ex.ExplainerConfig(width=16, depth=1)).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # as fine-tuning does: the trunk copy drifts from the encoder's layers
+        for p in eager.trunk.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model = torch.jit.script(eager)
+    x = torch.randn(3, 3, 32, 32)
+    z = b.target.embed(x)  # [3,D]
+    with torch.no_grad():
+        pos, neg = model(x)
+        pos_z, neg_z = model.forward_with_embedding(x, z)
+        estimate = model.rest(model.trunk(x))  # the global branch's E(x)
+    assert torch.equal(pos_z, pos)
+    shift = neg_z - neg  # [3,N,D]: the same vector z - estimate at every cell
+    assert torch.allclose(shift, (z - estimate).unsqueeze(1).expand_as(shift), atol=1e-5)
+    assert shift.abs().max() > 1e-3  # the branch's estimate is not E(x) itself: the test can tell
+
+
 def _train(tmp_path, *extra):
     args = [sys.executable, str(ROOT / "scripts/train_explainer.py"), "--model", str(ROOT / "models/tiny-resnet"),
             "--smoke", "--run", str(tmp_path / "run"), *extra]
