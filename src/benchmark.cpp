@@ -73,6 +73,7 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
   if (!options.files.empty()) {
     ExplainOptions explain_options;
     explain_options.batch.batch_size = options.batch_size;
+    explain_options.batch.prefetch = options.prefetch;
     explain_options.out_dir = options.out;
     explain_options.formats = options.formats;
     ExplainSummary summary;
@@ -91,7 +92,8 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
                             {"pipeline_images_per_s", static_cast<double>(count) / pipeline_s},
                             {"compute_images_per_s", static_cast<double>(count) / compute_s},
                             {"pipeline_over_compute", compute_s / pipeline_s},
-                            {"writes", options.out.has_value()}};
+                            {"writes", options.out.has_value()},
+                            {"decode_in_parallel", options.prefetch}};
   }
   report["peak_rss_mib"] = peak_rss_mib();
   return report;

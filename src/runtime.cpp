@@ -24,6 +24,8 @@ SetThreadsFn openblas_set_threads() {
   return reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
 }
 
+using GetThreadsFn = int (*)();
+
 double seconds_of(const std::function<void()>& workload) {
   const auto start = std::chrono::steady_clock::now();
   workload();
@@ -61,6 +63,16 @@ void apply_thread_settings(const ThreadSettings& settings) {
 }
 
 int available_cores() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency())); }
+
+ThreadSettings current_thread_settings() {
+  auto get_blas = reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return {at::get_num_threads(), get_blas ? get_blas() : 1};
+}
+
+bool decode_in_parallel(const torch::Device& device, const ThreadSettings& settings, int cores) {
+  if (!device.is_cpu()) return true;
+  return std::max(settings.intra_op, settings.blas) < cores;
+}
 
 ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced) {
   if (forced) {

@@ -45,6 +45,21 @@ TEST(Threads, DefaultForShortRunsIsAppliedWithoutMeasuring) {
   EXPECT_EQ(default_threads(2).settings, (ThreadSettings{2, 2}));  // --threads still wins
 }
 
+TEST(Threads, CurrentSettingsAreTheAppliedOnes) {
+  apply_thread_settings({1, 2});
+  EXPECT_EQ(current_thread_settings(), (ThreadSettings{1, 2}));
+  apply_thread_settings({2, 1});
+  EXPECT_EQ(current_thread_settings(), (ThreadSettings{2, 1}));
+}
+
+TEST(Threads, DecodingGetsItsOwnThreadOnlyWhenACoreIsLeftFree) {
+  EXPECT_FALSE(decode_in_parallel(torch::kCPU, {1, 2}, 2));
+  EXPECT_FALSE(decode_in_parallel(torch::kCPU, {2, 1}, 2));
+  EXPECT_TRUE(decode_in_parallel(torch::kCPU, {1, 1}, 2));
+  EXPECT_TRUE(decode_in_parallel(torch::kCPU, {1, 4}, 8));
+  EXPECT_TRUE(decode_in_parallel(torch::Device(torch::kCUDA, 0), {1, 2}, 2));  // the CPU is free
+}
+
 TEST(Blas, OpenBlasIsInUse) {
   // scripts/setup.sh installs libopenblas0-pthread; without it transformers run ~40x slower.
   const auto blas = detect_blas();

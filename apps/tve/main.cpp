@@ -265,6 +265,7 @@ int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
   explain.top_k = options.top_k;
   explain.batch.batch_size = options.batch_size;
   explain.batch.limits.max_pixels = options.max_pixels;
+  explain.batch.prefetch = tve::decode_in_parallel(bundle.device(), tve::current_thread_settings());
   explain.formats = tve::parse_formats(options.formats);
   explain.overlay.colormap = tve::parse_colormap(options.colormap);
   explain.overlay.alpha = options.alpha;
@@ -320,6 +321,7 @@ int run_bench(const CommonOptions& common, const BenchCliOptions& options) {
   tve::BenchmarkOptions bench;
   bench.repeats = options.repeats;
   bench.batch_size = options.batch_size;
+  bench.prefetch = tve::decode_in_parallel(bundle.device(), tve::current_thread_settings());
   bench.formats = tve::parse_formats(options.formats);
   if (options.out_dir) bench.out = fs::path(*options.out_dir);
   bench.files = tve::expand_inputs(options.inputs, std::cin);

@@ -20,6 +20,7 @@ struct BenchmarkOptions {
   std::vector<InputFile> files;              // folder throughput; skipped when empty
   std::optional<std::filesystem::path> out;  // where the folder run writes its outputs
   OutputFormats formats;
+  bool prefetch = true;  // decode on a second thread during the folder run (BatchOptions::prefetch)
 };
 
 // Reports (JSON):

@@ -51,4 +51,14 @@ ThreadChoice default_threads(std::optional<int> forced);
 
 int available_cores();
 
+// The thread counts in effect now: LibTorch's, and OpenBLAS's when OpenBLAS is the BLAS (else 1).
+ThreadSettings current_thread_settings();
+
+// Whether decoding the next batch on a second thread pays off: only when the model runs on a GPU
+// or its CPU threads leave a core free. Otherwise the decoding thread preempts one of the model's
+// OpenMP or OpenBLAS threads mid-operation and the whole operation waits for it: on 2 cores with
+// (LibTorch 1, BLAS 2), a folder run reached 0.50-0.58 of the pure compute with a decoding thread
+// and 0.81-0.85 with decoding on the model's thread (docs/performance.md).
+bool decode_in_parallel(const torch::Device& device, const ThreadSettings& settings, int cores = available_cores());
+
 }  // namespace tve
