@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, explainer as ex  # noqa: E402
+from tvelib import bundle, data, explainer as ex, threads  # noqa: E402
 from tvelib.training import Logger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, default=None, help="write the README tables here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    threads.use_threads(args.threads)  # LibTorch and OpenBLAS alike
     path = Path(args.model) if Path(args.model).is_dir() else REPO / "models" / args.model
     b = bundle.Bundle(path)
     m = b.manifest

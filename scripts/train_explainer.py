@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, explainer as ex  # noqa: E402
+from tvelib import bundle, data, explainer as ex, threads  # noqa: E402
 from tvelib.training import Logger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def main() -> None:
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                         help=f"ExplainerConfig.{f.name} (default {f.default})")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    threads.use_threads(args.threads)  # LibTorch and OpenBLAS alike
 
     b = bundle.Bundle(resolve_bundle(args.model))
     m = b.manifest
