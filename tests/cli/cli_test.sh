@@ -221,6 +221,33 @@ PY
   expect_rc 3; expect_in err "no labels"
 }
 
+case_bench_reports_ratios() {
+  # Structure and consistency only: speed is judged by scripts/benchmark.sh, never by a test.
+  run bench "$SAMPLES" --model tiny-resnet --repeats 3 --out "$WORK/bench-out"; expect_rc 0
+  json_check "len(lines) == 1 and lines[0]['model'] == 'tiny-resnet' and lines[0]['method'] == 'tve'"
+  /usr/bin/python3 - "$WORK/out" "$(find "$SAMPLES" -type f \( -name '*.png' -o -name '*.jpg' \) | wc -l)" <<'PY' || fail "bench report inconsistent"
+import json, math, sys
+r = json.loads(open(sys.argv[1]).read())
+t, lat = r["throughput"], r["latency"]
+assert t["images"] == int(sys.argv[2]) and t["failed"] == 0 and t["writes"], t
+for key in ("pipeline_images_per_s", "compute_images_per_s", "compute_images_per_s_before", "compute_images_per_s_after"):
+    assert math.isfinite(t[key]) and t[key] > 0, key
+assert math.isclose(t["pipeline_over_compute"], t["pipeline_images_per_s"] / t["compute_images_per_s"], rel_tol=1e-9)
+# the reported compute rate is the one of the mean time per image, before and after
+mean_s = 0.5 * (1 / t["compute_images_per_s_before"] + 1 / t["compute_images_per_s_after"])
+assert math.isclose(t["compute_images_per_s"], 1 / mean_s, rel_tol=1e-9)
+assert math.isclose(lat["explain_over_forward"], lat["explain_ms"] / lat["forward_ms"], rel_tol=1e-9)
+assert r["peak_rss_mib"] > 0
+PY
+  [[ $(find "$WORK/bench-out" -name '*.overlay.png' | wc -l) -eq $(find "$SAMPLES" -type f \( -name '*.png' -o -name '*.jpg' \) | wc -l) ]] \
+    || fail "bench --out did not write one overlay per image"
+}
+
+case_bench_all_bad() {
+  mkdir -p "$WORK/bad" && cp "$FIXTURES/images/empty.png" "$WORK/bad/a.png" && cp "$FIXTURES/images/bomb.png" "$WORK/bad/b.png"
+  run bench "$WORK/bad" --model tiny-resnet --repeats 1; expect_rc 4; expect_in err "none of the 2 images could be explained"
+}
+
 case_explain_no_explainer() {
   cp -r "$TVE_SOURCE_DIR/models/tiny-vit" "$WORK/noexp"
   /usr/bin/python3 - "$WORK/noexp/manifest.json" <<'PY'
