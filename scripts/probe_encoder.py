@@ -11,15 +11,11 @@ distractors (how much clutter costs).
 """
 import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-import torch  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, training  # noqa: E402
+from tvelib import bundle, data, threads, training  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +28,7 @@ def main() -> None:
     ap.add_argument("--test-n", type=int, default=1000)
     ap.add_argument("--max-distractors", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    threads.use_threads(1)  # LibTorch and OpenBLAS alike
     if args.max_distractors != 2:
         # fixed_set draws through make_scenes; the same seeds give the same scenes minus clutter
         data.make_scenes = functools.partial(data.make_scenes, max_distractors=args.max_distractors)

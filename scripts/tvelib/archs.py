@@ -26,6 +26,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
+from torchvision.ops.misc import Conv2dNormActivation
 
 FEATURE_LAYOUTS = {"vit": "tokens", "resnet": "nchw", "swin": "nchw"}
 
@@ -192,31 +193,26 @@ class _NarrowResNet(ResNet):
 
 
 def conv_stem(layers: List[Tuple[int, int, int]], out_channels: int, patch_size: int) -> nn.Sequential:
-    """Strided conv + BatchNorm + ReLU per (channels, kernel, stride), then a 1x1 conv to out_channels
-    (the layout of torchvision's ViT conv_stem_configs); the strides must multiply to patch_size."""
+    """Conv + BatchNorm + ReLU per (channels, kernel, stride), then a 1x1 conv to out_channels: the
+    layout torchvision's VisionTransformer builds from conv_stem_configs, for Swin's patch embedding."""
     if math.prod(s for _, _, s in layers) != patch_size:
         raise ValueError(f"conv stem strides {[s for _, _, s in layers]} do not multiply to patch {patch_size}")
-    mods: List[nn.Module] = []
-    channels = 3
-    for c, k, s in layers:
-        mods += [nn.Conv2d(channels, c, kernel_size=k, stride=s, padding=k // 2, bias=False),
-                 nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        channels = c
-    mods.append(nn.Conv2d(channels, out_channels, kernel_size=1))
-    return nn.Sequential(*mods)
+    channels = [3] + [c for c, _, _ in layers]
+    convs = [Conv2dNormActivation(channels[i], c, kernel_size=k, stride=s) for i, (c, k, s) in enumerate(layers)]
+    return nn.Sequential(*convs, nn.Conv2d(channels[-1], out_channels, kernel_size=1))
 
 
 def build_target(arch: str, size: str, num_classes: int, image_size: int | None = None) -> nn.Module:
     """A randomly initialised target wrapper. image_size overrides the config's input size (ViT)."""
     cfg = dict(CONFIGS[arch][size])
+    # Optional convolutional stem (Xiao et al. 2021): strided 3x3 convs instead of one patchify
+    # conv; their strides multiply to patch_size, so the token grid is unchanged. It makes small
+    # transformers far more data-efficient to train.
+    stem = cfg.pop("conv_stem", None)
     if arch == "vit":
         if image_size is not None:
             cfg["image_size"] = image_size
-        # Optional convolutional stem (Xiao et al. 2021, torchvision's conv_stem_configs): strided
-        # 3x3 convs instead of one patchify conv; their strides multiply to patch_size, so the
-        # token grid is unchanged. It makes small ViTs far more data-efficient to train.
-        stem = cfg.pop("conv_stem", None)
-        if stem is not None:
+        if stem is not None:  # torchvision builds it from conv_stem_configs
             cfg["conv_stem_configs"] = [ConvStemConfig(out_channels=c, kernel_size=k, stride=s)
                                         for c, k, s in stem]
         return VitTarget(VisionTransformer(num_classes=num_classes, **cfg))
@@ -224,11 +220,8 @@ def build_target(arch: str, size: str, num_classes: int, image_size: int | None 
         block = BasicBlock if cfg["block"] == "basic" else Bottleneck
         return ResNetTarget(_NarrowResNet(block, cfg["layers"], num_classes, cfg["width"]))
     if arch == "swin":
-        stem = cfg.pop("conv_stem", None)
         net = SwinTransformer(num_classes=num_classes, stochastic_depth_prob=0.0, **cfg)
-        if stem is not None:
-            # Same idea as the ViT's conv stem: the patchify conv (features[0][0]) becomes strided
-            # 3x3 convs whose strides multiply to the patch size, then a 1x1 conv to embed_dim.
+        if stem is not None:  # replaces the patchify conv of the patch embedding
             net.features[0][0] = conv_stem(stem, cfg["embed_dim"], cfg["patch_size"][0])
         return SwinTarget(net)
     raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(CONFIGS)}")

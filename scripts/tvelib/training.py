@@ -34,8 +34,8 @@ class PretrainConfig:
 
 
 # The same data budget for every architecture (3000 x 64 = 192,000 scenes). With one thread on the
-# 2-core machine ResNet trains at ~100 img/s (32 min), ViT at ~20 img/s (2.7 h), Swin (first, patch-4 config) at ~15 img/s
-# (3.6 h); the long ones run as several resumable stages of at most 90 minutes.
+# 2-core machine ResNet trains at ~100 img/s (32 min), ViT at ~20 img/s (2.7 h), the first (patch-4)
+# Swin config at ~15 img/s (3.6 h); the long ones run as resumable stages of at most 90 minutes.
 PRETRAIN = {
     "resnet": PretrainConfig(steps=3000, lr=2e-3),
     "vit": PretrainConfig(steps=3000, lr=1e-3),

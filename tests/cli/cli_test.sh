@@ -223,9 +223,10 @@ PY
 
 case_bench_reports_ratios() {
   # Structure and consistency only: speed is judged by scripts/benchmark.sh, never by a test.
+  local images; images=$(find "$SAMPLES" -type f \( -name '*.png' -o -name '*.jpg' \) | wc -l)
   run bench "$SAMPLES" --model tiny-resnet --repeats 3 --out "$WORK/bench-out"; expect_rc 0
   json_check "len(lines) == 1 and lines[0]['model'] == 'tiny-resnet' and lines[0]['method'] == 'tve'"
-  /usr/bin/python3 - "$WORK/out" "$(find "$SAMPLES" -type f \( -name '*.png' -o -name '*.jpg' \) | wc -l)" <<'PY' || fail "bench report inconsistent"
+  /usr/bin/python3 - "$WORK/out" "$images" <<'PY' || fail "bench report inconsistent"
 import json, math, sys
 r = json.loads(open(sys.argv[1]).read())
 t, lat = r["throughput"], r["latency"]
@@ -239,8 +240,7 @@ assert math.isclose(t["compute_images_per_s"], 1 / mean_s, rel_tol=1e-9)
 assert math.isclose(lat["explain_over_forward"], lat["explain_ms"] / lat["forward_ms"], rel_tol=1e-9)
 assert r["peak_rss_mib"] > 0
 PY
-  [[ $(find "$WORK/bench-out" -name '*.overlay.png' | wc -l) -eq $(find "$SAMPLES" -type f \( -name '*.png' -o -name '*.jpg' \) | wc -l) ]] \
-    || fail "bench --out did not write one overlay per image"
+  [[ $(find "$WORK/bench-out" -name '*.overlay.png' | wc -l) -eq $images ]] || fail "bench --out did not write one overlay per image"
 }
 
 case_bench_all_bad() {

@@ -9,10 +9,10 @@ def test_use_threads_sets_libtorch_and_openblas():
     torch.ones(8, 8) @ torch.ones(8, 8)  # make sure the BLAS library is loaded
     if threads.loaded_openblas() is None:
         pytest.skip("this process runs on a BLAS other than OpenBLAS")
-    before = torch.get_num_threads(), threads.openblas_threads()
+    before = torch.get_num_threads()
     try:
         threads.use_threads(1)
         assert torch.get_num_threads() == 1
         assert threads.openblas_threads() == 1
     finally:
-        threads.use_threads(before[0])
+        threads.use_threads(before)
