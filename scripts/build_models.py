@@ -30,10 +30,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tvelib  # noqa: E402
-from tvelib import archs, bundle, data, sources, threads, training  # noqa: E402
+from tvelib import archs, bundle, data, explainer, sources, threads, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ARCHS = ("vit", "resnet", "swin")
+ARCHS = ("vit", "resnet", "swin")  # in build order: Swin distils from the ResNet
 GRID, RADIUS = data.GRID, 2
 DOWNSTREAM = ("fashion", "mnist", "novel")
 
@@ -42,8 +42,24 @@ FULL_SIZES = {"heldout": 4000, "probe_train": 6000, "probe_test": 2000}
 SMOKE_SIZES = {"heldout": 32, "probe_train": 64, "probe_test": 32}
 
 
+def load_teacher(cfg: training.PretrainConfig, out_dir: Path):
+    """The eager target of the bundle cfg.distill_from names, built earlier into the same OUT folder,
+    with its bundle; (None, None) when the config does not distil."""
+    if cfg.distill_from is None:
+        return None, None
+    path = out_dir / cfg.distill_from
+    if not (path / "manifest.json").is_file():
+        raise SystemExit(f"error: distillation needs the {cfg.distill_from} bundle in {path}; "
+                         f"build it first (--archs {cfg.distill_from} ...)")
+    teacher_bundle = bundle.Bundle(path)
+    return explainer.eager_target(teacher_bundle), teacher_bundle
+
+
 def pretrain_stage(arch: str, cfg: training.PretrainConfig, run_dir: Path, log, args) -> bool:
-    _, state = training.pretrain(arch, cfg, run_dir, log, max_minutes=args.stage_minutes,
+    teacher, teacher_bundle = load_teacher(cfg, args.out)
+    teacher_id = teacher_bundle.manifest["target"]["sha256"] if teacher_bundle is not None else None
+    _, state = training.pretrain(arch, cfg, run_dir, log, teacher=teacher, teacher_id=teacher_id,
+                                 max_minutes=args.stage_minutes,
                                  eval_every=0 if args.smoke else 500,
                                  eval_n=16 if args.smoke else 500)
     return bool(state.get("done"))
@@ -112,6 +128,7 @@ def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict,
         "architecture_config": {k: v for k, v in archs.CONFIGS[arch]["small"].items()},
         "pretrain": {**asdict(cfg), "steps_done": state["step"], "images_seen": state["images"],
                      "train_seconds": round(state["seconds"], 1), "threads": torch.get_num_threads(),
+                     **({"teacher_target_sha256": state["teacher"]} if state.get("teacher") else {}),
                      "data": {"task": "emoji", "scene_version": data.SCENE_VERSION,
                      "train_seed": data.TRAIN_SEED, "class_seed": data.CLASS_SEED,
                               "num_classes": len(pre), "num_novel_classes": len(novel)}},
@@ -232,7 +249,7 @@ def main() -> int:
     sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
     log = training.Logger(work / "build.log")
     all_done = True
-    for arch in args.archs:
+    for arch in sorted(args.archs, key=ARCHS.index):  # a teacher is built before its students
         cfg = training.PRETRAIN[arch]
         if args.smoke:
             cfg = replace(cfg, steps=3, batch=8)

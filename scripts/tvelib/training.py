@@ -31,6 +31,14 @@ class PretrainConfig:
     label_smoothing: float = 0.1
     clip: float = 1.0
     seed: int = 0  # model initialisation; the data stream has its own seed (data.TRAIN_SEED)
+    # Distillation from an encoder trained earlier in the same build (its bundle, OUT/<distill_from>):
+    # the student's 14x14 stage is pulled towards the teacher's 14x14 feature map (through a learned
+    # linear projection, dropped after training) and its logits towards the teacher's (KL at a
+    # temperature). Both teacher and student see the same scenes; labels stay the main signal.
+    distill_from: Optional[str] = None
+    distill_feature_weight: float = 1.0
+    distill_logit_weight: float = 4.0
+    distill_temperature: float = 2.0
 
 
 # The same data budget for every architecture (3000 x 64 = 192,000 scenes). With one thread on the
@@ -39,9 +47,10 @@ class PretrainConfig:
 PRETRAIN = {
     "resnet": PretrainConfig(steps=3000, lr=2e-3),
     "vit": PretrainConfig(steps=3000, lr=1e-3),
-    # Swin (conv stem, patch 8) trains at ~65 img/s; 1500 steps (23 min) reached only 0.033 top-1,
-    # starting to learn at ~step 700 (models/README.md); not shipped, the recipe is still open.
-    "swin": PretrainConfig(steps=1500, lr=1e-3),
+    # Swin (conv stem, patch 8) trains at ~65 img/s. On labels alone 1500 steps (23 min) reached only
+    # 0.033 top-1 whatever the learning rate (1e-4..1e-3); distilling the ResNet's 14x14 map and
+    # logits lifted train top-1 at step 950 from 0.024 to 0.205 (models/README.md).
+    "swin": PretrainConfig(steps=3000, lr=1e-3, distill_from="resnet"),
 }
 
 
@@ -77,12 +86,18 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, path)
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
+                    extra: Optional[nn.Module] = None) -> None:
+    """`extra`: a training-only module (a distillation projection) that must resume with the model."""
+    ck = {"model": model.state_dict(), "opt": opt.state_dict(), "state": state}
+    if extra is not None:
+        ck["extra"] = extra.state_dict()
+    atomic_save(ck, path)
 
 
 def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict,
-                    restart_hint: str = "delete it to start over") -> Optional[dict]:
+                      restart_hint: str = "delete it to start over",
+                      extra: Optional[nn.Module] = None) -> Optional[dict]:
     """Restores model and optimiser from `path` and returns the saved state, or None when there is
     no checkpoint. Refuses a checkpoint made with another configuration: resuming it would mix runs."""
     if not path.is_file():
@@ -92,6 +107,8 @@ def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, 
         raise ValueError(f"{path} was made with {ck['state']['config']}, not {config}; {restart_hint}")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
+    if extra is not None:
+        extra.load_state_dict(ck["extra"])
     return ck["state"]
 
 
@@ -111,29 +128,98 @@ def _param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, max_minutes: float = 85.0,
-             checkpoint_minutes: float = 3.0, eval_every: int = 500, eval_n: int = 500) -> Tuple[nn.Module, dict]:
+# ---- distillation ------------------------------------------------------------------------------
+
+def grid_stage_and_logits(target: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass giving (the feature map of the first stage at the attribution grid,
+    [B,C,14,14] for 112 px input; the logits). ResNet: layer2's output (stride 8). Swin: the conv
+    stem and patch embedding (stride 8) and the first stage. ViT has no such stage to distil into
+    before its last layer's tokens and is not supported."""
+    if isinstance(target, archs.ResNetTarget):
+        n = target.net
+        stage = n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x))))))
+        return stage, target.classify(n.layer4(n.layer3(stage)))
+    if isinstance(target, archs.SwinTarget):
+        n = target.net
+        stage = n.features[:2](x)  # [B,h,w,C] channels-last
+        top = n.norm(n.features[2:](stage)).permute(0, 3, 1, 2)  # [B,D,h',w']
+        return stage.permute(0, 3, 1, 2), target.classify(top)
+    raise TypeError(f"distillation is defined for ResNet and Swin targets, not {type(target).__name__}")
+
+
+class Distiller(nn.Module):
+    """The distillation terms of PretrainConfig for one student against a frozen teacher.
+
+    Holds the only trainable part besides the student: a per-cell linear map from the student's
+    channels to the teacher's (a 1x1 convolution), which exists only during training.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: PretrainConfig):
+        super().__init__()
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.cfg = cfg
+        probe = torch.zeros(1, 3, data.IMAGE_SIZE, data.IMAGE_SIZE)
+        with torch.no_grad():
+            s_map, _ = grid_stage_and_logits(student, probe)
+            t_map, _ = grid_stage_and_logits(self.teacher, probe)
+        if s_map.shape[2:] != t_map.shape[2:]:
+            raise ValueError(f"student grid {tuple(s_map.shape[2:])} != teacher grid {tuple(t_map.shape[2:])}")
+        self.proj = nn.Linear(s_map.shape[1], t_map.shape[1])
+
+    def forward(self, student: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (student logits, feature loss, logit loss), both losses already weighted."""
+        with torch.no_grad():
+            t_map, t_logits = grid_stage_and_logits(self.teacher, x)
+            # Standardised per channel over batch and cells: the teacher's post-ReLU channels have
+            # arbitrary scales, and the MSE should weigh every channel alike.
+            t_map = (t_map - t_map.mean(dim=(0, 2, 3), keepdim=True)) / (t_map.std(dim=(0, 2, 3), keepdim=True) + 1e-5)
+        s_map, logits = grid_stage_and_logits(student, x)
+        s_proj = self.proj(s_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [B,C_teacher,h,w]
+        feature_loss = F.mse_loss(s_proj, t_map) * self.cfg.distill_feature_weight
+        temp = self.cfg.distill_temperature
+        logit_loss = F.kl_div(F.log_softmax(logits / temp, dim=1), F.softmax(t_logits / temp, dim=1),
+                              reduction="batchmean") * self.cfg.distill_logit_weight
+        return logits, feature_loss, logit_loss
+
+
+def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teacher: Optional[nn.Module] = None,
+             teacher_id: Optional[str] = None, max_minutes: float = 85.0, checkpoint_minutes: float = 3.0, eval_every: int = 500,
+             eval_n: int = 500) -> Tuple[nn.Module, dict]:
     """Trains (or resumes) an encoder on the 'emoji' stream. Returns (model, state).
 
+    `teacher` (an eager target) is required exactly when cfg.distill_from is set; `teacher_id` (the
+    SHA-256 of its target.pt) goes into the state, and a checkpoint made against another teacher is
+    refused rather than resumed.
     state["done"] is False when the stage stopped at max_minutes: call again to continue.
     """
+    if (cfg.distill_from is None) != (teacher is None):
+        raise ValueError(f"{arch}: distill_from={cfg.distill_from!r} needs a teacher exactly when it is set")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "pretrain.ckpt"
     model = build_encoder(arch, data.num_classes("emoji"), cfg.seed)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    state = resume_checkpoint(ckpt_path, model, opt, asdict(cfg))
+    distiller = Distiller(teacher, model, cfg) if teacher is not None else None
+    extra = distiller.proj if distiller is not None else None
+    trainable = nn.ModuleList([model] + ([extra] if extra is not None else []))
+    opt = torch.optim.AdamW(_param_groups(trainable, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    state = resume_checkpoint(ckpt_path, model, opt, asdict(cfg), extra=extra)
+    if state is not None and state.get("teacher") != teacher_id:
+        raise ValueError(f"{ckpt_path} was distilled from teacher {state.get('teacher')}, not {teacher_id}; "
+                         "delete it to start over")
     if state is not None:
         log(f"{arch}: resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
-        state = {"step": 0, "seconds": 0.0, "images": 0, "config": asdict(cfg), "arch": arch, "history": []}
+        state = {"step": 0, "seconds": 0.0, "images": 0, "config": asdict(cfg), "arch": arch, "history": [],
+                 "teacher": teacher_id}
         log(f"{arch}: start, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {asdict(cfg)}")
 
     def save() -> None:
-        save_checkpoint(ckpt_path, model, opt, state)
+        save_checkpoint(ckpt_path, model, opt, state, extra=extra)
 
     stage_start = time.time()
     last_ckpt = time.time()
-    seg_start, seg_images, seg_loss, seg_correct = time.time(), 0, 0.0, 0
+    seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
     model.train()
     stream = data.train_batches("emoji", cfg.batch, start=state["step"])
     while state["step"] < cfg.steps:
@@ -142,24 +228,30 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, max_
         x = data.normalise(scenes.images)  # [B,3,112,112] f32 normalised RGB
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, state["step"])
-        logits = model(x)
+        if distiller is None:
+            logits, distill_loss = model(x), torch.zeros(())
+        else:
+            logits, feature_loss, logit_loss = distiller(model, x)
+            distill_loss = feature_loss + logit_loss
         loss = F.cross_entropy(logits, scenes.labels, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        (loss + distill_loss).backward()
+        nn.utils.clip_grad_norm_(trainable.parameters(), cfg.clip)
         opt.step()
         state["step"] += 1
         state["images"] += cfg.batch
         state["seconds"] += time.time() - t0
         seg_images += cfg.batch
         seg_loss += float(loss) * cfg.batch
+        seg_distill += float(distill_loss) * cfg.batch
         seg_correct += int((logits.argmax(1) == scenes.labels).sum())
         if state["step"] % 50 == 0 or state["step"] == cfg.steps:
             dt = time.time() - seg_start
-            log(f"{arch}: step {state['step']}/{cfg.steps} loss {seg_loss / seg_images:.3f} "
+            distilled = f"distill {seg_distill / seg_images:.3f} " if distiller is not None else ""
+            log(f"{arch}: step {state['step']}/{cfg.steps} loss {seg_loss / seg_images:.3f} {distilled}"
                 f"train-top1 {seg_correct / seg_images:.3f} lr {lr_at(cfg, state['step'] - 1):.2e} "
                 f"{seg_images / dt:.1f} img/s")
-            seg_start, seg_images, seg_loss, seg_correct = time.time(), 0, 0.0, 0
+            seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
         if eval_every and (state["step"] % eval_every == 0 or state["step"] == cfg.steps):
             acc = evaluate(model, "emoji", "test", eval_n)
             state["history"].append({"step": state["step"], "heldout_top1_quick": acc})
