@@ -37,6 +37,11 @@ def describe(path: Path) -> str:
         lines += ["", f"Pre-training: {pre.get('steps_done')} steps of {pre.get('batch')} scenes "
                   f"({pre.get('images_seen')} images), AdamW lr {pre.get('lr')}, "
                   f"{pre.get('train_seconds', 0) / 60:.1f} min of training on {pre.get('threads')} thread(s)."]
+        if pre.get("distill_from"):
+            lines[-1] += (f" Distilled from the {pre['distill_from']} bundle (target SHA-256 "
+                          f"`{pre.get('teacher_target_sha256', '?')[:16]}...`): feature weight "
+                          f"{pre.get('distill_feature_weight')}, logit weight {pre.get('distill_logit_weight')} "
+                          f"at temperature {pre.get('distill_temperature')}.")
     return "\n".join(lines) + "\n"
 
 

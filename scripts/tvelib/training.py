@@ -133,8 +133,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
 def grid_stage_and_logits(target: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """One forward pass giving (the feature map of the first stage at the attribution grid,
     [B,C,14,14] for 112 px input; the logits). ResNet: layer2's output (stride 8). Swin: the conv
-    stem and patch embedding (stride 8) and the first stage. ViT has no such stage to distil into
-    before its last layer's tokens and is not supported."""
+    stem and patch embedding (stride 8) and the first stage. ViT: the patch tokens after the first
+    block, on the patch grid."""
     if isinstance(target, archs.ResNetTarget):
         n = target.net
         stage = n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x))))))
@@ -144,7 +144,12 @@ def grid_stage_and_logits(target: nn.Module, x: torch.Tensor) -> Tuple[torch.Ten
         stage = n.features[:2](x)  # [B,h,w,C] channels-last
         top = n.norm(n.features[2:](stage)).permute(0, 3, 1, 2)  # [B,D,h',w']
         return stage.permute(0, 3, 1, 2), target.classify(top)
-    raise TypeError(f"distillation is defined for ResNet and Swin targets, not {type(target).__name__}")
+    if isinstance(target, archs.VitTarget):
+        from .explainer import TokensToMap, VitTrunk  # the explainer's trunk; a top-level import would be circular
+        tokens = VitTrunk(target, depth=1)(x)  # shares the target's modules: [B,1+N,D]
+        grid = int(round((tokens.shape[1] - 1) ** 0.5))
+        return TokensToMap(grid)(tokens), target.classify(target.early_blocks[1:](tokens))
+    raise TypeError(f"no distillation stage for {type(target).__name__}")
 
 
 class Distiller(nn.Module):
