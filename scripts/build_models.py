@@ -33,7 +33,7 @@ import tvelib  # noqa: E402
 from tvelib import archs, bundle, data, explainer, sources, threads, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ARCHS = ("vit", "resnet", "swin")  # in build order: Swin distils from the ResNet
+ARCHS = ("resnet", "vit", "swin")  # in build order: a teacher (the ResNet) before its students
 GRID, RADIUS = data.GRID, 2
 DOWNSTREAM = ("fashion", "mnist", "novel")
 

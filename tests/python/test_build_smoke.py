@@ -30,5 +30,10 @@ def test_smoke_build_produces_loadable_bundles():
                 z = b.target.embed(x)
                 assert b.heads["mnist"](z).shape == (1, 10)
             assert "emoji_heldout_top1" in b.manifest["provenance"]["metrics"]
+        # Swin is distilled from the ResNet built before it in the same run, and says so
+        teacher_sha = bundle.Bundle(models / "resnet").manifest["target"]["sha256"]
+        swin_pretrain = bundle.Bundle(models / "swin").manifest["provenance"]["pretrain"]
+        assert swin_pretrain["distill_from"] == "resnet"
+        assert swin_pretrain["teacher_target_sha256"] == teacher_sha
     finally:
         shutil.rmtree(models.parent, ignore_errors=True)
