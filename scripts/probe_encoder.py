@@ -8,14 +8,40 @@ distractors (how much clutter costs).
     /usr/bin/python3 scripts/probe_encoder.py --bundle models/resnet
     /usr/bin/python3 scripts/probe_encoder.py --random resnet
     /usr/bin/python3 scripts/probe_encoder.py --bundle models/resnet --max-distractors 0
+    /usr/bin/python3 scripts/probe_encoder.py --bundle models/resnet --features stages
+
+--features stages / stages+max probes a ResNet's pooled layer2, layer3 and layer4 maps together
+(average-pooled, or average- and max-pooled) instead of embed(x): whether the information the
+downstream tasks need is in earlier stages and lost by the last one.
 """
 import argparse
 import functools
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tvelib import bundle, data, threads, training  # noqa: E402
+
+
+class StagePooling(torch.nn.Module):
+    """embed(x) = the ResNet's layer2, layer3 and layer4 maps, each pooled over space, concatenated."""
+
+    def __init__(self, target, with_max: bool):
+        super().__init__()
+        self.net, self.with_max = target.net, with_max
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        f = n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x)))))
+        pooled = []
+        for stage in (n.layer2, n.layer3, n.layer4):
+            f = stage(f)  # [B,C,h,w]
+            pooled.append(f.mean((2, 3)))
+            if self.with_max:
+                pooled.append(f.amax((2, 3)))
+        return torch.cat(pooled, 1)  # [B, 448] (or 896 with max)
 
 
 def main() -> None:
@@ -27,6 +53,8 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=2000)
     ap.add_argument("--test-n", type=int, default=1000)
     ap.add_argument("--max-distractors", type=int, default=2)
+    ap.add_argument("--features", choices=["embed", "stages", "stages+max"], default="embed",
+                    help="what the probe sees (stages: ResNet only)")
     args = ap.parse_args()
     threads.use_threads(1)  # LibTorch and OpenBLAS alike
     if args.max_distractors != 2:
@@ -34,6 +62,10 @@ def main() -> None:
         data.make_scenes = functools.partial(data.make_scenes, max_distractors=args.max_distractors)
     model = (bundle.Bundle(args.bundle).target if args.bundle
              else training.build_encoder(args.random, data.num_classes("emoji"), seed=0).eval())
+    if args.features != "embed":
+        if not hasattr(getattr(model, "net", None), "layer4"):
+            ap.error(f"--features {args.features} needs a ResNet encoder")
+        model = StagePooling(model, with_max=args.features == "stages+max")
     for task in args.tasks:
         z, y = training.embed_set(model, task, "train", args.train_n)  # [N,D]
         zt, yt = training.embed_set(model, task, "test", args.test_n)

@@ -55,7 +55,8 @@ def export(b: bundle.Bundle, model: torch.nn.Module, state: dict, out_dir: Path,
                   "config": cfg, "steps_done": state["step"], "images_seen": state["images"],
                   "train_seconds": round(state["seconds"], 1), "threads": 1,
                   "data": {"task": "emoji", "train_seed": cfg["data_seed"], "class_seed": data.CLASS_SEED,
-                           "scene_version": cfg.get("scene_version", 1)},
+                           "scene_version": cfg.get("scene_version", 1),
+                           "num_classes": cfg.get("pretrain_classes", 200)},
                   "defaults_chosen_by": defaults.get("chosen_by", "command-line flags"),
                   "torch": torch.__version__}
     if "metrics" in defaults:
@@ -96,6 +97,7 @@ def main() -> None:
         base.update(overrides)
         overrides = base
     overrides.setdefault("scene_version", ex.scene_version_of(m))
+    overrides.setdefault("pretrain_classes", ex.pretrain_classes_of(m))
     cfg = ex.ExplainerConfig(**overrides)
     run = args.run or default_run(b)
     log = Logger(run / "train.log")

@@ -44,6 +44,9 @@ IMAGE_SIZE = 112
 GRID = 14  # attribution grid: 14 x 14 cells of 8 px
 NUM_PRETRAIN_CLASSES = 200
 NUM_NOVEL_CLASSES = 32
+# Distractors are drawn from the first 200 pre-training classes whatever NUM_PRETRAIN_CLASSES is,
+# so that the downstream scenes (and every fixed evaluation set) do not depend on it.
+NUM_DISTRACTOR_CLASSES = 200
 CLASS_SEED = 0  # fixes which emoji are pre-training classes and which are novel
 
 TASKS = ("emoji", "novel", "fashion", "mnist")
@@ -113,14 +116,25 @@ def emoji_class_lists() -> Tuple[List[int], List[int], "sources.EmojiSprites"]:
     return sources.emoji_classes(NUM_PRETRAIN_CLASSES, NUM_NOVEL_CLASSES, seed=CLASS_SEED)
 
 
+def use_pretrain_classes(n: int) -> None:
+    """Selects how many pre-training classes the 'emoji' task has in this process (an encoder's
+    PretrainConfig.classes; its bundle records it). The first 200, the novel classes and every
+    downstream scene stay the same whatever n is (sources.emoji_classes, NUM_DISTRACTOR_CLASSES)."""
+    global NUM_PRETRAIN_CLASSES
+    if n != NUM_PRETRAIN_CLASSES:
+        NUM_PRETRAIN_CLASSES = n
+        _POOL_CACHE.pop(("emoji", "train"), None)
+        _POOL_CACHE.pop(("emoji", "test"), None)
+
+
 def sprite_pool(task: str, split: str) -> SpritePool:
     """The sprites a task's scenes draw their main object from. split: 'train' or 'test'."""
     key = (task, split)
     if key in _POOL_CACHE:
         return _POOL_CACHE[key]
-    if task in ("emoji", "novel"):
+    if task in ("emoji", "novel", "distractors"):
         pre, novel, sprites = emoji_class_lists()
-        idx = pre if task == "emoji" else novel
+        idx = {"emoji": pre, "novel": novel, "distractors": pre[:NUM_DISTRACTOR_CLASSES]}[task]
         # One glyph per class: train and test differ by scene (pose, colour, background, clutter).
         pool = SpritePool(_premultiply(sprites.rgba[idx]), torch.arange(len(idx)),
                           [sprites.names[i] for i in idx], (0.45, 0.85), True)
@@ -273,7 +287,7 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
     g = torch.Generator().manual_seed(_scene_seed(task, split, seed, index, batch))
     pool = sprite_pool(task, split)
     # Distractors are always pre-training emoji: clutter the encoder has seen, never the label.
-    distract = sprite_pool("emoji", "train")
+    distract = sprite_pool("distractors", "train")
     n = batch
 
     use_photo = torch.rand(n, generator=g) < 0.5
@@ -295,7 +309,7 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
     for d in range(max_distractors):
         # other-class emoji: for the emoji task a random nonzero class offset avoids the label
         didx = torch.randint(0, len(distract), (n,), generator=g)
-        if task == "emoji":
+        if task == "emoji":  # labels beyond the distractor classes never collide anyway
             didx = (labels + 1 + torch.randint(0, len(distract) - 1, (n,), generator=g)) % len(distract)
         dl, _ = layer(distract.take(didx), _u(g, n, 0.2, 0.45), True)
         dl = dl * (d < n_distract).float().view(-1, 1, 1, 1)  # absent distractor: fully transparent

@@ -402,6 +402,7 @@ class ExplainerConfig:
     seed: int = 0
     data_seed: int = data.TRAIN_SEED
     scene_version: int = 1  # tvelib.data.SCENE_VERSION the target was trained on (scene_version_of)
+    pretrain_classes: int = 200  # EmojiScenes classes the target was trained on (pretrain_classes_of)
     calib_images: int = 32
 
 
@@ -411,6 +412,12 @@ def scene_version_of(manifest: dict) -> int:
     The explainer trains and is evaluated on the same scene distribution as its encoder.
     """
     return int(manifest.get("provenance", {}).get("pretrain", {}).get("data", {}).get("scene_version", 1))
+
+
+def pretrain_classes_of(manifest: dict) -> int:
+    """How many EmojiScenes classes a bundle's encoder was pre-trained on (200 when absent): the
+    explainer trains and is evaluated on the scenes of those classes."""
+    return int(manifest.get("provenance", {}).get("pretrain", {}).get("data", {}).get("num_classes", 200))
 
 
 def use_scene_version(version: int) -> None:
@@ -595,6 +602,7 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     """
     torch.manual_seed(cfg.seed)
     use_scene_version(cfg.scene_version)
+    data.use_pretrain_classes(cfg.pretrain_classes)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "explainer.ckpt"
     target = target.eval()
@@ -711,6 +719,7 @@ def occlusion_cache(b, task: str, n: int, seed: int = data.HELDOUT_SEED,
     grid, radius, size = m["grid"], m["radius"], b.input_size
     version = scene_version_of(m)
     use_scene_version(version)
+    data.use_pretrain_classes(pretrain_classes_of(m))  # the target's SHA-256 in the key fixes it
     key = f"{m['target']['sha256'][:16]}-{task}-s{seed}-n{n}-g{grid}-r{radius}"
     if version != 1:
         key += f"-v{version}"

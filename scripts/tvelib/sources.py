@@ -167,6 +167,10 @@ def _shape_descriptor(rgba: np.ndarray) -> np.ndarray:
     return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
 
 
+# Where the novel classes sit in the class permutation (see emoji_classes).
+_NOVEL_CLASSES_AT = 200
+
+
 def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0,
                   max_similarity: float = 0.9) -> Tuple[List[int], List[int], EmojiSprites]:
     """Picks disjoint emoji class lists (indices into the sprite set) for pre-training and novel.
@@ -188,9 +192,14 @@ def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0,
     pool = [candidates[j] for j in kept]
     if num_pretrain + num_novel > len(pool):
         raise ValueError(f"asked for {num_pretrain}+{num_novel} emoji classes, only {len(pool)} qualify")
-    order = np.random.default_rng(seed).permutation(len(pool))
-    chosen = [pool[i] for i in order[: num_pretrain + num_novel]]
-    return chosen[:num_pretrain], chosen[num_pretrain:], sprites
+    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+    # The permutation is read as [first pre-training classes | novel | further pre-training classes],
+    # the novel block at a fixed place: the first bundles used 200 pre-training classes, and a larger
+    # pre-training set must not change which classes are novel, nor the first 200 class indices.
+    novel_at = min(num_pretrain, _NOVEL_CLASSES_AT)
+    novel = order[novel_at: novel_at + num_novel]
+    pretrain = order[:novel_at] + order[novel_at + num_novel: num_pretrain + num_novel]
+    return pretrain, novel, sprites
 
 
 # ---- Fashion-MNIST ---------------------------------------------------------------------------

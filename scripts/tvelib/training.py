@@ -31,6 +31,7 @@ class PretrainConfig:
     label_smoothing: float = 0.1
     clip: float = 1.0
     seed: int = 0  # model initialisation; the data stream has its own seed (data.TRAIN_SEED)
+    classes: int = 200  # EmojiScenes pre-training classes (data.use_pretrain_classes)
     # Distillation from an encoder trained earlier in the same build (its bundle, OUT/<distill_from>):
     # the student's 14x14 stage is pulled towards the teacher's 14x14 feature map (through a learned
     # linear projection, dropped after training) and its logits towards the teacher's (KL at a
@@ -203,6 +204,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
         raise ValueError(f"{arch}: distill_from={cfg.distill_from!r} needs a teacher exactly when it is set")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "pretrain.ckpt"
+    data.use_pretrain_classes(cfg.classes)
     model = build_encoder(arch, data.num_classes("emoji"), cfg.seed)
     distiller = Distiller(teacher, model, cfg) if teacher is not None else None
     extra = distiller.proj if distiller is not None else None
@@ -277,6 +279,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
 
 def load_pretrained(arch: str, cfg: PretrainConfig, run_dir: Path) -> Tuple[nn.Module, dict]:
     ck = torch.load(run_dir / "pretrain.ckpt")
+    data.use_pretrain_classes(cfg.classes)
     model = build_encoder(arch, data.num_classes("emoji"), cfg.seed)
     model.load_state_dict(ck["model"])
     return model.eval(), ck["state"]

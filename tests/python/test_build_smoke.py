@@ -37,3 +37,35 @@ def test_smoke_build_produces_loadable_bundles():
         assert swin_pretrain["teacher_target_sha256"] == teacher_sha
     finally:
         shutil.rmtree(models.parent, ignore_errors=True)
+
+
+def test_experiment_overrides_reach_the_bundle(tmp_path):
+    # --set classes=260 on the smoke ResNet: 260 labels, the first 200 the shipped model's classes
+    out = subprocess.run([sys.executable, str(SCRIPTS / "build_models.py"), "--smoke", "--archs", "resnet",
+                          "--set", "classes=260", "--set", "label_smoothing=0"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    models = Path(re.search(r"smoke build OK: bundles in (\S+)", out.stdout).group(1))
+    try:
+        m = bundle.Bundle(models / "resnet").manifest
+        assert len(m["target"]["labels"]) == 260
+        assert m["provenance"]["pretrain"]["classes"] == 260
+        assert m["provenance"]["pretrain"]["label_smoothing"] == 0.0
+        assert m["provenance"]["pretrain"]["data"]["num_classes"] == 260
+        shipped = bundle.Bundle(SCRIPTS.parent / "models" / "resnet").manifest["target"]["labels"]
+        assert m["target"]["labels"][:200] == shipped
+    finally:
+        shutil.rmtree(models.parent, ignore_errors=True)
+
+
+def test_experiment_overrides_are_checked():
+    def run(*args):
+        return subprocess.run([sys.executable, str(SCRIPTS / "build_models.py"), *args],
+                              capture_output=True, text=True, timeout=120)
+    bad = run("--set", "colour=1", "--out", "/nonexistent")
+    assert bad.returncode == 2 and "expected FIELD=VALUE with FIELD one of" in bad.stderr
+    bad = run("--set", "classes=many", "--out", "/nonexistent")
+    assert bad.returncode == 2 and "cannot read 'many' as int" in bad.stderr
+    # an experiment must name its output folder: the shipped bundles are never replaced by accident
+    bad = run("--set", "classes=300")
+    assert bad.returncode == 2 and "give --out" in bad.stderr

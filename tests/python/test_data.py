@@ -97,3 +97,20 @@ def test_probe_splits_are_disjoint_sources():
     assert len(data.sprite_pool("fashion", "test")) == 10000
     tr, te = data.sprite_pool("mnist", "train"), data.sprite_pool("mnist", "test")
     assert len(tr) + len(te) == 10000 and len(te) == 2000
+
+
+def test_more_pretraining_classes_keep_the_first_200_the_novel_ones_and_downstream_scenes():
+    emoji200, novel200 = data.class_names("emoji"), data.class_names("novel")
+    mnist200 = data.make_scenes("mnist", "test", 1000, 0, 8).images
+    try:
+        data.use_pretrain_classes(600)
+        data._POOL_CACHE.clear()  # nothing may survive from the 200-class pools
+        emoji600 = data.class_names("emoji")
+        assert len(emoji600) == 600 and emoji600[:200] == emoji200
+        assert data.class_names("novel") == novel200 and not set(emoji600) & set(novel200)
+        assert torch.equal(data.make_scenes("mnist", "test", 1000, 0, 8).images, mnist200)
+        labels = torch.cat([data.make_scenes("emoji", "train", 1, i, 64).labels for i in range(4)])
+        assert int(labels.max()) < 600 and int((labels >= 200).sum()) > 100  # most draws are new classes
+    finally:
+        data.use_pretrain_classes(200)
+    assert data.class_names("emoji") == emoji200
