@@ -376,3 +376,15 @@ def normalise(rgb01: torch.Tensor) -> torch.Tensor:
 def grid_mask(masks: torch.Tensor, grid: int = GRID) -> torch.Tensor:
     """[B,H,W] bool -> [B,grid,grid] float: fraction of each cell covered by the object."""
     return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), grid).squeeze(1)
+
+
+def luminance_contrast(s: Scenes, ring: int = 4) -> torch.Tensor:
+    """[B] |mean luminance of the visible object - mean luminance of the `ring` pixels around it|,
+    on the 0-1 scale: how far an object stands out from its surround in brightness alone."""
+    lum = torch.einsum("bchw,c->bhw", s.images, _LUMA)  # [B,H,W]
+    inside = s.masks.float().unsqueeze(1)  # [B,1,H,W]
+    around = (F.max_pool2d(inside, 2 * ring + 1, 1, ring) - inside).squeeze(1)
+    inside = inside.squeeze(1)
+    mean_in = (lum * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1)
+    mean_around = (lum * around).sum((1, 2)) / around.sum((1, 2)).clamp(min=1)
+    return (mean_in - mean_around).abs()

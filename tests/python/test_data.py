@@ -114,3 +114,14 @@ def test_more_pretraining_classes_keep_the_first_200_the_novel_ones_and_downstre
     finally:
         data.use_pretrain_classes(200)
     assert data.class_names("emoji") == emoji200
+
+
+def test_luminance_contrast_of_an_object_against_its_surround():
+    images = torch.full((2, 3, 32, 32), 0.5)
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[:, 10:20, 10:20] = True
+    images[0, :, 10:20, 10:20] = 0.9  # bright square on grey
+    images[1, 0, 10:20, 10:20] = 0.5 + 0.5 * 0.114 / 0.299  # same luminance, another hue
+    images[1, 2, 10:20, 10:20] = 0.0
+    c = data.luminance_contrast(data.Scenes(images, torch.zeros(2, dtype=torch.long), masks))
+    assert c[0] == pytest.approx(0.4, abs=1e-5) and c[1] == pytest.approx(0.0, abs=1e-5)
