@@ -33,6 +33,7 @@ class StagePooling(torch.nn.Module):
         self.net, self.with_max = target.net, with_max
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        # Walks the stages itself: the shipped TorchScript targets export no per-stage outputs.
         n = self.net
         f = n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x)))))
         pooled = []

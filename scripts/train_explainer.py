@@ -56,7 +56,7 @@ def export(b: bundle.Bundle, model: torch.nn.Module, state: dict, out_dir: Path,
                   "train_seconds": round(state["seconds"], 1), "threads": 1,
                   "data": {"task": "emoji", "train_seed": cfg["data_seed"], "class_seed": data.CLASS_SEED,
                            "scene_version": cfg.get("scene_version", 1),
-                           "num_classes": cfg.get("pretrain_classes", 200)},
+                           "num_classes": cfg.get("pretrain_classes", data.BASE_PRETRAIN_CLASSES)},
                   "defaults_chosen_by": defaults.get("chosen_by", "command-line flags"),
                   "torch": torch.__version__}
     if "metrics" in defaults:

@@ -25,6 +25,7 @@ Tasks:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -42,11 +43,12 @@ from . import sources
 SCENE_VERSION = int(os.environ.get("TVE_SCENE_VERSION", "1"))
 IMAGE_SIZE = 112
 GRID = 14  # attribution grid: 14 x 14 cells of 8 px
-NUM_PRETRAIN_CLASSES = 200
+# The first bundles' pre-training classes. A larger set (use_pretrain_classes) keeps them as its first
+# classes and the novel classes too (sources.emoji_classes), and distractors are always drawn from
+# them, so that the downstream scenes (and every fixed evaluation set) never depend on the count.
+BASE_PRETRAIN_CLASSES = 200
+NUM_PRETRAIN_CLASSES = BASE_PRETRAIN_CLASSES  # this process's count: use_pretrain_classes
 NUM_NOVEL_CLASSES = 32
-# Distractors are drawn from the first 200 pre-training classes whatever NUM_PRETRAIN_CLASSES is,
-# so that the downstream scenes (and every fixed evaluation set) do not depend on it.
-NUM_DISTRACTOR_CLASSES = 200
 CLASS_SEED = 0  # fixes which emoji are pre-training classes and which are novel
 
 TASKS = ("emoji", "novel", "fashion", "mnist")
@@ -113,13 +115,20 @@ _POOL_CACHE: Dict[Tuple[str, str], SpritePool] = {}
 
 
 def emoji_class_lists() -> Tuple[List[int], List[int], "sources.EmojiSprites"]:
-    return sources.emoji_classes(NUM_PRETRAIN_CLASSES, NUM_NOVEL_CLASSES, seed=CLASS_SEED)
+    return _emoji_class_lists(NUM_PRETRAIN_CLASSES)
+
+
+@functools.lru_cache(maxsize=None)
+def _emoji_class_lists(num_pretrain: int) -> Tuple[List[int], List[int], "sources.EmojiSprites"]:
+    # Once per count and process: it reads the rendered sprites from disk and compares their shapes.
+    return sources.emoji_classes(num_pretrain, NUM_NOVEL_CLASSES, seed=CLASS_SEED,
+                                 novel_at=BASE_PRETRAIN_CLASSES)
 
 
 def use_pretrain_classes(n: int) -> None:
     """Selects how many pre-training classes the 'emoji' task has in this process (an encoder's
     PretrainConfig.classes; its bundle records it). The first 200, the novel classes and every
-    downstream scene stay the same whatever n is (sources.emoji_classes, NUM_DISTRACTOR_CLASSES)."""
+    downstream scene stay the same whatever n is (BASE_PRETRAIN_CLASSES)."""
     global NUM_PRETRAIN_CLASSES
     if n != NUM_PRETRAIN_CLASSES:
         NUM_PRETRAIN_CLASSES = n
@@ -134,7 +143,7 @@ def sprite_pool(task: str, split: str) -> SpritePool:
         return _POOL_CACHE[key]
     if task in ("emoji", "novel", "distractors"):
         pre, novel, sprites = emoji_class_lists()
-        idx = {"emoji": pre, "novel": novel, "distractors": pre[:NUM_DISTRACTOR_CLASSES]}[task]
+        idx = {"emoji": pre, "novel": novel, "distractors": pre[:BASE_PRETRAIN_CLASSES]}[task]
         # One glyph per class: train and test differ by scene (pose, colour, background, clutter).
         pool = SpritePool(_premultiply(sprites.rgba[idx]), torch.arange(len(idx)),
                           [sprites.names[i] for i in idx], (0.45, 0.85), True)

@@ -402,7 +402,7 @@ class ExplainerConfig:
     seed: int = 0
     data_seed: int = data.TRAIN_SEED
     scene_version: int = 1  # tvelib.data.SCENE_VERSION the target was trained on (scene_version_of)
-    pretrain_classes: int = 200  # EmojiScenes classes the target was trained on (pretrain_classes_of)
+    pretrain_classes: int = data.BASE_PRETRAIN_CLASSES  # EmojiScenes classes of the target (pretrain_classes_of)
     calib_images: int = 32
 
 
@@ -411,13 +411,18 @@ def scene_version_of(manifest: dict) -> int:
 
     The explainer trains and is evaluated on the same scene distribution as its encoder.
     """
-    return int(manifest.get("provenance", {}).get("pretrain", {}).get("data", {}).get("scene_version", 1))
+    return int(_pretrain_data(manifest).get("scene_version", 1))
 
 
 def pretrain_classes_of(manifest: dict) -> int:
-    """How many EmojiScenes classes a bundle's encoder was pre-trained on (200 when absent): the
-    explainer trains and is evaluated on the scenes of those classes."""
-    return int(manifest.get("provenance", {}).get("pretrain", {}).get("data", {}).get("num_classes", 200))
+    """How many EmojiScenes classes a bundle's encoder was pre-trained on (the first bundles' 200
+    when absent): the explainer trains and is evaluated on the scenes of those classes."""
+    return int(_pretrain_data(manifest).get("num_classes", data.BASE_PRETRAIN_CLASSES))
+
+
+def _pretrain_data(manifest: dict) -> dict:
+    """The manifest's record of the data its encoder was pre-trained on ({} when absent)."""
+    return manifest.get("provenance", {}).get("pretrain", {}).get("data", {})
 
 
 def use_scene_version(version: int) -> None:

@@ -167,11 +167,7 @@ def _shape_descriptor(rgba: np.ndarray) -> np.ndarray:
     return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
 
 
-# Where the novel classes sit in the class permutation (see emoji_classes).
-_NOVEL_CLASSES_AT = 200
-
-
-def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0,
+def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0, *, novel_at: int,
                   max_similarity: float = 0.9) -> Tuple[List[int], List[int], EmojiSprites]:
     """Picks disjoint emoji class lists (indices into the sprite set) for pre-training and novel.
 
@@ -194,9 +190,9 @@ def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0,
         raise ValueError(f"asked for {num_pretrain}+{num_novel} emoji classes, only {len(pool)} qualify")
     order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
     # The permutation is read as [first pre-training classes | novel | further pre-training classes],
-    # the novel block at a fixed place: the first bundles used 200 pre-training classes, and a larger
-    # pre-training set must not change which classes are novel, nor the first 200 class indices.
-    novel_at = min(num_pretrain, _NOVEL_CLASSES_AT)
+    # the novel block at the fixed place novel_at, so that a larger pre-training set changes neither
+    # which classes are novel nor the indices of the first novel_at classes.
+    novel_at = min(num_pretrain, novel_at)
     novel = order[novel_at: novel_at + num_novel]
     pretrain = order[:novel_at] + order[novel_at + num_novel: num_pretrain + num_novel]
     return pretrain, novel, sprites

@@ -31,7 +31,7 @@ class PretrainConfig:
     label_smoothing: float = 0.1
     clip: float = 1.0
     seed: int = 0  # model initialisation; the data stream has its own seed (data.TRAIN_SEED)
-    classes: int = 200  # EmojiScenes pre-training classes (data.use_pretrain_classes)
+    classes: int = data.BASE_PRETRAIN_CLASSES  # EmojiScenes pre-training classes (data.use_pretrain_classes)
     # Distillation from an encoder trained earlier in the same build (its bundle, OUT/<distill_from>):
     # the student's 14x14 stage is pulled towards the teacher's 14x14 feature map (through a learned
     # linear projection, dropped after training) and its logits towards the teacher's (KL at a
