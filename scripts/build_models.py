@@ -17,7 +17,7 @@ Stages per architecture, each resumable (rerun the same command after an interru
 Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs),
 one folder per architecture and scene-generator version (TVE_SCENE_VERSION, see tvelib/data.py).
 One thread by default: the build machine has two cores and the other one is kept free for other
-work; --threads 2 when the build has the machine to itself (the ViT's distillation: ~1.6x faster).
+work; --threads 2 when the build has the machine to itself (a ViT distillation step: 2.45 s against 3.33 s).
 """
 from __future__ import annotations
 

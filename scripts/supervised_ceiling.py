@@ -14,12 +14,11 @@ Training uses the task's training stream (data.TRAIN_SEED, split 'train'): disjo
 fixed training set (held-out seed) and from their test set (split 'test').
 """
 import argparse
+import math
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tvelib import data, threads, training  # noqa: E402
@@ -40,29 +39,10 @@ def main() -> int:
 
     # The shipped ResNet's recipe (PretrainConfig defaults), on the task's labels instead of emoji.
     cfg = training.PretrainConfig(steps=args.steps, lr=args.lr)
-    model = training.build_encoder(args.arch, data.num_classes(args.task), cfg.seed)
-    opt = torch.optim.AdamW(training._param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    start = seg_start = time.time()
-    seg_correct = seg_images = 0
-    model.train()
-    for step, scenes in enumerate(data.train_batches(args.task, cfg.batch)):
-        if step >= cfg.steps:
-            break
-        for group in opt.param_groups:
-            group["lr"] = training.lr_at(cfg, step)
-        logits = model(data.normalise(scenes.images))
-        loss = F.cross_entropy(logits, scenes.labels, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        seg_correct += int((logits.argmax(1) == scenes.labels).sum())
-        seg_images += cfg.batch
-        if (step + 1) % 100 == 0:
-            print(f"{args.task}: step {step + 1}/{cfg.steps} loss {float(loss):.3f} "
-                  f"train-top1 {seg_correct / seg_images:.3f} "
-                  f"{seg_images / (time.time() - seg_start):.1f} img/s", flush=True)
-            seg_start, seg_correct, seg_images = time.time(), 0, 0
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="tve-ceiling-") as run_dir:  # its checkpoints: not kept
+        model, _ = training.pretrain(args.arch, cfg, Path(run_dir), training.Logger(None),
+                                     max_minutes=math.inf, eval_every=0, task=args.task)
     top1 = training.evaluate(model, args.task, "test", args.test_n)
     print(f"{args.task}: supervised {args.arch} from scratch, {cfg.steps} steps of {cfg.batch}: "
           f"held-out top-1 {top1:.4f} (n {args.test_n}, {(time.time() - start) / 60:.1f} min)", flush=True)

@@ -192,8 +192,9 @@ class Distiller(nn.Module):
 
 def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teacher: Optional[nn.Module] = None,
              teacher_id: Optional[str] = None, max_minutes: float = 85.0, checkpoint_minutes: float = 3.0, eval_every: int = 500,
-             eval_n: int = 500) -> Tuple[nn.Module, dict]:
-    """Trains (or resumes) an encoder on the 'emoji' stream. Returns (model, state).
+             eval_n: int = 500, task: str = "emoji") -> Tuple[nn.Module, dict]:
+    """Trains (or resumes) an encoder on the `task` stream ('emoji': pre-training; a downstream task:
+    scripts/supervised_ceiling.py's reference). Returns (model, state).
 
     `teacher` (an eager target) is required exactly when cfg.distill_from is set; `teacher_id` (the
     SHA-256 of its target.pt) goes into the state, and a checkpoint made against another teacher is
@@ -205,7 +206,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "pretrain.ckpt"
     data.use_pretrain_classes(cfg.classes)
-    model = build_encoder(arch, data.num_classes("emoji"), cfg.seed)
+    model = build_encoder(arch, data.num_classes(task), cfg.seed)
     distiller = Distiller(teacher, model, cfg) if teacher is not None else None
     extra = distiller.proj if distiller is not None else None
     trainable = nn.ModuleList([model] + ([extra] if extra is not None else []))
@@ -228,7 +229,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
     last_ckpt = time.time()
     seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
     model.train()
-    stream = data.train_batches("emoji", cfg.batch, start=state["step"])
+    stream = data.train_batches(task, cfg.batch, start=state["step"])
     while state["step"] < cfg.steps:
         t0 = time.time()
         scenes = next(stream)
@@ -260,7 +261,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
                 f"{seg_images / dt:.1f} img/s")
             seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
         if eval_every and (state["step"] % eval_every == 0 or state["step"] == cfg.steps):
-            acc = evaluate(model, "emoji", "test", eval_n)
+            acc = evaluate(model, task, "test", eval_n)
             state["history"].append({"step": state["step"], "heldout_top1_quick": acc})
             log(f"{arch}: step {state['step']} quick held-out top-1 {acc:.3f} (n={eval_n})")
             model.train()
