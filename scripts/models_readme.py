@@ -8,6 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tvelib.threads import describe_threads  # noqa: E402
+
 
 def describe(path: Path) -> str:
     m = json.loads((path / "manifest.json").read_text())
@@ -36,7 +39,7 @@ def describe(path: Path) -> str:
     if pre:
         lines += ["", f"Pre-training: {pre.get('steps_done')} steps of {pre.get('batch')} scenes "
                   f"({pre.get('images_seen')} images), AdamW lr {pre.get('lr')}, "
-                  f"{pre.get('train_seconds', 0) / 60:.1f} min of training on {pre.get('threads')} thread(s)."]
+                  f"{pre.get('train_seconds', 0) / 60:.1f} min of training on {describe_threads(pre.get('threads'))}."]
         if pre.get("distill_from"):
             lines[-1] += (f" Distilled from the {pre['distill_from']} bundle (target SHA-256 "
                           f"`{pre.get('teacher_target_sha256', '?')[:16]}...`): feature weight "

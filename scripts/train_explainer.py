@@ -53,7 +53,7 @@ def export(b: bundle.Bundle, model: torch.nn.Module, state: dict, out_dir: Path,
     cfg = state["config"]
     provenance = {"script": "scripts/train_explainer.py", "architecture": "TrunkExplainer (tvelib.explainer)",
                   "config": cfg, "steps_done": state["step"], "images_seen": state["images"],
-                  "train_seconds": round(state["seconds"], 1), "threads": 1,
+                  "train_seconds": round(state["seconds"], 1), "threads": state.get("threads"),
                   "data": {"task": "emoji", "train_seed": cfg["data_seed"], "class_seed": data.CLASS_SEED,
                            "scene_version": cfg.get("scene_version", 1),
                            "num_classes": cfg.get("pretrain_classes", data.BASE_PRETRAIN_CLASSES)},

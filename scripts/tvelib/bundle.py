@@ -83,7 +83,20 @@ def write_bundle(out_dir: Path, *, name: str, architecture: str, target: nn.Modu
     tmp = out_dir / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out_dir / "manifest.json")
+    _remove_unlisted_models(out_dir, manifest)
     return manifest
+
+
+def _remove_unlisted_models(out_dir: Path, manifest: dict) -> None:
+    """Deletes model files a rewritten bundle no longer lists: an explainer.pt left from the previous
+    encoder (it explains a target that is gone) or a head that was dropped. Removed only after the
+    new manifest is in place, so the folder never lists a file it lacks."""
+    listed = {manifest["target"]["file"], *(h["file"] for h in manifest.get("heads", {}).values())}
+    if "explainer" in manifest:
+        listed.add(manifest["explainer"]["file"])
+    for path in [out_dir / "explainer.pt", *sorted((out_dir / "heads").glob("*.pt"))]:
+        if path.is_file() and path.relative_to(out_dir).as_posix() not in listed:
+            path.unlink()
 
 
 class Bundle:

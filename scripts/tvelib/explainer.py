@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import archs, data
+from . import archs, data, threads
 from .training import atomic_save, resume_checkpoint, save_checkpoint
 
 # ---- masks, transfer rule, windowed occlusion ------------------------------------------------
@@ -626,6 +626,8 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         n_params = sum(p.numel() for p in model.parameters())
         log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
             f"in the copied trunk), {asdict(cfg)}")
+    threads.record_threads(state)
+    log(f"this stage runs on {threads.describe_threads(torch.get_num_threads())}")
 
     def save() -> None:
         save_checkpoint(ckpt_path, model, opt, state)

@@ -35,3 +35,23 @@ def use_threads(n: int) -> None:
 def openblas_threads() -> int | None:
     lib = loaded_openblas()
     return None if lib is None else int(ctypes.CDLL(str(lib)).openblas_get_num_threads())
+
+
+def record_threads(state: dict) -> None:
+    """Adds this process's thread count to a training run's state["threads"], the thread counts its
+    stages ran with, in order of first use; the manifests' provenance reports it. A run resumed from
+    a checkpoint older than this record starts the list with None (not recorded)."""
+    seen = state.setdefault("threads", [] if state.get("step", 0) == 0 else [None])
+    if torch.get_num_threads() not in seen:
+        seen.append(torch.get_num_threads())
+
+
+def describe_threads(counts) -> str:
+    """README text for a run's thread counts: '1 thread', '1 and 2 threads', '2 threads (earlier
+    stages: not recorded)'."""
+    counts = [counts] if isinstance(counts, int) or counts is None else list(counts)
+    known = [str(c) for c in counts if c is not None]
+    if not known:
+        return "an unrecorded number of threads"
+    text = " and ".join(known) + (" thread" if known == ["1"] else " threads")
+    return text + (" (earlier stages: not recorded)" if None in counts else "")

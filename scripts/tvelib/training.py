@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import archs, data
+from . import archs, data, threads
 
 
 @dataclass
@@ -221,6 +221,8 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
         state = {"step": 0, "seconds": 0.0, "images": 0, "config": asdict(cfg), "arch": arch, "history": [],
                  "teacher": teacher_id}
         log(f"{arch}: start, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {asdict(cfg)}")
+    threads.record_threads(state)
+    log(f"{arch}: this stage runs on {threads.describe_threads(torch.get_num_threads())}")
 
     def save() -> None:
         save_checkpoint(ckpt_path, model, opt, state, extra=extra)

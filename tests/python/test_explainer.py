@@ -224,3 +224,19 @@ def test_evaluation_script_runs_and_caches_occlusion(tmp_path):
     for setting in ("lneg0_raw", "lneg1_smooth"):
         assert -1.0 <= fid[setting]["spearman"] <= 1.0 and 0.0 <= fid[setting]["pointing_tve"] <= 1.0
     assert out["defaults"]["lambda_pos"] == 1.0 and isinstance(out["defaults"]["smooth"], bool)
+
+
+def test_a_rewritten_bundle_drops_the_explainer_and_heads_it_no_longer_lists(tmp_path):
+    # Rebuilding an encoder makes its old explainer meaningless (it was trained against the old
+    # target.pt); the folder must not keep it next to a manifest that no longer mentions it.
+    shipped = bundle.Bundle(ROOT / "models/tiny-resnet")
+    m = shipped.manifest
+    out = tmp_path / "b"
+    shutil.copytree(ROOT / "models/tiny-resnet", out)
+    assert (out / "explainer.pt").is_file() and (out / "heads/parity.pt").is_file()
+    bundle.write_bundle(out, name="b", architecture=m["architecture"], target=shipped.target,
+                        labels=shipped.labels, task="test", input_size=m["input"]["height"], grid=m["grid"],
+                        radius=m["radius"], embedding_dim=m["embedding_dim"])
+    assert not (out / "explainer.pt").exists() and not (out / "heads/parity.pt").exists()
+    assert (out / "target.pt").is_file()
+    assert bundle.Bundle(out).explainer is None
