@@ -51,7 +51,8 @@ def cost(b: bundle.Bundle, explainer: torch.nn.Module, eager_explainer: torch.nn
         t_e = ex.time_call(lambda: explainer(x), 30)
     return {"target_gflops": round(f_t / 1e9, 4), "explainer_gflops": round(f_e / 1e9, 4),
             "flops_ratio": round(f_e / f_t, 3), "target_ms": round(1e3 * t_t, 2),
-            "explainer_ms": round(1e3 * t_e, 2), "time_ratio": round(t_e / t_t, 3)}
+            "explainer_ms": round(1e3 * t_e, 2), "time_ratio": round(t_e / t_t, 3),
+            "threads": torch.get_num_threads()}
 
 
 def choose_defaults(results: dict) -> dict:
@@ -93,7 +94,7 @@ def markdown(out: dict) -> str:
         lines.append(f"| {task} | {r['fidelity']['r2_pos']:.3f} | {r['fidelity']['r2_neg']:.3f} |")
     if "cost" in out:
         c = out["cost"]
-        lines += ["", f"Cost (batch 1, 1 thread): explainer {c['explainer_gflops']:.3f} GFLOP vs target "
+        lines += ["", f"Cost (batch 1, {threads.describe_threads(c.get('threads', 1))}): explainer {c['explainer_gflops']:.3f} GFLOP vs target "
                       f"{c['target_gflops']:.3f} GFLOP ({c['flops_ratio']:.2f}x); "
                       f"{c['explainer_ms']:.1f} ms vs {c['target_ms']:.1f} ms ({c['time_ratio']:.2f}x)."]
     return "\n".join(lines) + "\n"
