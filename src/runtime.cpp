@@ -1,6 +1,9 @@
 #include "tve/runtime.hpp"
 
 #include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -60,6 +63,14 @@ std::string to_string(const ThreadSettings& settings) {
 void apply_thread_settings(const ThreadSettings& settings) {
   at::set_num_threads(settings.intra_op);
   if (auto set_blas = openblas_set_threads()) set_blas(settings.blas);
+}
+
+bool keep_freed_memory() {
+#if defined(__GLIBC__)
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max()) == 1;
+#else
+  return false;
+#endif
 }
 
 int available_cores() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency())); }

@@ -401,6 +401,7 @@ int run_models(const CommonOptions& common, const ModelsOptions& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tve::keep_freed_memory();  // before the first tensor: see runtime.hpp
   CLI::App app{"tve: explain image classifiers with TVE, the Transferable Vision Explainer"};
   app.set_version_flag("--version", std::string("tve ") + tve::kVersion);
   app.require_subcommand(1);
