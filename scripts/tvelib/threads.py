@@ -39,8 +39,8 @@ def keep_freed_memory() -> bool:
     By default a block above the mmap threshold (128 KB, adapting up to 32 MB) is mapped on
     malloc and unmapped on free, so a tensor of that size (a batch of masked images, an attention
     matrix) is page-faulted in and zeroed by the kernel every time it is allocated again. Measured
-    on 2026-11-25, the ViT target's forward pass on 196 images, one thread, 4 passes: 49.6-57.0 s
-    wall, 14.5-15.5 s of it in the kernel, 1.9M page faults; with these settings 9.8-11.5 s,
+    on 2026-11-25, the ViT target's forward pass on 196 images, one thread, 4 passes: 49.6-58.5 s
+    wall, 14.1-16.0 s of it in the kernel, 1.7-1.9M page faults; with these settings 9.8-11.5 s,
     0.4-0.6 s, 58-72k. Preloading tcmalloc gave the same (9.7-10.9 s), and with it the ViT
     explainer's training went from 1.0 to 3.8 scenes/s and occlusion from 20 to 4.9 s per image
     (two jobs sharing the two cores). The cost: a process keeps its
