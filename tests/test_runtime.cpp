@@ -1,7 +1,7 @@
 #include "tve/runtime.hpp"
 
-#include <torch/cuda.h>
 #include <sys/resource.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include "test_helpers.hpp"

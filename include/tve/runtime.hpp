@@ -55,11 +55,9 @@ int available_cores();
 // the heap is never trimmed. By default glibc maps each block above its mmap threshold (128 KB,
 // adapting up to 32 MB) on malloc and unmaps it on free, so every large tensor (a batch of images,
 // occlusion's masked copies, a ViT's attention matrices) is faulted in and zeroed by the kernel
-// again each time. Measured on 2026-11-25: occlusion on three photos with the Swin, one thread,
-// 15.4-16.7 s wall and 330k page faults by default, 10.0-10.3 s and 70k with this setting; the
-// Python scripts' ViT forward pass ran 5x faster (scripts/tvelib/threads.py). A process keeps its
-// peak heap until it exits. Call once, before the first tensor. Returns false where the C
-// library is not glibc (nothing changed).
+// again each time: occlusion ran 1.6x faster with this setting (docs/performance.md, "Memory
+// allocator"). A process keeps its peak heap until it exits. Call once, before the first tensor.
+// Returns false where the C library is not glibc (nothing changed).
 bool keep_freed_memory();
 
 // The thread counts in effect now: LibTorch's, and OpenBLAS's when OpenBLAS is the BLAS (else 1).

@@ -38,14 +38,10 @@ def keep_freed_memory() -> bool:
 
     By default a block above the mmap threshold (128 KB, adapting up to 32 MB) is mapped on
     malloc and unmapped on free, so a tensor of that size (a batch of masked images, an attention
-    matrix) is page-faulted in and zeroed by the kernel every time it is allocated again. Measured
-    on 2026-11-25, the ViT target's forward pass on 196 images, one thread, 4 passes: 49.6-58.5 s
-    wall, 14.1-16.0 s of it in the kernel, 1.7-1.9M page faults; with these settings 9.8-11.5 s,
-    0.4-0.6 s, 58-72k. Preloading tcmalloc gave the same (9.7-10.9 s), and with it the ViT
-    explainer's training went from 1.0 to 3.8 scenes/s and occlusion from 20 to 4.9 s per image
-    (two jobs sharing the two cores). The cost: a process keeps its
-    peak heap until it exits, which suits these single-purpose scripts. Returns False where the
-    C library is not glibc."""
+    matrix) is page-faulted in and zeroed by the kernel every time it is allocated again: the ViT's
+    forward pass ran 5x faster with this setting, pre-training 1.4x (docs/performance.md, "Memory
+    allocator"). The cost: a process keeps its peak heap until it exits, which suits these
+    single-purpose scripts. Returns False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
@@ -73,8 +69,9 @@ def record_threads(state: dict) -> None:
     stages ran with, in order of first use; the manifests' provenance reports it. A run resumed from
     a checkpoint older than this record starts the list with None (not recorded)."""
     seen = state.setdefault("threads", [] if state.get("step", 0) == 0 else [None])
-    if torch.get_num_threads() not in seen:
-        seen.append(torch.get_num_threads())
+    count = torch.get_num_threads()
+    if count not in seen:
+        seen.append(count)
 
 
 def describe_threads(counts) -> str:

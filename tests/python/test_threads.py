@@ -43,7 +43,6 @@ def test_a_resumed_run_records_every_thread_count_its_stages_used():
         torch.set_num_threads(before)
 
 
-
 FAULTS_PER_FORWARD_PASS = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
