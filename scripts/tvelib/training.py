@@ -32,6 +32,7 @@ class PretrainConfig:
     clip: float = 1.0
     seed: int = 0  # model initialisation; the data stream has its own seed (data.TRAIN_SEED)
     classes: int = data.BASE_PRETRAIN_CLASSES  # EmojiScenes pre-training classes (data.use_pretrain_classes)
+    line_art: float = 0.0  # share of training scenes whose main emoji is its outline drawing (data.make_scenes)
     # Distillation from an encoder trained earlier in the same build (its bundle, OUT/<distill_from>):
     # the student's 14x14 stage is pulled towards the teacher's 14x14 feature map (through a learned
     # linear projection, dropped after training) and its logits towards the teacher's (KL at a
@@ -233,7 +234,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
     last_ckpt = time.time()
     seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
     model.train()
-    stream = data.train_batches(task, cfg.batch, start=state["step"])
+    stream = data.train_batches(task, cfg.batch, start=state["step"], line_art=cfg.line_art if task == "emoji" else 0.0)
     while state["step"] < cfg.steps:
         t0 = time.time()
         scenes = next(stream)
