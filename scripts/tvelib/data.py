@@ -30,7 +30,7 @@ import functools
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -79,13 +79,23 @@ class SpritePool:
     scale: Tuple[float, float]  # main sprite side as a fraction of the canvas side
     recolour: bool  # whether sprites keep their own colours sometimes (emoji) or are mono (digits)
     mono: str = ""  # "", "solid" (MNIST strokes) or "shaded" (Fashion-MNIST)
-    # Emoji only: the same classes as Symbola's outline drawings, [N,S,S] uint8 coverage, and [N]
-    # bool where one exists (sources.line_art_sprites); drawn when make_scenes asks for line art.
-    line_art: Optional[torch.Tensor] = None
-    has_line_art: Optional[torch.Tensor] = None
+    # Pre-training emoji only: their codepoints, from which line_art() draws them as outlines.
+    codepoints: Optional[List[int]] = None
+    _line_art: Optional[Tuple[torch.Tensor, torch.Tensor]] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
+
+    def line_art(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The classes as Symbola's outline drawings: ([N,S,S] uint8 coverage, [N] bool where one
+        exists), sources.line_art_sprites. Loaded on first use, so that only a run that draws line
+        art needs the font."""
+        if self.codepoints is None:
+            raise ValueError("line art exists only for the emoji pre-training classes")
+        if self._line_art is None:
+            coverage, available = sources.line_art_sprites(self.codepoints)
+            self._line_art = torch.from_numpy(coverage), torch.from_numpy(available)
+        return self._line_art
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """[B] indices -> [B,4,S,S] float32 premultiplied RGBA."""
@@ -153,8 +163,7 @@ def sprite_pool(task: str, split: str) -> SpritePool:
         pool = SpritePool(_premultiply(sprites.rgba[idx]), torch.arange(len(idx)),
                           [sprites.names[i] for i in idx], (0.45, 0.85), True)
         if task == "emoji":
-            coverage, available = sources.line_art_sprites([sprites.codepoints[i] for i in idx])
-            pool.line_art, pool.has_line_art = torch.from_numpy(coverage), torch.from_numpy(available)
+            pool.codepoints = [sprites.codepoints[i] for i in idx]
     elif task == "fashion":
         imgs, labels = sources.fashion_mnist(split)
         pool = SpritePool(torch.from_numpy(imgs.copy()), torch.from_numpy(labels),
@@ -367,10 +376,9 @@ def _as_line_art(main: torch.Tensor, theta: torch.Tensor, pool: SpritePool, idx:
                  probability: float, size: int, g: torch.Generator) -> torch.Tensor:
     """[B,4,H,W] placed, recoloured main sprites -> the same with a `probability` share replaced by
     their line art, in the same pose, recoloured as mono sprites are (tinted or grey)."""
-    if pool.line_art is None:
-        raise ValueError("line art exists only for the emoji pre-training classes")
-    chosen = (torch.rand(len(idx), generator=g) < probability) & pool.has_line_art[idx]  # [B]
-    placed = _warp(_mono_sprites(pool.line_art[idx], solid=True), theta, size)  # [B,4,H,W]
+    coverage, available = pool.line_art()
+    chosen = (torch.rand(len(idx), generator=g) < probability) & available[idx]  # [B]
+    placed = _warp(_mono_sprites(coverage[idx], solid=True), theta, size)  # [B,4,H,W]
     drawn = torch.cat([_recolour(g, placed, keep_colour=False), placed[:, 3:4]], dim=1)
     return torch.where(chosen.view(-1, 1, 1, 1), drawn, main)
 

@@ -152,7 +152,7 @@ def test_line_art_replaces_the_main_emoji_by_its_outline_drawing():
     assert torch.equal(data.make_scenes("emoji", "train", 3, 0, 48, line_art=0.0).images, plain.images)
     drawn = data.make_scenes("emoji", "train", 3, 0, 48, line_art=1.0)
     assert torch.equal(drawn.labels, plain.labels)  # same classes, poses, backgrounds and clutter
-    has = data.sprite_pool("emoji", "train").has_line_art[plain.labels]  # [B] bool
+    has = data.sprite_pool("emoji", "train").line_art()[1][plain.labels]  # [B] bool
     assert 0 < int(has.sum()) < len(has)
     same = (drawn.images == plain.images).flatten(1).all(1)
     assert bool(same[~has].all())  # a class Symbola lacks keeps its colour emoji
