@@ -95,8 +95,9 @@ def test_occlusion_embeddings_use_baseline_zero():
     pos, neg = ex.occlusion_embeddings(embed, x, 2, 0)
     assert pos.shape == neg.shape == (1, 4, 3)
     # cell 1 = row 0, col 1 = pixels [0:2, 2:4]. An absolute tolerance: the two sides sum the same
-    # float32 values in another order, and a complement sum near 0 has no relative precision (a CI
-    # run drew one of 7.9e-4 against 7.0e-4 when x was unseeded).
+    # float32 values in another order, and where the complement sum is near 0 the rounding of sums
+    # near 3 (~2e-7) exceeds allclose's default relative tolerance (a CI run, x unseeded, drew a
+    # complement sum of 7.9e-4 and failed).
     assert torch.allclose(pos[0, 1], x[0, :, 0:2, 2:4].sum(dim=(1, 2)), atol=1e-5)
     assert torch.allclose(neg[0, 1], x[0].sum(dim=(1, 2)) - x[0, :, 0:2, 2:4].sum(dim=(1, 2)), atol=1e-5)
 
