@@ -317,7 +317,8 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
     areas (models/README.md measures what that does to the probes). Its draws come from a generator
     of their own, so a stream without line art is exactly the stream made before it existed.
     """
-    g = torch.Generator().manual_seed(_scene_seed(task, split, seed, index, batch))
+    scene_seed = _scene_seed(task, split, seed, index, batch)
+    g = torch.Generator().manual_seed(scene_seed)
     pool = sprite_pool(task, split)
     # Distractors are always pre-training emoji: clutter the encoder has seen, never the label.
     distract = sprite_pool("distractors", "train")
@@ -340,7 +341,7 @@ def make_scenes(task: str, split: str, seed: int, index: int, batch: int,
     main, main_theta = layer(pool.take(main_idx), _u(g, n, *pool.scale), pool.recolour)
     if line_art > 0:
         main = _as_line_art(main, main_theta, pool, main_idx, line_art, size,
-                            torch.Generator().manual_seed(_scene_seed(task, split, seed, index, batch) ^ 0x5EED))
+                            torch.Generator().manual_seed(scene_seed ^ 0x5EED))
     distractors = []  # (layer [B,4,H,W], drawn below the main sprite [B] bool)
     for d in range(max_distractors):
         # other-class emoji: for the emoji task a random nonzero class offset avoids the label

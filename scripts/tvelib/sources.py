@@ -206,7 +206,6 @@ def emoji_classes(num_pretrain: int, num_novel: int, seed: int = 0, *, novel_at:
     return pretrain, novel, sprites
 
 
-
 def line_art_sprites(codepoints: List[int], size: int = 96) -> Tuple[np.ndarray, np.ndarray]:
     """The given emoji as Symbola draws them: monochrome outline drawings, strokes rather than
     coloured areas, the way a digit or a letter is made. Returns (coverage [N,size,size] uint8,
