@@ -16,6 +16,8 @@ Stages per architecture, each resumable (rerun the same command after an interru
 
 Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs),
 one folder per architecture and scene-generator version (TVE_SCENE_VERSION, see tvelib/data.py).
+ViT and Swin are distilled from a teacher-only ResNet (training.TEACHERS["resnet-colour"]), which is
+built on demand into $TVE_CACHE/runs/teachers/ and never shipped.
 One thread by default: the build machine has two cores and the other one is kept free for other
 work; --threads 2 when the build has the machine to itself (a ViT distillation step: 2.45 s against 3.33 s).
 """
@@ -35,7 +37,7 @@ import tvelib  # noqa: E402
 from tvelib import archs, bundle, data, explainer, sources, threads, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ARCHS = ("resnet", "vit", "swin")  # in build order: a teacher (the ResNet) before its students
+ARCHS = ("resnet", "vit", "swin")  # in build order: a shipped teacher, if any, before its students
 GRID, RADIUS = data.GRID, 2
 DOWNSTREAM = ("fashion", "mnist", "novel")
 
@@ -44,12 +46,18 @@ FULL_SIZES = {"heldout": 4000, "probe_train": 6000, "probe_test": 2000}
 SMOKE_SIZES = {"heldout": 32, "probe_train": 64, "probe_test": 32}
 
 
-def load_teacher(cfg: training.PretrainConfig, out_dir: Path):
-    """The eager target of the bundle cfg.distill_from names, built earlier into the same OUT folder,
-    with its bundle; (None, None) when the config does not distil."""
+def teacher_dir(name: str, out_dir: Path, work: Path) -> Path:
+    """Where the bundle named by a distill_from is: a teacher-only encoder (training.TEACHERS) in
+    the work folder, otherwise a shipped encoder built earlier into the same OUT folder."""
+    return work / "teachers" / name if name in training.TEACHERS else out_dir / name
+
+
+def load_teacher(cfg: training.PretrainConfig, out_dir: Path, work: Path):
+    """The eager target of the bundle cfg.distill_from names, with its bundle; (None, None) when
+    the config does not distil."""
     if cfg.distill_from is None:
         return None, None
-    path = out_dir / cfg.distill_from
+    path = teacher_dir(cfg.distill_from, out_dir, work)
     if not (path / "manifest.json").is_file():
         raise SystemExit(f"error: distillation needs the {cfg.distill_from} bundle in {path}; "
                          f"build it first (--archs {cfg.distill_from} ...)")
@@ -58,7 +66,7 @@ def load_teacher(cfg: training.PretrainConfig, out_dir: Path):
 
 
 def pretrain_stage(arch: str, cfg: training.PretrainConfig, run_dir: Path, log, args) -> bool:
-    teacher, teacher_bundle = load_teacher(cfg, args.out)
+    teacher, teacher_bundle = load_teacher(cfg, args.out, args.work)
     teacher_id = teacher_bundle.manifest["target"]["sha256"] if teacher_bundle is not None else None
     _, state = training.pretrain(arch, cfg, run_dir, log, teacher=teacher, teacher_id=teacher_id,
                                  max_minutes=args.stage_minutes,
@@ -113,7 +121,9 @@ TASK_DESCRIPTIONS = {
 
 
 def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict, probes: dict,
-                 log, smoke: bool, force: bool = False) -> Path:
+                 log, smoke: bool, force: bool = False, name: str = "") -> Path:
+    """Writes OUT/<name>/ (name: the architecture unless given, as for a teacher-only encoder)."""
+    name = name or arch
     model, state = training.load_pretrained(arch, cfg, run_dir)
     heads = {}
     for task, res in probes.items():
@@ -140,20 +150,20 @@ def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict,
         "heldout_seed": data.HELDOUT_SEED,
         "torch": torch.__version__,
     }
-    target_dir = out_dir / arch
+    target_dir = out_dir / name
     if not force and _same_build(target_dir, provenance):
         # TorchScript files are not byte-reproducible, and explainers record target.pt's SHA-256:
         # an existing bundle from the same training run is kept rather than rewritten.
-        log(f"{arch}: bundle in {target_dir} already holds this run; kept (--rebundle rewrites it)")
+        log(f"{name}: bundle in {target_dir} already holds this run; kept (--rebundle rewrites it)")
         return target_dir
     bundle.write_bundle(
-        target_dir, name=arch, architecture=arch, target=model, labels=data.class_names("emoji"),
+        target_dir, name=name, architecture=arch, target=model, labels=data.class_names("emoji"),
         task=TASK_DESCRIPTIONS["emoji"].format(n=data.num_classes("emoji")),
         input_size=data.IMAGE_SIZE, grid=GRID, radius=RADIUS, embedding_dim=archs.embedding_dim(model),
         heads=heads, provenance=provenance,
         description=f"small torchvision {arch} pre-trained on EmojiScenes (112 px, grid 14)")
     check_bundle(target_dir)
-    log(f"{arch}: bundle written to {target_dir}")
+    log(f"{name}: bundle written to {target_dir}")
     return target_dir
 
 
@@ -275,23 +285,39 @@ def main() -> int:
         tmp = tempfile.mkdtemp(prefix="tve-smoke-")
         args.out = Path(tmp) / "models"
         args.work = Path(tmp) / "runs"
-    work = args.work or sources.cache_dir() / "runs"
+    args.work = work = args.work or sources.cache_dir() / "runs"
     sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
     log = training.Logger(work / "build.log")
-    all_done = True
-    for arch in sorted(args.archs, key=ARCHS.index):  # a teacher is built before its students
-        cfg = replace(training.PRETRAIN[arch], **overrides)
+
+    def run_dir_for(run_name: str, experiment: dict) -> Path:
+        """Checkpoints are per data version; an experiment's runs never resume the recipe's."""
+        suffix = "".join(f"-{k}={v}" for k, v in sorted(experiment.items()))
+        return work / f"{run_name}-scenes-v{data.SCENE_VERSION}{suffix}"
+
+    def build(arch: str, cfg: training.PretrainConfig, run_dir: Path, out_dir: Path, name: str = "") -> bool:
+        """Every stage of one encoder; False when its pre-training stopped at the stage time limit."""
         if args.smoke:
             cfg = replace(cfg, steps=3, batch=8)
-        run_dir = work / f"{arch}-scenes-v{data.SCENE_VERSION}"  # checkpoints are per data version
-        if overrides:
-            run_dir = run_dir.with_name(run_dir.name + "".join(f"-{k}={v}" for k, v in sorted(overrides.items())))
         if not pretrain_stage(arch, cfg, run_dir, log, args):
-            all_done = False
-            continue
+            return False
         evaluation = evaluate_stage(arch, cfg, run_dir, sizes, log)
         probes = probe_stage(arch, cfg, run_dir, sizes, log)
-        bundle_stage(arch, cfg, run_dir, args.out, evaluation, probes, log, args.smoke, args.rebundle)
+        bundle_stage(arch, cfg, run_dir, out_dir, evaluation, probes, log, args.smoke, args.rebundle, name)
+        return True
+
+    all_done = True
+    for arch in sorted(args.archs, key=ARCHS.index):  # a shipped teacher is built before its students
+        cfg = replace(training.PRETRAIN[arch], **overrides)
+        teacher = cfg.distill_from
+        if teacher in training.TEACHERS and not (teacher_dir(teacher, args.out, work) / "manifest.json").is_file():
+            # A teacher-only encoder keeps its own recipe (overrides are the student's) and run folder.
+            teacher_arch, teacher_cfg = training.TEACHERS[teacher]
+            teacher_run = run_dir_for(f"teacher-{teacher}", {})
+            if not build(teacher_arch, teacher_cfg, teacher_run, work / "teachers", teacher):
+                all_done = False
+                continue
+        if not build(arch, cfg, run_dir_for(arch, overrides), args.out):
+            all_done = False
     if args.smoke:
         print(f"smoke build OK: bundles in {args.out}")
     if not all_done:

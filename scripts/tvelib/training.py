@@ -33,7 +33,8 @@ class PretrainConfig:
     seed: int = 0  # model initialisation; the data stream has its own seed (data.TRAIN_SEED)
     classes: int = data.BASE_PRETRAIN_CLASSES  # EmojiScenes pre-training classes (data.use_pretrain_classes)
     line_art: float = 0.0  # share of training scenes whose main emoji is its outline drawing (data.make_scenes)
-    # Distillation from an encoder trained earlier in the same build (its bundle, OUT/<distill_from>):
+    # Distillation from an encoder trained earlier in the same build (its bundle: OUT/<distill_from>,
+    # or for a teacher-only encoder in TEACHERS, <work>/teachers/<distill_from>):
     # the student's 14x14 stage is pulled towards the teacher's 14x14 feature map (through a learned
     # linear projection, dropped after training) and its logits towards the teacher's (KL at a
     # temperature). Both teacher and student see the same scenes; labels stay the main signal.
@@ -43,19 +44,27 @@ class PretrainConfig:
     distill_temperature: float = 2.0
 
 
-# The same data budget for every architecture (3000 x 64 = 192,000 scenes). With one thread on the
-# 2-core machine ResNet trains at ~100 img/s (32 min), ViT at ~20 img/s (2.7 h), the first (patch-4)
+# The same data budget for ViT and Swin (3000 x 64 = 192,000 scenes). With one thread on the
+# 2-core machine ResNet trains at ~100 img/s (32 min for 3000 steps), ViT at ~20 img/s (2.7 h), the first (patch-4)
 # Swin config at ~15 img/s (3.6 h); the long ones run as resumable stages of at most 90 minutes.
 PRETRAIN = {
-    "resnet": PretrainConfig(steps=3000, lr=2e-3),
-    # ViT on labels alone reached held-out top-1 0.26 with this budget; distilled from the ResNet
+    # ResNet: half of its scenes draw the main emoji as line art (Symbola outlines), for stroke
+    # features the downstream digits and garments need; that needs twice the schedule (6000 steps,
+    # 67 min on two threads) to beat the colour-only 3000-step ResNet on all four sets (models/README.md).
+    "resnet": PretrainConfig(steps=6000, lr=2e-3, line_art=0.5),
+    # ViT on labels alone reached held-out top-1 0.26 with this budget; distilled from a ResNet
     # (its 14x14 patch tokens after the first block against the ResNet's layer2 map), 0.84.
-    "vit": PretrainConfig(steps=3000, lr=1e-3, distill_from="resnet"),
+    "vit": PretrainConfig(steps=3000, lr=1e-3, distill_from="resnet-colour"),
     # Swin (conv stem, patch 8) trains at ~65 img/s. On labels alone 1500 steps (23 min) reached only
-    # 0.033 top-1 whatever the learning rate (1e-4..1e-3); distilling the ResNet's 14x14 map and
+    # 0.033 top-1 whatever the learning rate (1e-4..1e-3); distilling a ResNet's 14x14 map and
     # logits lifted train top-1 at step 950 from 0.024 to 0.205 (models/README.md).
-    "swin": PretrainConfig(steps=3000, lr=1e-3, distill_from="resnet"),
+    "swin": PretrainConfig(steps=3000, lr=1e-3, distill_from="resnet-colour"),
 }
+
+# Encoders that only teach others: built by build_models.py into its work folder when a student
+# needs them, never shipped. "resnet-colour" is the ResNet shipped until 2026-12-01 (target SHA-256
+# a1e762f5...), trained without line art: the shipped ViT and Swin were distilled from it.
+TEACHERS = {"resnet-colour": ("resnet", PretrainConfig(steps=3000, lr=2e-3))}
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:

@@ -30,11 +30,17 @@ def test_smoke_build_produces_loadable_bundles():
                 z = b.target.embed(x)
                 assert b.heads["mnist"](z).shape == (1, 10)
             assert "emoji_heldout_top1" in b.manifest["provenance"]["metrics"]
-        # Swin is distilled from the ResNet built before it in the same run, and says so
-        teacher_sha = bundle.Bundle(models / "resnet").manifest["target"]["sha256"]
-        swin_pretrain = bundle.Bundle(models / "swin").manifest["provenance"]["pretrain"]
-        assert swin_pretrain["distill_from"] == "resnet"
-        assert swin_pretrain["teacher_target_sha256"] == teacher_sha
+        # ViT and Swin are distilled from a teacher-only ResNet built on demand into the work
+        # folder (never next to the shipped bundles), and say so
+        assert not (models / "resnet-colour").exists()
+        teacher = bundle.Bundle(models.parent / "runs" / "teachers" / "resnet-colour")
+        assert teacher.manifest["architecture"] == "resnet"
+        assert teacher.manifest["provenance"]["pretrain"]["line_art"] == 0.0
+        assert bundle.Bundle(models / "resnet").manifest["provenance"]["pretrain"]["line_art"] > 0
+        for student in ("vit", "swin"):
+            pretrain = bundle.Bundle(models / student).manifest["provenance"]["pretrain"]
+            assert pretrain["distill_from"] == "resnet-colour"
+            assert pretrain["teacher_target_sha256"] == teacher.manifest["target"]["sha256"]
     finally:
         shutil.rmtree(models.parent, ignore_errors=True)
 

@@ -46,7 +46,7 @@ def _distill_setup():
     torch.manual_seed(1)
     teacher = archs.build_target("resnet", "small", data.num_classes("emoji"), image_size=data.IMAGE_SIZE).eval()
     cfg = replace(training.PRETRAIN["swin"], steps=3, batch=4)
-    assert cfg.distill_from == "resnet"
+    assert cfg.distill_from == "resnet-colour"
     return teacher, cfg
 
 
