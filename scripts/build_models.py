@@ -271,7 +271,7 @@ def main() -> int:
         ap.error("--set is for experiments: give --out so that the shipped bundles are not replaced")
     args.out = args.out or REPO / "models"
 
-    threads.use_threads(args.threads)  # LibTorch and OpenBLAS alike
+    threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
     log = training.Logger(None)
     if args.paper_out is not None:
         paper_export(args.paper_out, log)

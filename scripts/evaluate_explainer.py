@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, default=None, help="write the README tables here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    threads.use_threads(args.threads)  # LibTorch and OpenBLAS alike
+    threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
     path = Path(args.model) if Path(args.model).is_dir() else REPO / "models" / args.model
     b = bundle.Bundle(path)
     m = b.manifest

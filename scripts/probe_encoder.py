@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--features", choices=["embed", "stages", "stages+max"], default="embed",
                     help="what the probe sees (stages: ResNet only)")
     args = ap.parse_args()
-    threads.use_threads(1)  # LibTorch and OpenBLAS alike
+    threads.configure_script(1)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
     if args.max_distractors != 2:
         # fixed_set draws through make_scenes; the same seeds give the same scenes minus clutter
         data.make_scenes = functools.partial(data.make_scenes, max_distractors=args.max_distractors)

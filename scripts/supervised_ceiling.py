@@ -35,7 +35,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.steps < 1 or args.test_n < 1:
         ap.error("--steps and --test-n must be positive")
-    threads.use_threads(args.threads)
+    threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
 
     # The shipped ResNet's recipe (PretrainConfig defaults), on the task's labels instead of emoji.
     cfg = training.PretrainConfig(steps=args.steps, lr=args.lr)

@@ -87,7 +87,7 @@ def main() -> None:
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                         help=f"ExplainerConfig.{f.name} (default {f.default})")
     args = ap.parse_args()
-    threads.use_threads(args.threads)  # LibTorch and OpenBLAS alike
+    threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
 
     b = bundle.Bundle(resolve_bundle(args.model))
     m = b.manifest

@@ -8,8 +8,14 @@ here, a ViT explainer training at 0.6 scenes/s instead of 3.4, occlusion 5x slow
 The same call also keeps freed memory inside the process (keep_freed_memory): glibc's default
 hands every large block back to the kernel, and each tensor of that size then pays for fresh,
 zeroed pages on its next use.
+
+Scripts start with configure_script, which first makes sure OpenBLAS runs kernels that fit the CPU
+(restart_with_fitting_blas_kernels): the generic ones it falls back to ran matrix multiplies 4x
+slower here.
 """
 import ctypes
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +32,72 @@ def loaded_openblas() -> Path | None:
         if "openblas" in Path(path).name:
             return Path(path)
     return None
+
+
+# OpenBLAS's x86-64 kernel sets by vector width, as openblas_get_corename() names them (lower case):
+# 0 SSE, 1 AVX, 2 AVX2 with FMA, 3 AVX-512, 4 AVX-512 BF16. The C++ side has the same table
+# (src/runtime.cpp, better_openblas_core), which explains the why.
+_OPENBLAS_CORE_LEVELS = {
+    **dict.fromkeys(["prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "barcelona",
+                     "opteron", "opteron_sse3", "nano"], 0),
+    **dict.fromkeys(["sandybridge", "bulldozer", "piledriver", "steamroller", "excavator"], 1),
+    "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 4, "sapphirerapids": 4,
+}
+OPENBLAS_CORE_VARIABLE = "OPENBLAS_CORETYPE"
+
+
+def better_openblas_core(current: str, cpu_flags: set) -> str | None:
+    """The OpenBLAS kernel set to ask for when `current` is for an older instruction set than the
+    CPU's flags (as in /proc/cpuinfo) allow; None when it fits or is a name not in the table.
+
+    Debian's OpenBLAS 0.3.21 gives a CPU newer than its table the generic "Prescott" kernels: on
+    the AVX-512 Xeons here its matrix multiplies ran 4x slower (docs/performance.md)."""
+    level = _OPENBLAS_CORE_LEVELS.get(current.lower())
+    if level is None:
+        return None
+    avx512 = {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags
+    if avx512 and level < 3:
+        return "Cooperlake" if "avx512_bf16" in cpu_flags else "SkylakeX"
+    if {"avx2", "fma"} <= cpu_flags and level < 2:
+        return "Haswell"
+    return None
+
+
+def cpu_flags() -> set:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def openblas_core() -> str | None:
+    """The kernel set the loaded OpenBLAS uses (e.g. 'Cooperlake'), None without OpenBLAS."""
+    lib = loaded_openblas()
+    if lib is None:
+        return None
+    corename = ctypes.CDLL(str(lib)).openblas_get_corename
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
+
+
+def restart_with_fitting_blas_kernels() -> None:
+    """Runs this script again, same arguments, with OPENBLAS_CORETYPE set when OpenBLAS chose
+    kernels for an older CPU than this one (better_openblas_core): OpenBLAS reads the variable only
+    as it loads, which `import torch` did. A variable the user set is respected. Returns only when
+    nothing was restarted."""
+    if OPENBLAS_CORE_VARIABLE in os.environ:
+        return
+    current = openblas_core()
+    better = better_openblas_core(current, cpu_flags()) if current else None
+    if better is None:
+        return
+    print(f"OpenBLAS chose its {current} kernels on a CPU that runs its {better} ones: "
+          f"restarting with {OPENBLAS_CORE_VARIABLE}={better}", file=sys.stderr, flush=True)
+    os.environ[OPENBLAS_CORE_VARIABLE] = better
+    os.execv(sys.executable, [sys.executable] + sys.argv)
 
 
 # mallopt parameters from glibc's <malloc.h>.
@@ -49,9 +121,16 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def configure_script(n: int) -> None:
+    """Every script calls this first: restarts it when OpenBLAS's kernels do not fit the CPU
+    (restart_with_fitting_blas_kernels), then use_threads(n)."""
+    restart_with_fitting_blas_kernels()
+    use_threads(n)
+
+
 def use_threads(n: int) -> None:
     """Sets LibTorch's and (when loaded) OpenBLAS's thread counts to n, and keeps freed memory in
-    the process (keep_freed_memory): every script calls this first."""
+    the process (keep_freed_memory)."""
     keep_freed_memory()
     torch.set_num_threads(n)
     lib = loaded_openblas()

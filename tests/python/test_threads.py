@@ -1,5 +1,6 @@
-"""--threads N reaches OpenBLAS's pool too, not only LibTorch's; freed memory stays in the process
-(tvelib.threads)."""
+"""--threads N reaches OpenBLAS's pool too, not only LibTorch's; freed memory stays in the process;
+scripts run OpenBLAS kernels that fit the CPU (tvelib.threads)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from tvelib import threads
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def test_use_threads_sets_libtorch_and_openblas():
@@ -74,3 +77,35 @@ def test_keep_freed_memory_stops_refaulting_the_vit_forward_pass():
 
     default, kept = faults_per_pass("default"), faults_per_pass("keep")
     assert kept * 4 < default, (kept, default)
+
+
+def test_better_openblas_core_only_undoes_a_fall_back():
+    avx512_bf16 = {"avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16"}
+    assert threads.better_openblas_core("Prescott", avx512_bf16) == "Cooperlake"
+    assert threads.better_openblas_core("Prescott", avx512_bf16 - {"avx512_bf16"}) == "SkylakeX"
+    assert threads.better_openblas_core("Nehalem", {"avx2", "fma"}) == "Haswell"
+    assert threads.better_openblas_core("Haswell", {"avx2", "fma"}) is None
+    assert threads.better_openblas_core("SkylakeX", avx512_bf16) is None
+    assert threads.better_openblas_core("Prescott", {"sse3"}) is None
+    assert threads.better_openblas_core("NeoverseN1", avx512_bf16) is None
+
+
+def _core_after_configure(tmp_path, env_core):
+    """The OpenBLAS kernels a script ends up with after configure_script, in a fresh process."""
+    script = tmp_path / "report_core.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(SCRIPTS)!r})\n"
+                      "from tvelib import threads\nthreads.configure_script(1)\nprint(threads.openblas_core())\n")
+    env = {k: v for k, v in os.environ.items() if k != threads.OPENBLAS_CORE_VARIABLE}
+    if env_core is not None:
+        env[threads.OPENBLAS_CORE_VARIABLE] = env_core
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_scripts_run_openblas_kernels_that_fit_the_cpu(tmp_path):
+    if threads.loaded_openblas() is None:
+        pytest.skip("OpenBLAS is not this process's BLAS")
+    core = _core_after_configure(tmp_path, None)
+    assert threads.better_openblas_core(core, threads.cpu_flags()) is None, core
+    # A kernel choice the user made is kept, however slow.
+    assert _core_after_configure(tmp_path, "Prescott") == "Prescott"
