@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cctype>
 #include <limits>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -28,6 +30,20 @@ SetThreadsFn openblas_set_threads() {
 }
 
 using GetThreadsFn = int (*)();
+
+// How wide the vector instructions of each OpenBLAS x86-64 kernel set are (names as
+// openblas_get_corename() prints them): 0 SSE, 1 AVX, 2 AVX2 with FMA, 3 AVX-512, 4 AVX-512 BF16.
+int openblas_core_level(const std::string& core) {
+  static const std::map<std::string, int> levels{
+      {"prescott", 0},    {"core2", 0},     {"penryn", 0},      {"dunnington", 0},  {"nehalem", 0},
+      {"atom", 0},        {"barcelona", 0}, {"opteron", 0},     {"opteron_sse3", 0}, {"nano", 0},
+      {"sandybridge", 1}, {"bulldozer", 1}, {"piledriver", 1},  {"steamroller", 1}, {"excavator", 1},
+      {"haswell", 2},     {"zen", 2},       {"skylakex", 3},    {"cooperlake", 4},  {"sapphirerapids", 4}};
+  std::string key = core;
+  std::transform(key.begin(), key.end(), key.begin(), [](unsigned char c) { return std::tolower(c); });
+  const auto found = levels.find(key);
+  return found == levels.end() ? -1 : found->second;
+}
 
 double seconds_of(const std::function<void()>& workload) {
   const auto start = std::chrono::steady_clock::now();
@@ -50,8 +66,36 @@ torch::Device select_device(const std::string& name) {
 
 BlasInfo detect_blas() {
   auto config = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-  if (config) return {true, config()};  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
-  return {false, "not OpenBLAS (Debian's reference BLAS runs transformers ~40x slower: apt-get install libopenblas0-pthread)"};
+  if (!config) {
+    return {false, "not OpenBLAS (Debian's reference BLAS runs transformers ~40x slower: apt-get install libopenblas0-pthread)",
+            ""};
+  }
+  auto corename = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return {true, config(), corename ? corename() : ""};  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ...", "Cooperlake"
+}
+
+CpuFeatures detect_cpu_features() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  CpuFeatures cpu;
+  cpu.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  cpu.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  cpu.avx512_bf16 = cpu.avx512 && __builtin_cpu_supports("avx512bf16");
+  return cpu;
+#else
+  return {};
+#endif
+}
+
+std::optional<std::string> better_openblas_core(const std::string& current, const CpuFeatures& cpu) {
+  const int level = openblas_core_level(current);
+  if (level < 0) return std::nullopt;
+  // A detected AVX-512 set is kept even where BF16 would allow Cooperlake: their single-precision
+  // kernels are the same family, and the aim is only to undo a fall-back to a generic set.
+  if (cpu.avx512 && level < 3) return cpu.avx512_bf16 ? "Cooperlake" : "SkylakeX";
+  if (cpu.avx2_fma && level < 2) return "Haswell";
+  return std::nullopt;
 }
 
 std::string to_string(const ThreadSettings& settings) {

@@ -4,6 +4,12 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <sstream>
+#include <string>
+
 #include "test_helpers.hpp"
 #include "tve/bundle.hpp"
 #include "tve/error.hpp"
@@ -94,6 +100,45 @@ TEST(Blas, OpenBlasIsInUse) {
   // scripts/setup.sh installs libopenblas0-pthread; without it transformers run ~40x slower.
   const auto blas = detect_blas();
   EXPECT_TRUE(blas.is_openblas) << blas.description;
+  EXPECT_FALSE(blas.core.empty()) << "openblas_get_corename gave nothing";
+}
+
+TEST(Blas, BetterKernelsOnlyWhenOpenBlasFellBackBelowTheCpu) {
+  const CpuFeatures sse_only{};
+  const CpuFeatures avx2{true, false, false};
+  const CpuFeatures avx512{true, true, false};
+  const CpuFeatures avx512_bf16{true, true, true};
+  // The fall-back seen on this project's machines: generic kernels on an AVX-512 Xeon.
+  EXPECT_EQ(better_openblas_core("Prescott", avx512_bf16), "Cooperlake");
+  EXPECT_EQ(better_openblas_core("Prescott", avx512), "SkylakeX");
+  EXPECT_EQ(better_openblas_core("Sandybridge", avx512), "SkylakeX");
+  EXPECT_EQ(better_openblas_core("Haswell", avx512), "SkylakeX");
+  EXPECT_EQ(better_openblas_core("Nehalem", avx2), "Haswell");
+  EXPECT_EQ(better_openblas_core("PRESCOTT", avx2), "Haswell");  // names compared without case
+  // What the CPU supports, or better, is kept.
+  EXPECT_EQ(better_openblas_core("Haswell", avx2), std::nullopt);
+  EXPECT_EQ(better_openblas_core("Zen", avx2), std::nullopt);
+  EXPECT_EQ(better_openblas_core("SkylakeX", avx512_bf16), std::nullopt);
+  EXPECT_EQ(better_openblas_core("Cooperlake", avx512_bf16), std::nullopt);
+  EXPECT_EQ(better_openblas_core("Prescott", sse_only), std::nullopt);
+  // Names it does not know (another architecture, a newer OpenBLAS, not OpenBLAS) are left alone.
+  EXPECT_EQ(better_openblas_core("NeoverseN1", avx512), std::nullopt);
+  EXPECT_EQ(better_openblas_core("", avx512), std::nullopt);
+}
+
+TEST(Blas, CpuFeaturesAgreeWithTheKernel) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
+  }
+  if (line.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
+  std::istringstream words(line.substr(line.find(':') + 1));
+  const std::set<std::string> flags{std::istream_iterator<std::string>(words), std::istream_iterator<std::string>()};
+  auto has = [&](const char* flag) { return flags.count(flag) == 1; };
+  const CpuFeatures cpu = detect_cpu_features();
+  EXPECT_EQ(cpu.avx2_fma, has("avx2") && has("fma"));
+  EXPECT_EQ(cpu.avx512, has("avx512f") && has("avx512dq") && has("avx512bw") && has("avx512vl"));
+  EXPECT_EQ(cpu.avx512_bf16, cpu.avx512 && has("avx512_bf16"));
 }
 
 }  // namespace

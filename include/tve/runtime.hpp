@@ -19,8 +19,29 @@ torch::Device select_device(const std::string& name);
 struct BlasInfo {
   bool is_openblas = false;
   std::string description;  // e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ..." or "reference BLAS (slow)"
+  std::string core;         // OpenBLAS's kernel set, e.g. "Cooperlake" or "Prescott"; empty for others
 };
 BlasInfo detect_blas();
+
+// The vector instruction sets OpenBLAS's x86-64 kernel sets are built for.
+struct CpuFeatures {
+  bool avx2_fma = false;
+  bool avx512 = false;  // F, DQ, BW and VL: what OpenBLAS's SkylakeX kernels use
+  bool avx512_bf16 = false;
+};
+CpuFeatures detect_cpu_features();
+
+// The environment variable that overrides OpenBLAS's choice of kernels; read once, as it loads.
+constexpr const char* kOpenBlasCoreVariable = "OPENBLAS_CORETYPE";
+
+// OpenBLAS (Debian builds it with DYNAMIC_ARCH) picks its kernels when it loads, from a table of
+// CPU models, and a CPU newer than its table gets the generic SSE3 kernels, "Prescott". On this
+// project's build machine (a Xeon with AVX-512) Debian's OpenBLAS 0.3.21 did: matrix multiplies
+// ran 4x slower, the ViT's forward pass 2-3x (docs/performance.md, "OpenBLAS kernels").
+// Returns the kernel set to ask for through OPENBLAS_CORETYPE when `current` (BlasInfo::core) is
+// one for an older instruction set than `cpu` has, else nothing. A kernel set it does not know
+// (a non-x86 one, a newer name) is left alone.
+std::optional<std::string> better_openblas_core(const std::string& current, const CpuFeatures& cpu);
 
 struct ThreadSettings {
   int intra_op = 1;  // LibTorch's intra-op threads (OpenMP): convolutions, element-wise ops

@@ -273,5 +273,21 @@ case_explain_bad_head_file() {
   run fit-head --model tiny-vit --data "$WORK/d" --out "$WORK/file/h.pt"; expect_rc 7; expect_in err "file/h.pt"
 }
 
+case_blas_kernels_fit_the_cpu() {
+  # Debian's OpenBLAS 0.3.21 gives CPUs newer than its table its generic SSE3 kernels ("Prescott");
+  # tve then restarts itself with OPENBLAS_CORETYPE set to what the CPU runs (runtime.hpp), and
+  # warns when the kernels still do not fit, as when the user set the variable.
+  env -u OPENBLAS_CORETYPE "$TVE" predict "$FIXTURES/images/rgb8.png" --model tiny-vit -v \
+      >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?
+  expect_rc 0; expect_in err " kernels"
+  ! grep -qF "OpenBLAS runs its" "$WORK/err" || fail "kernels still generic: $(cat "$WORK/err")"
+  if grep -qw avx2 /proc/cpuinfo; then
+    OPENBLAS_CORETYPE=Prescott "$TVE" predict "$FIXTURES/images/rgb8.png" --model tiny-vit \
+        >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?
+    expect_rc 0; expect_in err "OpenBLAS runs its Prescott kernels"; expect_in err ", Prescott kernels"
+    json_check "len(lines) == 1"
+  fi
+}
+
 "case_$1"
 echo "PASS: $1"
