@@ -533,8 +533,8 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   if (common.quiet) tve::logger().set_level(spdlog::level::err);
   if (common.verbose) tve::logger().set_level(spdlog::level::debug);
 
-  const bool computes_on_cpu = (*explain_cmd || *fit_cmd || *predict_cmd || *bench_cmd) && common.device != "cuda";
-  if (computes_on_cpu) restart_with_better_blas_kernels(argv);
+  const bool may_compute_on_cpu = (*explain_cmd || *fit_cmd || *predict_cmd || *bench_cmd) && common.device != "cuda";
+  if (may_compute_on_cpu) restart_with_better_blas_kernels(argv);
 
   try {
     if (*explain_cmd) return run_explain(common, explain);
