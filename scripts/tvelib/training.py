@@ -45,8 +45,10 @@ class PretrainConfig:
 
 
 # The same data budget for ViT and Swin (3000 x 64 = 192,000 scenes). With one thread on the
-# 2-core machine ResNet trains at ~100 img/s (32 min for 3000 steps), ViT at ~20 img/s (2.7 h), the first (patch-4)
-# Swin config at ~15 img/s (3.6 h); the long ones run as resumable stages of at most 90 minutes.
+# 2-core machine ResNet trains at ~100 img/s (32 min per 3000 steps), ViT at ~20 img/s (2.7 h), the
+# first (patch-4) Swin config at ~15 img/s (3.6 h); the long ones run as resumable stages of at most
+# 90 minutes. The transformers' rates were measured before 2026-12-01 and depend on OpenBLAS's
+# kernels (tvelib.threads.configure_script; 2-3x faster where it had fallen back to generic ones).
 PRETRAIN = {
     # ResNet: half of its scenes draw the main emoji as line art (Symbola outlines), for stroke
     # features the downstream digits and garments need; that needs twice the schedule (6000 steps,
