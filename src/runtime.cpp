@@ -98,6 +98,11 @@ std::optional<std::string> better_openblas_core(const std::string& current, cons
   return std::nullopt;
 }
 
+std::optional<std::string> better_openblas_core(const BlasInfo& blas) {
+  if (!blas.is_openblas) return std::nullopt;
+  return better_openblas_core(blas.core, detect_cpu_features());
+}
+
 std::string to_string(const ThreadSettings& settings) {
   std::ostringstream out;
   out << "LibTorch " << settings.intra_op << ", BLAS " << settings.blas;

@@ -140,7 +140,7 @@ tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& 
   if (device.is_cpu()) {
     const auto blas = tve::detect_blas();
     if (!blas.is_openblas) tve::logger().warn("BLAS is {}", blas.description);
-    if (const auto better = tve::better_openblas_core(blas.core, tve::detect_cpu_features())) {
+    if (const auto better = tve::better_openblas_core(blas)) {
       // Only when the user asked for these kernels or the restart failed (restart_with_better_blas_kernels).
       tve::logger().warn("OpenBLAS runs its {} kernels on a CPU that runs its {} ones: matrix multiplies are up to "
                          "4x slower; set {}={}",
@@ -171,8 +171,7 @@ tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& 
 void restart_with_better_blas_kernels(char** argv) {
   if (std::getenv(tve::kOpenBlasCoreVariable) != nullptr) return;
   const auto blas = tve::detect_blas();
-  if (!blas.is_openblas) return;
-  const auto better = tve::better_openblas_core(blas.core, tve::detect_cpu_features());
+  const auto better = tve::better_openblas_core(blas);
   if (!better) return;
   tve::logger().debug("OpenBLAS chose its {} kernels on a CPU that runs its {} ones: restarting with {}={}", blas.core,
                       *better, tve::kOpenBlasCoreVariable, *better);

@@ -43,6 +43,10 @@ constexpr const char* kOpenBlasCoreVariable = "OPENBLAS_CORETYPE";
 // (a non-x86 one, a newer name) is left alone.
 std::optional<std::string> better_openblas_core(const std::string& current, const CpuFeatures& cpu);
 
+// The same for this process: the kernels `blas` reports against this CPU's features; nothing when
+// the BLAS is not OpenBLAS.
+std::optional<std::string> better_openblas_core(const BlasInfo& blas);
+
 struct ThreadSettings {
   int intra_op = 1;  // LibTorch's intra-op threads (OpenMP): convolutions, element-wise ops
   int blas = 1;      // OpenBLAS's own threads: matrix multiplies

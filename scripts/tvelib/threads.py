@@ -34,6 +34,12 @@ def loaded_openblas() -> Path | None:
     return None
 
 
+def _openblas() -> ctypes.CDLL | None:
+    """The loaded OpenBLAS, to call its control functions; None when it is not this process's BLAS."""
+    lib = loaded_openblas()
+    return None if lib is None else ctypes.CDLL(str(lib))
+
+
 # OpenBLAS's x86-64 kernel sets by vector width, as openblas_get_corename() names them (lower case):
 # 0 SSE, 1 AVX, 2 AVX2 with FMA, 3 AVX-512, 4 AVX-512 BF16. The C++ side has the same table
 # (src/runtime.cpp, better_openblas_core), which explains the why.
@@ -75,12 +81,11 @@ def cpu_flags() -> set:
 
 def openblas_core() -> str | None:
     """The kernel set the loaded OpenBLAS uses (e.g. 'Cooperlake'), None without OpenBLAS."""
-    lib = loaded_openblas()
+    lib = _openblas()
     if lib is None:
         return None
-    corename = ctypes.CDLL(str(lib)).openblas_get_corename
-    corename.restype = ctypes.c_char_p
-    return corename().decode()
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    return lib.openblas_get_corename().decode()
 
 
 def restart_with_fitting_blas_kernels() -> None:
@@ -133,14 +138,14 @@ def use_threads(n: int) -> None:
     the process (keep_freed_memory)."""
     keep_freed_memory()
     torch.set_num_threads(n)
-    lib = loaded_openblas()
+    lib = _openblas()
     if lib is not None:
-        ctypes.CDLL(str(lib)).openblas_set_num_threads(n)
+        lib.openblas_set_num_threads(n)
 
 
 def openblas_threads() -> int | None:
-    lib = loaded_openblas()
-    return None if lib is None else int(ctypes.CDLL(str(lib)).openblas_get_num_threads())
+    lib = _openblas()
+    return None if lib is None else int(lib.openblas_get_num_threads())
 
 
 def record_threads(state: dict) -> None:
