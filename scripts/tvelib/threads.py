@@ -93,11 +93,16 @@ def restart_with_fitting_blas_kernels() -> None:
     kernels for an older CPU than this one (better_openblas_core): OpenBLAS reads the variable only
     as it loads, which `import torch` did. A variable the user set is respected. Returns only when
     nothing was restarted."""
-    if OPENBLAS_CORE_VARIABLE in os.environ:
-        return
     current = openblas_core()
     better = better_openblas_core(current, cpu_flags()) if current else None
     if better is None:
+        return
+    if OPENBLAS_CORE_VARIABLE in os.environ:
+        # Some machines set it on purpose (older OpenBLAS releases had AVX-512 kernel bugs): say what
+        # it costs, change nothing.
+        print(f"OpenBLAS runs its {current} kernels, as {OPENBLAS_CORE_VARIABLE}="
+              f"{os.environ[OPENBLAS_CORE_VARIABLE]} asks, on a CPU that runs its {better} ones: matrix "
+              f"multiplies are slower (docs/performance.md)", file=sys.stderr, flush=True)
         return
     print(f"OpenBLAS chose its {current} kernels on a CPU that runs its {better} ones: "
           f"restarting with {OPENBLAS_CORE_VARIABLE}={better}", file=sys.stderr, flush=True)

@@ -90,8 +90,9 @@ def test_better_openblas_core_only_undoes_a_fall_back():
     assert threads.better_openblas_core("NeoverseN1", avx512_bf16) is None
 
 
-def _core_after_configure(tmp_path, env_core):
-    """The OpenBLAS kernels a script ends up with after configure_script, in a fresh process."""
+def _configure_in_fresh_process(tmp_path, env_core):
+    """(The OpenBLAS kernels a script ends up with after configure_script, its stderr), run in a
+    fresh process with OPENBLAS_CORETYPE set to env_core (None: unset)."""
     script = tmp_path / "report_core.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(SCRIPTS)!r})\n"
                       "from tvelib import threads\nthreads.configure_script(1)\nprint(threads.openblas_core())\n")
@@ -99,13 +100,21 @@ def _core_after_configure(tmp_path, env_core):
     if env_core is not None:
         env[threads.OPENBLAS_CORE_VARIABLE] = env_core
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+    return out.stdout.strip(), out.stderr
 
 
 def test_scripts_run_openblas_kernels_that_fit_the_cpu(tmp_path):
     if threads.loaded_openblas() is None:
         pytest.skip("OpenBLAS is not this process's BLAS")
-    core = _core_after_configure(tmp_path, None)
+    core, _ = _configure_in_fresh_process(tmp_path, None)
     assert threads.better_openblas_core(core, threads.cpu_flags()) is None, core
-    # A kernel choice the user made is kept, however slow.
-    assert _core_after_configure(tmp_path, "Prescott") == "Prescott"
+    # A kernel choice the user made is kept, however slow, and said to be slower when it is.
+    core, stderr = _configure_in_fresh_process(tmp_path, "Prescott")
+    assert core == "Prescott"
+    better = threads.better_openblas_core("Prescott", threads.cpu_flags())
+    if better is not None:
+        assert f"OPENBLAS_CORETYPE=Prescott asks, on a CPU that runs its {better} ones" in stderr, stderr
+    # A choice that fits is kept without a word.
+    fitting, _ = _configure_in_fresh_process(tmp_path, core if better is None else better)
+    _, stderr = _configure_in_fresh_process(tmp_path, fitting)
+    assert "OPENBLAS_CORETYPE" not in stderr, stderr
