@@ -142,8 +142,9 @@ tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& 
     if (!blas.is_openblas) tve::logger().warn("BLAS is {}", blas.description);
     if (const auto better = tve::better_openblas_core(blas)) {
       // Only when the user asked for these kernels or the restart failed (restart_with_better_blas_kernels).
-      tve::logger().warn("OpenBLAS runs its {} kernels on a CPU that runs its {} ones: matrix multiplies are up to "
-                         "4x slower; set {}={}",
+      // Measured cost: Prescott 4x, Haswell 1.5-2x on AVX-512 CPUs (docs/performance.md).
+      tve::logger().warn("OpenBLAS runs its {} kernels on a CPU that runs its {} ones: matrix multiplies are "
+                         "slower (Prescott up to 4x, Haswell 1.5-2x); set {}={}",
                          blas.core, *better, tve::kOpenBlasCoreVariable, *better);
     }
     const auto& input = bundle.manifest().input;
