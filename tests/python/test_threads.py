@@ -91,8 +91,8 @@ def test_better_openblas_core_only_undoes_a_fall_back():
 
 
 def _configure_in_fresh_process(tmp_path, env_core):
-    """(The OpenBLAS kernels a script ends up with after configure_script, its stderr), run in a
-    fresh process with OPENBLAS_CORETYPE set to env_core (None: unset)."""
+    """Runs configure_script in a fresh process with OPENBLAS_CORETYPE set to env_core (None: unset);
+    returns the OpenBLAS kernels the process ends up with, and its stderr."""
     script = tmp_path / "report_core.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(SCRIPTS)!r})\n"
                       "from tvelib import threads\nthreads.configure_script(1)\nprint(threads.openblas_core())\n")
@@ -115,6 +115,5 @@ def test_scripts_run_openblas_kernels_that_fit_the_cpu(tmp_path):
     if better is not None:
         assert f"OPENBLAS_CORETYPE=Prescott asks, on a CPU that runs its {better} ones" in stderr, stderr
     # A choice that fits is kept without a word.
-    fitting, _ = _configure_in_fresh_process(tmp_path, core if better is None else better)
-    _, stderr = _configure_in_fresh_process(tmp_path, fitting)
+    _, stderr = _configure_in_fresh_process(tmp_path, better or "Prescott")
     assert "OPENBLAS_CORETYPE" not in stderr, stderr
