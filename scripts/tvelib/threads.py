@@ -91,8 +91,8 @@ def openblas_core() -> str | None:
 def restart_with_fitting_blas_kernels() -> None:
     """Runs this script again, same arguments, with OPENBLAS_CORETYPE set when OpenBLAS chose
     kernels for an older CPU than this one (better_openblas_core): OpenBLAS reads the variable only
-    as it loads, which `import torch` did. A variable the user set is respected. Returns only when
-    nothing was restarted."""
+    as it loads, which `import torch` did. A variable the user set is respected, with one line on
+    stderr when it leaves faster kernels unused. Returns only when nothing was restarted."""
     current = openblas_core()
     better = better_openblas_core(current, cpu_flags()) if current else None
     if better is None:
