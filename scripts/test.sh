@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-TVE_WARNINGS_AS_ERRORS=${TVE_WARNINGS_AS_ERRORS:-ON} bash scripts/build.sh
+bash scripts/build.sh
 ctest --test-dir "${TVE_BUILD_DIR:-build}" --output-on-failure --parallel "$(nproc)" --timeout 900
