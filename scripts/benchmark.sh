@@ -13,26 +13,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # 5,000 distinct JPEGs from the sample photos: random crops, flips and sizes (160 to 320 px).
-/usr/bin/python3 - "$work/images" <<'PY'
-import random, sys
-from pathlib import Path
-from PIL import Image, ImageOps
-out = Path(sys.argv[1]); out.mkdir(parents=True)
-photos = [Image.open(p).convert("RGB") for p in sorted(Path("data/samples").glob("*.jpg"))]
-rng = random.Random(0)
-for i in range(5000):
-    image = photos[i % len(photos)]
-    w, h = image.size
-    cw, ch = rng.randint(w // 2, w), rng.randint(h // 2, h)
-    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    crop = image.crop((x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        crop = ImageOps.mirror(crop)
-    side = rng.randint(160, 320)
-    crop.thumbnail((side, side))
-    (out / f"{i // 1000}").mkdir(exist_ok=True)
-    crop.save(out / f"{i // 1000}" / f"{i:05d}.jpg", quality=90)
-PY
+/usr/bin/python3 scripts/make_bench_images.py 5000 "$work/images"
 
 models=("$@")
 if [[ ${#models[@]} -eq 0 ]]; then

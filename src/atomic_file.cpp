@@ -1,42 +1,230 @@
 #include "tve/atomic_file.hpp"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <fstream>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
 #include <random>
+#include <set>
+#include <thread>
 
 #include "tve/error.hpp"
+#include "tve/log.hpp"
 
 namespace fs = std::filesystem;
 
 namespace tve {
+namespace {
+
+constexpr std::string_view kTemporarySuffix = ".tve.tmp";
+
+// The temporaries this process is writing. A signal removes them with the lock held and then ends
+// the process, so no temporary can be created after they were removed.
+struct Temporaries {
+  std::mutex mutex;
+  std::set<std::string> paths;
+};
+Temporaries& temporaries() {
+  static Temporaries* instance = new Temporaries;  // never destroyed: the signal thread may use it at exit
+  return *instance;
+}
+
+// This host's name with every character outside [A-Za-z0-9] replaced, so that it cannot contain the
+// separators of the temporary name.
+const std::string& host_tag() {
+  static const std::string tag = [] {
+    char name[256] = {};
+    if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return std::string("host");
+    std::string out(name);
+    for (auto& c : out) {
+      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+    }
+    return out;
+  }();
+  return tag;
+}
+
+bool all_digits(std::string_view text) {
+  return !text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+// The host and pid a temporary name was made by; false when `filename` is not one of ours.
+bool parse_temporary_name(const std::string& filename, std::string& host, long& pid) {
+  if (filename.size() < 2 || filename[0] != '.') return false;
+  std::string_view name(filename);
+  if (name.size() > kTemporarySuffix.size() && name.substr(name.size() - kTemporarySuffix.size()) == kTemporarySuffix) {
+    name.remove_suffix(kTemporarySuffix.size());  // ".<name>.<host>-<pid>-<n>"
+    const auto dot = name.rfind('.');
+    if (dot == std::string_view::npos || dot == 0) return false;
+    const std::string_view tag = name.substr(dot + 1);
+    const auto last = tag.rfind('-');
+    if (last == std::string_view::npos || last == 0) return false;
+    const auto middle = tag.rfind('-', last - 1);
+    if (middle == std::string_view::npos || middle == 0) return false;
+    const auto pid_text = tag.substr(middle + 1, last - middle - 1);
+    if (!all_digits(pid_text) || !all_digits(tag.substr(last + 1)) || pid_text.size() > 9) return false;
+    host = std::string(tag.substr(0, middle));
+    pid = std::stol(std::string(pid_text));
+    return true;
+  }
+  // tve 0.x: ".<name>.<pid>.<n>.tmp", always of this host.
+  constexpr std::string_view kOldSuffix = ".tmp";
+  if (name.size() <= kOldSuffix.size() || name.substr(name.size() - kOldSuffix.size()) != kOldSuffix) return false;
+  name.remove_suffix(kOldSuffix.size());
+  const auto random_dot = name.rfind('.');
+  if (random_dot == std::string_view::npos || random_dot == 0) return false;
+  const auto pid_dot = name.rfind('.', random_dot - 1);
+  if (pid_dot == std::string_view::npos || pid_dot == 0) return false;
+  const auto pid_text = name.substr(pid_dot + 1, random_dot - pid_dot - 1);
+  if (!all_digits(pid_text) || !all_digits(name.substr(random_dot + 1)) || pid_text.size() > 9) return false;
+  host = host_tag();
+  pid = std::stol(std::string(pid_text));
+  return true;
+}
+
+bool process_is_running(long pid) {
+  if (pid <= 0) return false;
+  if (pid == static_cast<long>(getpid())) return false;  // an earlier process with our pid: we have written nothing yet
+  return kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+}
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+}  // namespace
+
+bool is_temporary_output_name(const std::string& filename) {
+  std::string host;
+  long pid = 0;
+  return parse_temporary_name(filename, host, pid);
+}
 
 void write_file_atomically(const fs::path& file, std::string_view bytes) {
   std::error_code ec;
   if (file.has_parent_path()) fs::create_directories(file.parent_path(), ec);
-  if (ec) throw Error(file.parent_path(), "cannot create output folder: " + ec.message());
+  if (ec) throw OutputError(file, "cannot create its folder " + file.parent_path().string() + ": " + ec.message());
 
-  // A name unique to this process and call, hidden, so that concurrent jobs writing into the same
-  // folder never share a temporary file and half-written files are never mistaken for results.
+  // Hidden, and unique to this host, process and call, so that concurrent jobs writing into the
+  // same folder (a job array on a shared file system) never share a temporary file and
+  // half-written files are never mistaken for results.
   static thread_local std::mt19937_64 random{std::random_device{}()};
-  const fs::path temporary = file.parent_path() / ("." + file.filename().string() + "." + std::to_string(getpid()) + "." +
-                                                   std::to_string(random() % 1000000000) + ".tmp");
+  const std::string temporary = (file.parent_path() / ("." + file.filename().string() + "." + host_tag() + "-" +
+                                                       std::to_string(getpid()) + "-" +
+                                                       std::to_string(random() % 1000000000) + std::string(kTemporarySuffix)))
+                                    .string();
+  auto& registry = temporaries();
+  int fd = -1;
   {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(file, "cannot create temporary output file " + temporary.filename().string());
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      fs::remove(temporary, ec);
-      throw Error(file, "write failed (disk full?)");
+    std::lock_guard<std::mutex> lock(registry.mutex);
+    fd = open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) throw OutputError(file, "cannot create a file in its folder: " + errno_text(errno));
+    registry.paths.insert(temporary);
+  }
+  auto discard = [&](const std::string& why) {
+    if (fd >= 0) close(fd);
+    unlink(temporary.c_str());
+    std::lock_guard<std::mutex> lock(registry.mutex);
+    registry.paths.erase(temporary);
+    throw OutputError(file, why);
+  };
+  for (size_t written = 0; written < bytes.size();) {
+    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) discard("write failed: " + errno_text(n < 0 ? errno : EIO));
+    written += static_cast<size_t>(n);
+  }
+  const int closed = close(fd);
+  fd = -1;
+  if (closed != 0) discard("write failed: " + errno_text(errno));  // NFS and quotas report here
+  if (rename(temporary.c_str(), file.c_str()) != 0) discard("cannot move output into place: " + errno_text(errno));
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  registry.paths.erase(temporary);
+}
+
+size_t remove_stale_temporaries(const fs::path& folder) {
+  size_t removed = 0;
+  std::error_code ec;
+  const auto options = fs::directory_options::skip_permission_denied;
+  for (auto it = fs::recursive_directory_iterator(folder, options, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    std::string host;
+    long pid = 0;
+    if (!parse_temporary_name(it->path().filename().string(), host, pid)) continue;
+    if (host != host_tag() || process_is_running(pid)) continue;
+    std::error_code ignored;
+    if (it->is_regular_file(ignored) && fs::remove(it->path(), ignored)) {
+      ++removed;
+      logger().debug("removed {}, a temporary file of an earlier run that was killed", it->path().string());
     }
   }
-  fs::rename(temporary, file, ec);
-  if (ec) {
-    std::error_code ignored;
-    fs::remove(temporary, ignored);
-    throw Error(file, "cannot move output into place: " + ec.message());
+  return removed;
+}
+
+namespace {
+
+// The write end of the pipe through which the signal handler wakes the clean-up thread. A handler
+// may run on any thread (OpenBLAS starts its own before main) and may only do async-signal-safe
+// things: it writes the signal number, nothing else.
+int signal_pipe_write = -1;
+
+extern "C" void forward_signal(int received) {
+  const int saved = errno;
+  const unsigned char byte = static_cast<unsigned char>(received);
+  [[maybe_unused]] const ssize_t ignored = write(signal_pipe_write, &byte, 1);
+  errno = saved;
+}
+
+}  // namespace
+
+void clean_up_temporaries_on_signals() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      logger().warn("cannot set up clean-up on signals ({}): an interrupted run may leave temporary files", errno_text(errno));
+      return;
+    }
+    signal_pipe_write = fds[1];
+    std::thread([read_end = fds[0]] {
+      unsigned char byte = 0;
+      while (read(read_end, &byte, 1) != 1) {
+      }
+      const int received = byte;
+      auto& registry = temporaries();
+      registry.mutex.lock();  // held until the end: no new temporary after this point
+      for (const auto& path : registry.paths) unlink(path.c_str());
+      // End by the same signal, as an unhandled one would have, so that a shell or scheduler
+      // sees how the run ended.
+      signal(received, SIG_DFL);
+      raise(received);
+      _exit(128 + received);  // not reached
+    }).detach();
+    struct sigaction action {};
+    action.sa_handler = forward_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaction(s, &action, nullptr);
+  });
+}
+
+void prepare_output_folder(const fs::path& folder) {
+  if (folder.empty()) throw OutputError("--out names no folder (an empty path)");
+  std::error_code ec;
+  if (fs::exists(folder, ec) && !fs::is_directory(folder, ec)) throw OutputError(folder, "exists and is not a folder");
+  fs::create_directories(folder, ec);
+  if (ec || !fs::is_directory(folder, ec)) {
+    throw OutputError(folder, "cannot create output folder: " + (ec ? ec.message() : std::string("unknown error")));
+  }
+  // Only a real write shows that files can be created here (permissions, read-only mounts, quotas;
+  // root passes every permission check).
+  write_file_atomically(folder / ".tve-write-check", "");
+  fs::remove(folder / ".tve-write-check", ec);
+  if (const size_t removed = remove_stale_temporaries(folder)) {
+    logger().info("removed {} temporary file(s) left under {} by an interrupted run", removed, folder.string());
   }
 }
 

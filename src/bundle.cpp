@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -17,6 +19,31 @@ namespace {
 
 // Optional explainer method: forward_with_embedding(x, z) -> (psi_pos, psi_neg), z = the target's E(x).
 constexpr const char* kExplainerWithEmbedding = "forward_with_embedding";
+
+// Bounds on what a manifest may ask for, so that a malformed bundle fails with a message instead
+// of exhausting memory: the loader runs a dummy [1,3,H,W] input, occlusion keeps G*G masks.
+constexpr int kMaxInputSide = 4096;
+constexpr int kMaxGrid = 128;
+constexpr int kMaxEmbeddingDim = 65536;
+constexpr std::uintmax_t kMaxManifestBytes = 16u << 20;
+constexpr std::uintmax_t kMaxLabelsBytes = 16u << 20;
+
+// What kind of thing is at `file` when it is not the regular file the bundle needs; empty if it is one.
+std::string not_a_regular_file(const fs::path& file) {
+  std::error_code ec;
+  const auto status = fs::status(file, ec);
+  if (fs::is_regular_file(status)) return "";
+  if (fs::is_symlink(fs::symlink_status(file, ec)) && !fs::exists(status)) return "is a broken symbolic link";
+  switch (status.type()) {
+    case fs::file_type::not_found: return "does not exist";
+    case fs::file_type::directory: return "is a folder, not a file";
+    case fs::file_type::fifo: return "is a named pipe (FIFO), not a file";
+    case fs::file_type::socket: return "is a socket, not a file";
+    case fs::file_type::block: return "is a block device, not a file";
+    case fs::file_type::character: return "is a character device, not a file";
+    default: return ec ? "cannot be read: " + ec.message() : "is not a regular file";
+  }
+}
 
 // Reads manifest fields with errors that name the manifest file and the key's full path.
 class ManifestReader {
@@ -43,20 +70,27 @@ class ManifestReader {
     return object.contains(key) ? string(object, key, where) : fallback;
   }
 
-  int positive_int(const json& object, const std::string& key, const std::string& where, int minimum = 1) const {
+  // An integer in [minimum, maximum]. Unsigned and signed JSON integers are compared as they are
+  // written, so that 4294967297 is not read as 1.
+  int int_in_range(const json& object, const std::string& key, const std::string& where, int minimum, int maximum) const {
     const json& value = member(object, key, where);
-    if (!value.is_number_integer()) fail("'" + join(where, key) + "' must be an integer, got " + value.type_name());
-    const auto number = value.get<long long>();
-    if (number < minimum || number > 1'000'000) {
-      fail("'" + join(where, key) + "' is " + std::to_string(number) + ", expected at least " + std::to_string(minimum));
+    if (!value.is_number_integer()) fail("'" + join(where, key) + "' must be an integer, got " + value.dump());
+    const bool in_range = value.is_number_unsigned() ? value.get<unsigned long long>() <= static_cast<unsigned long long>(maximum) &&
+                                                           value.get<unsigned long long>() >= static_cast<unsigned long long>(std::max(minimum, 0))
+                                                     : value.get<long long>() >= minimum && value.get<long long>() <= maximum;
+    if (!in_range) {
+      fail("'" + join(where, key) + "' is " + value.dump() + ", expected " + std::to_string(minimum) + " to " +
+           std::to_string(maximum));
     }
-    return static_cast<int>(number);
+    return static_cast<int>(value.get<long long>());
   }
 
   double number(const json& object, const std::string& key, const std::string& where, double fallback) const {
     if (!object.contains(key)) return fallback;
     const json& value = object.at(key);
-    if (!value.is_number()) fail("'" + join(where, key) + "' must be a number, got " + value.type_name());
+    if (!value.is_number() || !std::isfinite(value.get<double>())) {
+      fail("'" + join(where, key) + "' must be a finite number, got " + value.dump());
+    }
     return value.get<double>();
   }
 
@@ -73,7 +107,9 @@ class ManifestReader {
     if (!value.is_array() || value.size() != 3) fail("'" + join(where, key) + "' must be a list of 3 numbers (R, G, B)");
     std::array<float, 3> out{};
     for (size_t i = 0; i < 3; ++i) {
-      if (!value[i].is_number()) fail("'" + join(where, key) + "' must be a list of 3 numbers (R, G, B)");
+      if (!value[i].is_number() || !std::isfinite(value[i].get<float>())) {
+        fail("'" + join(where, key) + "' must be a list of 3 finite numbers (R, G, B)");
+      }
       out[i] = value[i].get<float>();
       if (must_be_positive && !(out[i] > 0.0f)) fail("'" + join(where, key) + "' must be positive");
     }
@@ -88,7 +124,17 @@ class ManifestReader {
     for (const auto& part : relative) {
       if (part == "..") fail("'" + join(where, key) + "' must not leave the bundle folder ('..')");
     }
-    return file_.parent_path() / relative;
+    const fs::path file = file_.parent_path() / relative;
+    // Nor through a symbolic link: a bundle is a self-contained folder (its hashes vouch only for it).
+    std::error_code ec;
+    const fs::path resolved = fs::weakly_canonical(file, ec);
+    const fs::path folder = fs::weakly_canonical(file_.parent_path(), ec);
+    const auto outside = std::mismatch(folder.begin(), folder.end(), resolved.begin(), resolved.end()).first != folder.end();
+    if (!ec && outside) {
+      fail("'" + join(where, key) + "' (" + relative.string() + ") is a symbolic link to " + resolved.string() +
+           ", outside the bundle folder");
+    }
+    return file;
   }
 
   std::string sha256(const json& object, const std::string& where) const {
@@ -148,9 +194,15 @@ std::string shape_of(const torch::Tensor& t) {
 }
 
 torch::jit::Module load_module(const fs::path& file, const std::string& expected_sha256, const torch::Device& device) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) throw BundleError(file, "file named in the manifest does not exist");
-  const std::string actual = sha256_file(file);
+  if (const auto problem = not_a_regular_file(file); !problem.empty()) {
+    throw BundleError(file, "file named in the manifest " + problem);
+  }
+  std::string actual;
+  try {
+    actual = sha256_file(file);
+  } catch (const Error& e) {
+    throw BundleError(file, e.detail());
+  }
   if (actual != expected_sha256) {
     throw BundleError(file, "SHA-256 is " + actual + " but the manifest says " + expected_sha256 +
                                 " (file changed or corrupt)");
@@ -161,6 +213,8 @@ torch::jit::Module load_module(const fs::path& file, const std::string& expected
     return module;
   } catch (const c10::Error& e) {
     throw BundleError(file, std::string("not a loadable TorchScript module: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // a malformed archive can fail outside c10 (allocation, parsing)
+    throw BundleError(file, std::string("not a loadable TorchScript module: ") + e.what());
   }
 }
 
@@ -176,8 +230,9 @@ auto checked(const fs::path& file, const std::string& what, Fn&& check) {
     return check();
   } catch (const c10::Error& e) {
     throw BundleError(file, what + " failed: " + e.what_without_backtrace());
-  } catch (const std::runtime_error& e) {
-    if (dynamic_cast<const Error*>(&e)) throw;
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // std::bad_alloc included: a shape the manifest promises may not fit
     throw BundleError(file, what + " failed: " + e.what());
   }
 }
@@ -204,11 +259,18 @@ void check_head(Head& head, int embedding_dim, const torch::Device& device) {
       throw BundleError(head.spec.file, "head is not affine (W z + b): TVE applies it to meta-attributions, "
                                         "which is only meaningful for a linear head");
     }
-    // An affine h is determined by its values at 0 and at the unit vectors.
-    auto at_zero_and_units = head.logits(torch::cat({torch::zeros({1, embedding_dim}, options),
-                                                     torch::eye(embedding_dim, options)}));  // [1+D,C]
-    head.bias = at_zero_and_units[0].clone();
-    head.weight = (at_zero_and_units.slice(0, 1) - head.bias).t().contiguous();  // [C,D]
+    // An affine h is determined by its values at 0 and at the unit vectors, taken a block of unit
+    // vectors at a time so that memory stays bounded for wide embeddings.
+    head.bias = head.logits(torch::zeros({1, embedding_dim}, options))[0].clone();  // [C]
+    constexpr int64_t kUnitsPerPass = 1024;
+    std::vector<torch::Tensor> columns;  // W^T rows, in blocks
+    for (int64_t from = 0; from < embedding_dim; from += kUnitsPerPass) {
+      const int64_t count = std::min<int64_t>(kUnitsPerPass, embedding_dim - from);
+      auto units = torch::zeros({count, embedding_dim}, options);
+      units.narrow(1, from, count).copy_(torch::eye(count, options));
+      columns.push_back(head.logits(units) - head.bias);  // [count,C]
+    }
+    head.weight = torch::cat(columns).t().contiguous();  // [C,D]
     return 0;
   });
 }
@@ -216,11 +278,27 @@ void check_head(Head& head, int embedding_dim, const torch::Device& device) {
 }  // namespace
 
 std::vector<std::string> read_labels_file(const fs::path& file) {
+  // A named pipe would block the open, a device such as /dev/zero would never end: only regular
+  // files and bounded reads (character devices, like /dev/null, are read up to the bound).
+  std::error_code ec;
+  const auto type = fs::status(file, ec).type();
+  if (type == fs::file_type::not_found) throw BundleError(file, "cannot open labels file: it does not exist");
+  if (type != fs::file_type::regular && type != fs::file_type::character) {
+    throw BundleError(file, "labels file " + not_a_regular_file(file));
+  }
   std::ifstream in(file, std::ios::binary);
   if (!in) throw BundleError(file, "cannot open labels file");
+  std::string text(kMaxLabelsBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) throw BundleError(file, "read error in labels file");
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxLabelsBytes) {
+    throw BundleError(file, "labels file is larger than " + std::to_string(kMaxLabelsBytes >> 20) + " MiB");
+  }
   std::vector<std::string> labels;
+  std::istringstream lines(text);
   std::string line;
-  while (std::getline(in, line)) {
+  while (std::getline(lines, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     labels.push_back(line);
   }
@@ -232,7 +310,11 @@ Manifest read_manifest(const fs::path& bundle_dir) {
   const fs::path file = bundle_dir / "manifest.json";
   std::error_code ec;
   if (!fs::is_directory(bundle_dir, ec)) throw BundleError(bundle_dir, "bundle folder does not exist");
-  if (!fs::is_regular_file(file, ec)) throw BundleError(file, "bundle has no manifest.json");
+  if (!fs::exists(file, ec)) throw BundleError(file, "bundle has no manifest.json");
+  if (const auto problem = not_a_regular_file(file); !problem.empty()) throw BundleError(file, problem);
+  if (fs::file_size(file, ec) > kMaxManifestBytes) {
+    throw BundleError(file, "manifest is larger than " + std::to_string(kMaxManifestBytes >> 20) + " MiB");
+  }
 
   json root;
   {
@@ -240,7 +322,7 @@ Manifest read_manifest(const fs::path& bundle_dir) {
     if (!in) throw BundleError(file, "cannot open manifest");
     try {
       root = json::parse(in);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // syntax, and numbers out of range such as 1e400
       throw BundleError(file, std::string("not valid JSON: ") + e.what());
     }
   }
@@ -251,12 +333,12 @@ Manifest read_manifest(const fs::path& bundle_dir) {
   m.dir = bundle_dir;
   {
     const json& version = reader.member(root, "format_version", "");
-    if (!version.is_number_integer()) reader.fail("'format_version' must be an integer");
-    m.format_version = version.get<int>();
-    if (m.format_version != kBundleFormatVersion) {
-      reader.fail("format_version " + std::to_string(m.format_version) + " is not supported; this tve reads version " +
+    if (!version.is_number_integer()) reader.fail("'format_version' must be an integer, got " + version.dump());
+    if (version != json(kBundleFormatVersion)) {
+      reader.fail("format_version " + version.dump() + " is not supported; this tve reads version " +
                   std::to_string(kBundleFormatVersion));
     }
+    m.format_version = kBundleFormatVersion;
   }
   m.name = reader.string(root, "name", "");
   m.description = reader.optional_string(root, "description", "", "");
@@ -266,8 +348,8 @@ Manifest read_manifest(const fs::path& bundle_dir) {
   }
 
   const json& input = reader.member(root, "input", "");
-  m.input.height = reader.positive_int(input, "height", "input");
-  m.input.width = reader.positive_int(input, "width", "input");
+  m.input.height = reader.int_in_range(input, "height", "input", 1, kMaxInputSide);
+  m.input.width = reader.int_in_range(input, "width", "input", 1, kMaxInputSide);
   const std::string resize = reader.string(input, "resize", "input");
   if (resize == "stretch") {
     m.input.resize = ResizePolicy::Stretch;
@@ -281,9 +363,9 @@ Manifest read_manifest(const fs::path& bundle_dir) {
   m.input.mean = reader.rgb_triple(input, "mean", "input", false);
   m.input.std = reader.rgb_triple(input, "std", "input", true);
 
-  m.grid = reader.positive_int(root, "grid", "");
-  m.radius = reader.positive_int(root, "radius", "", 0);
-  m.embedding_dim = reader.positive_int(root, "embedding_dim", "");
+  m.grid = reader.int_in_range(root, "grid", "", 1, kMaxGrid);
+  m.radius = reader.int_in_range(root, "radius", "", 0, kMaxGrid);
+  m.embedding_dim = reader.int_in_range(root, "embedding_dim", "", 1, kMaxEmbeddingDim);
   if (m.grid > m.input.height || m.grid > m.input.width) reader.fail("'grid' is larger than the input size");
 
   m.target = reader.head(reader.member(root, "target", ""), "target", "target");
@@ -361,8 +443,18 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
   // The target's own head is its head() method; it is checked and then called like any other head.
   heads.insert(heads.begin(), Head{m.target, bundle.target_, "head", {}, {}});
   if (bundle.has_features_) {
+    // The architecture fixes the layout gradient methods read (docs/bundle-format.md).
+    const auto f = checked(m.target.file, "features() on a " + input_shape + " input", [&] { return bundle.features(x); });
+    const bool tokens = m.architecture == "vit";
+    const bool fits = tokens ? f.dim() == 3 && f.size(0) == 1 && f.size(1) >= 2 && f.size(2) == d
+                             : f.dim() == 4 && f.size(0) == 1 && f.size(1) == d;
+    if (!fits) {
+      throw BundleError(m.target.file, "features() gives " + shape_of(f) + ", but architecture '" + m.architecture +
+                                           "' means " + (tokens ? "[1, 1+N, " : "[1, ") + std::to_string(d) +
+                                           (tokens ? "] (class token and N patch tokens)" : ", h, w] (a feature map)"));
+    }
     auto logits_from_features = checked(m.target.file, "classify(features(x))", [&] {
-      return bundle.classify(bundle.features(x));
+      return bundle.classify(f);
     });
     if (!torch::allclose(logits_from_features, y, 1e-4, 1e-4)) {
       throw BundleError(m.target.file, "classify(features(x)) differs from forward(x)");
@@ -439,8 +531,7 @@ std::vector<std::string> Bundle::head_names() const {
 }
 
 Head Bundle::load_external_head(const fs::path& head_file, std::optional<std::vector<std::string>> labels) {
-  std::error_code ec;
-  if (!fs::is_regular_file(head_file, ec)) throw BundleError(head_file, "head file does not exist");
+  if (const auto problem = not_a_regular_file(head_file); !problem.empty()) throw BundleError(head_file, "head file " + problem);
   HeadSpec spec;
   spec.name = head_file.stem().string();
   spec.task = spec.name;

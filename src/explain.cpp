@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <sstream>
 
@@ -12,6 +13,7 @@
 #include "tve/npy.hpp"
 #include "tve/predict.hpp"
 #include "tve/serial_worker.hpp"
+#include "tve/version.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -34,49 +36,121 @@ json rows_of(const torch::Tensor& map) {
   return rows;
 }
 
-// Writes the outputs of one image; returns the paths written, by kind. On failure removes what it
-// wrote for this image so that no partial set of outputs is left.
-json write_outputs(const ImageJob& job, const torch::Tensor& maps, const json& record, const ExplainOptions& options,
-                   const InputSpec& spec) {
-  const fs::path base = *options.out_dir / mirrored_output_path(job.input.path);
-  auto with_suffix = [&](const std::string& suffix) { return fs::path(base.string() + suffix); };
+// The files one input's outputs go to, by kind, for `classes` explained classes.
+struct OutputPaths {
+  std::vector<fs::path> overlays;
+  std::optional<fs::path> npy;
+  std::optional<fs::path> json;
+};
+
+OutputPaths output_paths(const InputFile& input, int64_t classes, const ExplainOptions& options) {
+  const std::string base = (*options.out_dir / mirrored_output_path(input.path)).string();
+  OutputPaths paths;
+  if (options.formats.overlay) {
+    for (int64_t k = 0; k < classes; ++k) {
+      paths.overlays.emplace_back(base + (classes == 1 ? ".overlay.png" : ".top" + std::to_string(k + 1) + ".overlay.png"));
+    }
+  }
+  if (options.formats.npy) paths.npy = base + ".map.npy";
+  if (options.formats.json) paths.json = base + ".json";
+  return paths;
+}
+
+json to_json(const OutputPaths& paths) {
+  json out = json::object();
+  if (!paths.overlays.empty()) {
+    out["overlay"] = json::array();
+    for (const auto& file : paths.overlays) out["overlay"].push_back(file.string());
+  }
+  if (paths.npy) out["npy"] = paths.npy->string();
+  if (paths.json) out["json"] = paths.json->string();
+  return out;
+}
+
+// Writes the outputs of one image, the JSON record last: its presence marks the image as done
+// (ExplainOptions::resume). Returns the paths written, by kind. On failure removes what it wrote
+// for this image so that no partial set of outputs is left.
+json write_outputs(const ImageJob& job, const torch::Tensor& maps, const json& record, const json& settings,
+                   const ExplainOptions& options, const InputSpec& spec) {
+  const OutputPaths paths = output_paths(job.input, maps.size(0), options);
   std::vector<fs::path> written;
-  json paths = json::object();
   try {
-    const auto classes = maps.size(0);
-    if (options.formats.overlay) {
+    if (!paths.overlays.empty()) {
       const cv::Mat display = to_display_bgr8(*job.image);
       const CropBox region = input_region(display.cols, display.rows, spec);
-      paths["overlay"] = json::array();
-      for (int64_t k = 0; k < classes; ++k) {
-        const fs::path file = with_suffix(classes == 1 ? ".overlay.png" : ".top" + std::to_string(k + 1) + ".overlay.png");
-        write_file_atomically(file, encode_png(render_overlay(display, maps[k], region, options.overlay)));
-        written.push_back(file);
-        paths["overlay"].push_back(file.string());
+      for (size_t k = 0; k < paths.overlays.size(); ++k) {
+        write_file_atomically(paths.overlays[k],
+                              encode_png(render_overlay(display, maps[static_cast<int64_t>(k)], region, options.overlay)));
+        written.push_back(paths.overlays[k]);
       }
     }
-    if (options.formats.npy) {
-      const fs::path file = with_suffix(".map.npy");
+    if (paths.npy) {
       const auto cpu = maps.to(torch::kCPU, torch::kFloat32).contiguous();  // [K,G,G]
-      write_npy(file, NpyArray{cpu.sizes().vec(), std::vector<float>(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel())});
-      written.push_back(file);
-      paths["npy"] = file.string();
+      write_npy(*paths.npy, NpyArray{cpu.sizes().vec(), std::vector<float>(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel())});
+      written.push_back(*paths.npy);
     }
-    if (options.formats.json) {
-      const fs::path file = with_suffix(".json");
+    if (paths.json) {
       json full = record;
-      full["outputs"] = paths;
-      full["outputs"]["json"] = file.string();
-      write_file_atomically(file, full.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
-      written.push_back(file);
-      paths["json"] = file.string();
+      full["outputs"] = to_json(paths);
+      full["settings"] = settings;
+      write_file_atomically(*paths.json, full.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
     }
   } catch (...) {
     std::error_code ignored;
     for (const auto& file : written) fs::remove(file, ignored);
     throw;
   }
-  return paths;
+  return to_json(paths);
+}
+
+// What makes two runs' outputs for an image interchangeable, beyond model, head, method and
+// parameters (which every record carries): the exact files, the classes asked for, how overlays
+// are drawn. Stored in each JSON output file and compared by --resume.
+json output_settings(const Bundle& bundle, const Head& head, const ExplainOptions& options) {
+  const Manifest& m = bundle.manifest();
+  json settings{{"model_sha256", m.target.sha256}, {"head_sha256", head.spec.sha256}};
+  if (m.explainer) settings["explainer_sha256"] = m.explainer->sha256;
+  if (options.class_index) {
+    settings["class"] = *options.class_index;
+  } else {
+    settings["top_k"] = options.top_k;
+  }
+  settings["formats"] = {{"overlay", options.formats.overlay}, {"npy", options.formats.npy}, {"json", options.formats.json}};
+  if (options.formats.overlay) {
+    settings["overlay"] = {{"colormap", to_string(options.overlay.colormap)}, {"alpha", options.overlay.alpha}};
+  }
+  return settings;
+}
+
+// Records beyond this size are not ours (a map of 1,000 classes on a 64 x 64 grid is ~100 MB).
+constexpr std::uintmax_t kMaxRecordBytes = 256ull << 20;
+
+// The record of an earlier run that completed `input` the way this run would, or null: its JSON
+// output parses, carries `identity` (model, head, method, parameters, settings) unchanged, and
+// names exactly the outputs this run would write, each of which exists.
+json completed_record(const InputFile& input, const json& identity, const ExplainOptions& options) {
+  const fs::path file = *output_paths(input, 1, options).json;
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) return nullptr;
+  const auto size = fs::file_size(file, ec);
+  if (ec || size > kMaxRecordBytes) return nullptr;
+  std::ifstream in(file, std::ios::binary);
+  json record = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!record.is_object()) return nullptr;
+  for (const auto& [key, value] : identity.items()) {
+    if (!record.contains(key) || record[key] != value) return nullptr;
+  }
+  if (!record.contains("explained") || !record["explained"].is_array() || record["explained"].empty()) return nullptr;
+  const json expected = to_json(output_paths(input, static_cast<int64_t>(record["explained"].size()), options));
+  if (!record.contains("outputs") || record["outputs"] != expected) return nullptr;
+  for (const auto& [kind, value] : expected.items()) {
+    for (const auto& path : value.is_array() ? value : json::array({value})) {
+      if (!fs::is_regular_file(path.get<std::string>(), ec)) return nullptr;
+    }
+  }
+  record.erase("settings");
+  record["resumed"] = true;
+  return record;
 }
 
 }  // namespace
@@ -181,12 +255,27 @@ json success_record(const ImageJob& job, const BatchResult& batch, int64_t row, 
 
 }  // namespace
 
+std::string summary_file_name(const Shard& shard) {
+  if (shard.count <= 1) return "tve-summary.json";
+  return "tve-summary.shard-" + std::to_string(shard.index) + "-of-" + std::to_string(shard.count) + ".json";
+}
+
 ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method, const std::vector<InputFile>& inputs,
                            const ExplainOptions& options, const ExplainCallbacks& callbacks) {
   if (options.top_k < 1) throw InvalidArgument("--top-k must be at least 1");
+  if (options.resume && !(options.out_dir && options.formats.json)) {
+    throw InvalidArgument("--resume needs --out and the json format: an image's JSON record, written last, marks it done");
+  }
+  const auto start = std::chrono::steady_clock::now();
   const Manifest& manifest = bundle.manifest();
+  const json settings = output_settings(bundle, head, options);
   BatchOptions batch_options = options.batch;
   batch_options.keep_images = options.out_dir.has_value() && options.formats.overlay;
+  if (options.resume) {
+    const json identity{{"model", manifest.name}, {"head", head.spec.name},       {"method", method.name()},
+                        {"parameters", method.parameters()}, {"settings", settings}};
+    batch_options.reuse = [identity, &options](const InputFile& input) { return completed_record(input, identity, options); };
+  }
 
   ExplainSummary summary;
   size_t done = 0;
@@ -195,6 +284,7 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
   };
   auto fail = [&](const ImageJob& job, const std::string& error) {
     ++summary.failed;
+    summary.failures.push_back({job.input.path.string(), error});
     logger().error("{}", error);
     json record = record_head(job, manifest, head, method);
     record["error"] = error;
@@ -212,11 +302,26 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
         fail(job, job.error);
         continue;
       }
+      if (job.reused()) {
+        ++summary.succeeded;
+        ++summary.resumed;
+        emit(job.previous);
+        continue;
+      }
+      const int64_t this_row = row++;
+      // A NaN or infinity would be written as null in JSON and as a flat overlay: not a result.
+      if (!torch::isfinite(batch.maps[this_row]).all().item<bool>() ||
+          !torch::isfinite(batch.probabilities[this_row]).all().item<bool>()) {
+        fail(job, job.input.path.string() + ": the model's output or the attribution map is not finite (NaN or infinity)" +
+                      " with " + method.name() + " " + method.parameters().dump());
+        continue;
+      }
       const auto write_start = std::chrono::steady_clock::now();
-      json record = success_record(job, batch, row, manifest, head, method);
-      const torch::Tensor maps = batch.maps[row++];  // [K,G,G]
+      json record = success_record(job, batch, this_row, manifest, head, method);
       try {
-        if (options.out_dir) record["outputs"] = write_outputs(job, maps, record, options, manifest.input);
+        if (options.out_dir) {
+          record["outputs"] = write_outputs(job, batch.maps[this_row], record, settings, options, manifest.input);
+        }
       } catch (const Error& e) {
         fail(job, e.what());
         continue;
@@ -237,13 +342,34 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
   // one being written.
   SerialWorker writer;
   read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
-    const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], good images only
+    const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], decoded images only
     auto batch = std::make_shared<BatchResult>();
     if (images.defined()) *batch = explain_batch(bundle, head, method, images, options);
     auto written = std::make_shared<std::vector<ImageJob>>(std::move(jobs));
     writer.submit([written, batch, &write_batch] { write_batch(*written, *batch); });
   });
   writer.finish();
+
+  if (options.out_dir && options.write_summary) {
+    json failures = json::array();
+    for (const auto& failure : summary.failures) failures.push_back({{"input", failure.input}, {"error", failure.error}});
+    const json record{{"tve_version", kVersion},
+                      {"model", manifest.name},
+                      {"model_dir", manifest.dir.string()},
+                      {"head", head.spec.name},
+                      {"method", method.name()},
+                      {"parameters", method.parameters()},
+                      {"settings", settings},
+                      {"shard", {{"index", options.shard.index}, {"count", options.shard.count}}},
+                      {"inputs", inputs.size()},
+                      {"explained", summary.succeeded - summary.resumed},
+                      {"resumed", summary.resumed},
+                      {"failed", summary.failed},
+                      {"failures", failures},
+                      {"seconds", ms_since(start) / 1e3}};
+    write_file_atomically(*options.out_dir / summary_file_name(options.shard),
+                          record.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  }
   return summary;
 }
 

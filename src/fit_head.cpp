@@ -6,7 +6,9 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <sstream>
 
+#include "tve/atomic_file.hpp"
 #include "tve/error.hpp"
 #include "tve/log.hpp"
 
@@ -138,17 +140,13 @@ void save_linear_head(const fs::path& file, const FitHeadResult& head) {
 def forward(self, z: Tensor) -> Tensor:
     return torch.addmm(self.bias, z, self.weight.t())
 )");
-  std::error_code ec;
-  if (file.has_parent_path()) fs::create_directories(file.parent_path(), ec);
-  const fs::path temporary = file.parent_path() / ("." + file.filename().string() + ".tmp");
+  std::ostringstream bytes;
   try {
-    module.save(temporary.string());
+    module.save(bytes);
   } catch (const c10::Error& e) {
-    fs::remove(temporary, ec);
-    throw Error(file, std::string("cannot save head: ") + e.what_without_backtrace());
+    throw OutputError(file, std::string("cannot serialise head: ") + e.what_without_backtrace());
   }
-  fs::rename(temporary, file, ec);
-  if (ec) throw Error(file, "cannot move head into place: " + ec.message());
+  write_file_atomically(file, bytes.str());
 }
 
 }  // namespace tve

@@ -117,6 +117,8 @@ std::vector<uint8_t> read_file_bytes(const fs::path& file, const ImageLimits& li
   const auto status = fs::status(file, ec);
   if (ec || !fs::exists(status)) throw ImageError(file, "file does not exist");
   if (fs::is_directory(status)) throw ImageError(file, "is a folder, not an image file");
+  // A named pipe or a device would block or never end.
+  if (!fs::is_regular_file(status)) throw ImageError(file, "is not a regular file (a pipe, socket or device)");
   const uintmax_t size = fs::file_size(file, ec);
   if (ec) throw ImageError(file, "cannot read file size: " + ec.message());
   if (size == 0) throw ImageError(file, "file is empty");

@@ -1,14 +1,18 @@
 #include "tve/pipeline.hpp"
 
+#include <sys/stat.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <set>
 
 #include "tve/error.hpp"
+#include "tve/log.hpp"
 
 namespace fs = std::filesystem;
 
@@ -24,42 +28,230 @@ bool has_image_extension(const fs::path& file) {
 
 namespace {
 
-void add_input(const std::string& input, std::vector<InputFile>& out) {
-  const fs::path path(input);
-  std::error_code ec;
-  if (!fs::is_directory(path, ec)) {
-    // Files, and names that do not exist: the latter fail later with a per-image error, like any
-    // other bad input, instead of stopping the run.
-    out.push_back({path});
-    return;
-  }
-  std::vector<InputFile> found;
-  const auto options = fs::directory_options::skip_permission_denied;
-  for (auto it = fs::recursive_directory_iterator(path, options, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    if (it->is_regular_file(ec) && has_image_extension(it->path())) {
-      found.push_back({it->path()});
+// A file's identity, so that the same file reached by two paths is one input.
+using FileId = std::pair<dev_t, ino_t>;
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+// Collects inputs in order, following links, dropping repeats and outputs, reporting what it
+// cannot use.
+class InputCollector {
+ public:
+  InputCollector(std::vector<InputFile>& out, const InputScanOptions& options) : out_(out) {
+    std::error_code ec;
+    if (options.skip_folder && fs::is_directory(*options.skip_folder, ec)) {
+      struct stat st {};
+      if (stat(options.skip_folder->c_str(), &st) == 0) skip_id_ = FileId{st.st_dev, st.st_ino};
+      skip_prefix_ = fs::weakly_canonical(*options.skip_folder, ec).string() + "/";
     }
   }
-  if (ec) throw InvalidArgument(path, "cannot list folder: " + ec.message());
-  std::sort(found.begin(), found.end(), [](const InputFile& a, const InputFile& b) { return a.path < b.path; });
-  out.insert(out.end(), found.begin(), found.end());
-}
+
+  ~InputCollector() {
+    if (repeats_ > 0) logger().info("{} input(s) given more than once are explained once", repeats_);
+    if (outputs_ > 0) logger().info("{} file(s) in the output folder are not taken as inputs", outputs_);
+  }
+
+  void add(const std::string& input) {
+    const fs::path path(input);
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      if (is_skip_folder(st)) {
+        ++outputs_;
+        return;
+      }
+      std::vector<FileId> ancestors{{st.st_dev, st.st_ino}};
+      add_folder(path, ancestors);
+      return;
+    }
+    // Files, and names that do not exist: the latter fail later with a per-image error, like any
+    // other bad input, instead of stopping the run.
+    add_file(path, stat(path.c_str(), &st) == 0 ? &st : nullptr);
+  }
+
+ private:
+  bool is_skip_folder(const struct stat& st) const { return skip_id_ && *skip_id_ == FileId{st.st_dev, st.st_ino}; }
+
+  void add_file(const fs::path& path, const struct stat* st) {
+    if (st != nullptr) {
+      if (!seen_.insert({st->st_dev, st->st_ino}).second) {
+        ++repeats_;
+        return;
+      }
+      std::error_code ec;
+      if (!skip_prefix_.empty() && fs::weakly_canonical(path, ec).string().rfind(skip_prefix_, 0) == 0) {
+        ++outputs_;
+        return;
+      }
+    } else if (!seen_missing_.insert(path.lexically_normal().string()).second) {
+      ++repeats_;
+      return;
+    }
+    out_.push_back({path, ""});
+  }
+
+  void fail(const fs::path& path, const std::string& why) { out_.push_back({path, path.string() + ": " + why}); }
+
+  // Entries in name order (as std::filesystem::path compares them), sub-folders where they fall.
+  void add_folder(const fs::path& dir, std::vector<FileId>& ancestors) {
+    std::vector<fs::path> entries;
+    std::error_code ec;
+    for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+      entries.push_back(it->path());
+    }
+    if (ec) {
+      fail(dir, "cannot read folder: " + ec.message());
+      return;
+    }
+    std::sort(entries.begin(), entries.end());
+    for (const auto& entry : entries) {
+      struct stat st {};
+      if (stat(entry.c_str(), &st) != 0) {
+        const int error = errno;
+        struct stat link {};
+        const bool is_link = lstat(entry.c_str(), &link) == 0 && S_ISLNK(link.st_mode);
+        if (error == ELOOP) {
+          fail(entry, "symbolic link loop");
+        } else if (is_link && error == ENOENT) {
+          fail(entry, "broken symbolic link (its target does not exist)");
+        } else {
+          fail(entry, "cannot read: " + errno_text(error));
+        }
+        continue;
+      }
+      if (S_ISDIR(st.st_mode)) {
+        if (is_skip_folder(st)) {
+          ++outputs_;
+          continue;
+        }
+        const FileId id{st.st_dev, st.st_ino};
+        if (std::find(ancestors.begin(), ancestors.end(), id) != ancestors.end()) {
+          fail(entry, "symbolic link loop: it leads back to a folder that contains it");
+          continue;
+        }
+        ancestors.push_back(id);
+        add_folder(entry, ancestors);
+        ancestors.pop_back();
+      } else if (S_ISREG(st.st_mode) && has_image_extension(entry)) {
+        add_file(entry, &st);
+      }
+    }
+  }
+
+  std::vector<InputFile>& out_;
+  std::optional<FileId> skip_id_;
+  std::string skip_prefix_;
+  std::set<FileId> seen_;
+  std::set<std::string> seen_missing_;
+  size_t repeats_ = 0;
+  size_t outputs_ = 0;
+};
 
 }  // namespace
 
-std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths) {
+std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths,
+                                     const InputScanOptions& options) {
   std::vector<InputFile> out;
+  InputCollector collector(out, options);
   for (const auto& input : inputs) {
     if (input == "-") {
       std::string line;
       while (std::getline(stdin_paths, line)) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (!line.empty()) add_input(line, out);
+        if (!line.empty()) collector.add(line);
       }
     } else {
-      add_input(input, out);
+      collector.add(input);
     }
+  }
+  return out;
+}
+
+namespace {
+
+uint64_t parse_count(const std::string& text, const std::string& what) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) {
+    throw InvalidArgument("--shard: " + what + " '" + text + "' is not a whole number");
+  }
+  return std::stoull(text);
+}
+
+// K and N of a SLURM job array, if this process runs in one.
+std::optional<Shard> slurm_shard(const std::function<const char*(const char*)>& lookup) {
+  const char* id = lookup("SLURM_ARRAY_TASK_ID");
+  if (id == nullptr) return std::nullopt;
+  const char* min = lookup("SLURM_ARRAY_TASK_MIN");
+  const char* max = lookup("SLURM_ARRAY_TASK_MAX");
+  const char* count = lookup("SLURM_ARRAY_TASK_COUNT");
+  const uint64_t task = parse_count(id, "SLURM_ARRAY_TASK_ID");
+  const uint64_t first = min ? parse_count(min, "SLURM_ARRAY_TASK_MIN") : 0;
+  Shard shard;
+  if (count) {
+    shard.count = parse_count(count, "SLURM_ARRAY_TASK_COUNT");
+  } else if (max) {
+    shard.count = parse_count(max, "SLURM_ARRAY_TASK_MAX") - first + 1;
+  } else {
+    throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX is");
+  }
+  if (task < first) throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN");
+  shard.index = task - first;
+  return shard;
+}
+
+}  // namespace
+
+Shard parse_shard(const std::string& spec, const std::function<const char*(const char*)>& lookup) {
+  const auto slash = spec.find('/');
+  const std::string first = spec.substr(0, slash);
+  std::optional<uint64_t> count;
+  if (slash != std::string::npos) count = parse_count(spec.substr(slash + 1), "shard count");
+  if (count && *count == 0) throw InvalidArgument("--shard " + spec + ": the shard count must be at least 1");
+  Shard shard;
+  if (first == "auto") {
+    if (const char* index = lookup("JOB_COMPLETION_INDEX")) {
+      if (!count) throw InvalidArgument("--shard auto: in a Kubernetes Indexed Job give the number of shards, --shard auto/N");
+      shard = {parse_count(index, "JOB_COMPLETION_INDEX"), *count};
+    } else if (auto slurm = slurm_shard(lookup)) {
+      if (count && *count != slurm->count) {
+        throw InvalidArgument("--shard " + spec + ": the SLURM job array has " + std::to_string(slurm->count) + " tasks");
+      }
+      shard = *slurm;
+    } else {
+      throw InvalidArgument("--shard auto: neither JOB_COMPLETION_INDEX (Kubernetes) nor SLURM_ARRAY_TASK_ID (SLURM) is set");
+    }
+  } else {
+    if (!count) throw InvalidArgument("--shard takes K/N (0 <= K < N), auto or auto/N; got '" + spec + "'");
+    shard = {parse_count(first, "shard index"), *count};
+  }
+  if (shard.index >= shard.count) {
+    throw InvalidArgument("--shard: index " + std::to_string(shard.index) + " is not below the shard count " +
+                          std::to_string(shard.count) + " (shards are numbered from 0)");
+  }
+  return shard;
+}
+
+bool in_shard(const fs::path& input, const Shard& shard) {
+  if (shard.count <= 1) return true;
+  // FNV-1a, 64 bits, then MurmurHash3's 64-bit finaliser: both fixed by their definitions, so every
+  // machine and every build splits alike. FNV-1a alone spreads paths that differ only in their
+  // last characters (img-0001.png, img-0002.png) unevenly over small moduli; the finaliser mixes
+  // every bit into the low ones.
+  uint64_t hash = 14695981039346656037ull;
+  for (const unsigned char byte : input.string()) {
+    hash ^= byte;
+    hash *= 1099511628211ull;
+  }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdull;
+  hash ^= hash >> 33;
+  hash *= 0xc4ceb9fe1a85ec53ull;
+  hash ^= hash >> 33;
+  return hash % shard.count == shard.index;
+}
+
+std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Shard& shard) {
+  std::vector<InputFile> out;
+  for (const auto& input : inputs) {
+    if (in_shard(input.path, shard)) out.push_back(input);
   }
   return out;
 }
@@ -78,26 +270,39 @@ fs::path mirrored_output_path(const fs::path& input) {
 
 namespace {
 
+// Decodes one input into `job`; returns whether it succeeded.
+bool decode(ImageJob& job, const InputSpec& spec, const BatchOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    Image image = load_image(job.input.path, options.limits);
+    job.tensor = preprocess(image, spec);
+    if (options.keep_images) job.image = std::move(image);
+  } catch (const Error& e) {
+    job.error = e.what();
+  } catch (const cv::Exception& e) {
+    job.error = job.input.path.string() + ": OpenCV failed: " + e.msg;
+  }
+  job.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return job.ok();
+}
+
 // Decodes inputs from `cursor` on until the batch holds batch_size good images or inputs run out.
+// Failed and reused inputs ride along, up to a bound, so that a long run of them (a resumed run
+// skipping thousands of finished images) does not gather into one unbounded batch.
 std::vector<ImageJob> decode_batch(const std::vector<InputFile>& inputs, size_t& cursor, const InputSpec& spec,
                                    const BatchOptions& options) {
+  const size_t max_jobs = 4 * static_cast<size_t>(options.batch_size) + 64;
   std::vector<ImageJob> batch;
   int good = 0;
-  while (cursor < inputs.size() && good < options.batch_size) {
+  while (cursor < inputs.size() && good < options.batch_size && batch.size() < max_jobs) {
     ImageJob job;
     job.input = inputs[cursor++];
-    const auto start = std::chrono::steady_clock::now();
-    try {
-      Image image = load_image(job.input.path, options.limits);
-      job.tensor = preprocess(image, spec);
-      if (options.keep_images) job.image = std::move(image);
-      ++good;
-    } catch (const Error& e) {
-      job.error = e.what();
-    } catch (const cv::Exception& e) {
-      job.error = job.input.path.string() + ": OpenCV failed: " + e.msg;
+    if (!job.input.error.empty()) {
+      job.error = job.input.error;
+    } else if (options.reuse) {
+      job.previous = options.reuse(job.input);
     }
-    job.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (job.ok() && !job.reused() && decode(job, spec, options)) ++good;
     batch.push_back(std::move(job));
   }
   return batch;
@@ -125,7 +330,7 @@ void read_in_batches(const std::vector<InputFile>& inputs, const InputSpec& spec
 torch::Tensor stack_good(const std::vector<ImageJob>& jobs, const torch::Device& device) {
   std::vector<torch::Tensor> tensors;
   for (const auto& job : jobs) {
-    if (job.ok()) tensors.push_back(job.tensor);
+    if (job.tensor.defined()) tensors.push_back(job.tensor);
   }
   if (tensors.empty()) return {};
   return torch::stack(tensors).to(device);  // [B,3,H,W] f32

@@ -6,17 +6,29 @@
 #include <cmath>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <utility>
 
 #include "tve/error.hpp"
 
 namespace tve {
 
+namespace {
+constexpr std::pair<Colormap, const char*> kColormapNames[] = {
+    {Colormap::Jet, "jet"}, {Colormap::Turbo, "turbo"}, {Colormap::Inferno, "inferno"}, {Colormap::Viridis, "viridis"}};
+}  // namespace
+
 Colormap parse_colormap(const std::string& name) {
-  if (name == "jet") return Colormap::Jet;
-  if (name == "turbo") return Colormap::Turbo;
-  if (name == "inferno") return Colormap::Inferno;
-  if (name == "viridis") return Colormap::Viridis;
+  for (const auto& [colormap, known] : kColormapNames) {
+    if (name == known) return colormap;
+  }
   throw InvalidArgument("unknown colormap '" + name + "'; expected jet, turbo, inferno or viridis");
+}
+
+std::string to_string(Colormap colormap) {
+  for (const auto& [known, name] : kColormapNames) {
+    if (known == colormap) return name;
+  }
+  return "unknown";
 }
 
 namespace {
@@ -75,7 +87,7 @@ cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const C
 
 std::string encode_png(const cv::Mat& image) {
   std::vector<uchar> bytes;
-  if (!cv::imencode(".png", image, bytes)) throw Error("OpenCV could not encode a PNG");
+  if (!cv::imencode(".png", image, bytes)) throw OutputError("OpenCV could not encode a PNG");
   return std::string(bytes.begin(), bytes.end());
 }
 

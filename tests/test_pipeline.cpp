@@ -1,5 +1,7 @@
 #include "tve/pipeline.hpp"
 
+#include <algorithm>
+#include <map>
 #include <sstream>
 
 #include "test_helpers.hpp"
@@ -54,6 +56,88 @@ TEST(ExpandInputs, MissingFileIsKeptToFailOnItsOwn) {
   std::istringstream no_stdin;
   const auto files = expand_inputs({"/no/such/file.png"}, no_stdin);
   ASSERT_EQ(files.size(), 1u);
+}
+
+TEST(ExpandInputs, SameFileTwiceIsOneInputAndOutputsAreNeverInputs) {
+  TempDir tmp;
+  make_tree(tmp.path());
+  fs::create_directories(tmp / "a" / "out");
+  fs::copy_file(test::image_fixture("rgb8.png"), tmp / "a" / "out" / "x.png.overlay.png");
+  std::istringstream paths((tmp / "a" / "x.png").string() + "\n" + (tmp / "a" / "." / "x.png").string() + "\n" +
+                           (tmp / "a" / "out" / "x.png.overlay.png").string() + "\n");
+  InputScanOptions options;
+  options.skip_folder = tmp / "a" / "out";
+  const auto files = expand_inputs({(tmp / "a").string(), "-"}, paths, options);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].path, tmp / "a" / "sub" / "y.PNG");
+  EXPECT_EQ(files[1].path, tmp / "a" / "x.png");
+}
+
+TEST(ExpandInputs, DanglingLinksAndLoopsComeBackAsErrors) {
+  TempDir tmp;
+  make_tree(tmp.path());
+  fs::create_symlink(tmp / "nowhere.png", tmp / "a" / "dangling.png");
+  fs::create_directory_symlink(tmp / "a", tmp / "a" / "sub" / "loop");
+  std::istringstream no_stdin;
+  const auto files = expand_inputs({(tmp / "a").string()}, no_stdin);
+  ASSERT_EQ(files.size(), 4u);
+  EXPECT_EQ(files[0].path, tmp / "a" / "dangling.png");
+  EXPECT_NE(files[0].error.find("broken symbolic link"), std::string::npos) << files[0].error;
+  EXPECT_EQ(files[1].path, tmp / "a" / "sub" / "loop");
+  EXPECT_NE(files[1].error.find("symbolic link loop"), std::string::npos) << files[1].error;
+  EXPECT_TRUE(files[2].error.empty());
+  EXPECT_TRUE(files[3].error.empty());
+}
+
+TEST(Shards, ParseExplicitAndFromTheEnvironment) {
+  auto env = [](std::map<std::string, std::string> vars) {
+    return [vars](const char* name) -> const char* {
+      auto it = vars.find(name);
+      return it == vars.end() ? nullptr : it->second.c_str();
+    };
+  };
+  const auto none = env({});
+  EXPECT_EQ(parse_shard("2/5", none).index, 2u);
+  EXPECT_EQ(parse_shard("2/5", none).count, 5u);
+  const auto slurm = parse_shard("auto", env({{"SLURM_ARRAY_TASK_ID", "12"}, {"SLURM_ARRAY_TASK_MIN", "10"},
+                                               {"SLURM_ARRAY_TASK_MAX", "14"}}));
+  EXPECT_EQ(slurm.index, 2u);
+  EXPECT_EQ(slurm.count, 5u);
+  const auto counted = parse_shard("auto", env({{"SLURM_ARRAY_TASK_ID", "3"}, {"SLURM_ARRAY_TASK_COUNT", "4"}}));
+  EXPECT_EQ(counted.index, 3u);
+  EXPECT_EQ(counted.count, 4u);
+  const auto indexed = parse_shard("auto/8", env({{"JOB_COMPLETION_INDEX", "7"}}));
+  EXPECT_EQ(indexed.index, 7u);
+  EXPECT_EQ(indexed.count, 8u);
+  for (const char* bad : {"5/5", "1", "a/3", "1/0", "-1/3", "auto"}) {
+    EXPECT_THROW(parse_shard(bad, none), InvalidArgument) << bad;
+  }
+  EXPECT_THROW(parse_shard("auto", env({{"JOB_COMPLETION_INDEX", "1"}})), InvalidArgument);
+  EXPECT_THROW(parse_shard("auto/3", env({{"JOB_COMPLETION_INDEX", "3"}})), InvalidArgument);
+  EXPECT_THROW(parse_shard("auto/3", env({{"SLURM_ARRAY_TASK_ID", "1"}, {"SLURM_ARRAY_TASK_COUNT", "4"}})),
+               InvalidArgument);
+}
+
+TEST(Shards, DisjointCoverThatDependsOnlyOnThePaths) {
+  std::vector<InputFile> inputs;
+  for (int i = 0; i < 1000; ++i) inputs.push_back({"images/" + std::to_string(i) + ".png", ""});
+  std::vector<InputFile> reversed(inputs.rbegin(), inputs.rend());
+  std::map<std::string, int> owners;
+  for (uint64_t k = 0; k < 7; ++k) {
+    const auto part = take_shard(inputs, {k, 7});
+    EXPECT_GT(part.size(), 100u);  // 1000/7 = 143 expected; a hash this uneven would be a bug
+    EXPECT_LT(part.size(), 190u);
+    for (const auto& input : part) ++owners[input.path.string()];
+    std::vector<std::string> forward, backward;
+    for (const auto& input : part) forward.push_back(input.path.string());
+    for (const auto& input : take_shard(reversed, {k, 7})) backward.push_back(input.path.string());
+    std::sort(forward.begin(), forward.end());
+    std::sort(backward.begin(), backward.end());
+    EXPECT_EQ(forward, backward);
+  }
+  EXPECT_EQ(owners.size(), 1000u);
+  for (const auto& [path, count] : owners) EXPECT_EQ(count, 1) << path;
+  EXPECT_EQ(take_shard(inputs, {0, 1}).size(), 1000u);
 }
 
 TEST(ReadInBatches, BadImagesFailAloneAndOrderIsKept) {
@@ -114,6 +198,36 @@ TEST(ReadInBatches, SameBatchesWithAndWithoutPrefetch) {
   };
   EXPECT_EQ(sizes_with(true), (std::vector<size_t>{3, 4}));  // 3 good; then 3 good and the corrupt one
   EXPECT_EQ(sizes_with(false), sizes_with(true));
+}
+
+TEST(ReadInBatches, ReusedInputsAreNotDecodedAndDoNotGatherIntoOneBatch) {
+  std::vector<InputFile> inputs;
+  for (int i = 0; i < 500; ++i) inputs.push_back({test::image_fixture(i % 100 == 99 ? "rgb8.png" : "no-such.png"), ""});
+  BatchOptions options;
+  options.batch_size = 2;
+  options.reuse = [](const InputFile& input) -> nlohmann::json {
+    if (input.path.filename() == "rgb8.png") return nullptr;
+    return {{"input", input.path.string()}};
+  };
+  size_t reused = 0, decoded = 0, largest = 0;
+  read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) {
+    largest = std::max(largest, jobs.size());
+    for (const auto& job : jobs) {
+      EXPECT_TRUE(job.ok()) << job.error;  // the missing files were never opened
+      if (job.reused()) {
+        ++reused;
+        EXPECT_FALSE(job.tensor.defined());
+      } else {
+        ++decoded;
+        EXPECT_TRUE(job.tensor.defined());
+      }
+    }
+    const auto images = stack_good(jobs, torch::kCPU);
+    EXPECT_EQ(images.defined() ? images.size(0) : 0, static_cast<int64_t>(std::count_if(jobs.begin(), jobs.end(), [](const ImageJob& j) { return !j.reused(); })));
+  });
+  EXPECT_EQ(reused, 495u);
+  EXPECT_EQ(decoded, 5u);
+  EXPECT_LE(largest, 4u * 2 + 64);
 }
 
 TEST(ReadInBatches, AnErrorInTheConsumerStopsTheRun) {

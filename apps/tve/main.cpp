@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "tve/atomic_file.hpp"
 #include "tve/benchmark.hpp"
 #include "tve/bundle.hpp"
 #include "tve/error.hpp"
@@ -50,8 +52,19 @@ int exit_code_for_error(const tve::Error& error) {
   if (dynamic_cast<const tve::DeviceError*>(&error)) return kDeviceError;
   if (dynamic_cast<const tve::InvalidArgument*>(&error)) return kUsage;
   if (dynamic_cast<const tve::ImageError*>(&error)) return kNoInputSucceeded;
-  return kOutputError;  // the remaining library errors are about writing files
+  if (dynamic_cast<const tve::OutputError*>(&error)) return kOutputError;
+  return kInternalError;
 }
+
+// CLI11's Range lets NaN through (every comparison with NaN is false); a NaN or infinite lambda or
+// alpha would only show up later as a map of NaNs.
+const CLI::Validator kFinite(
+    [](const std::string& text) {
+      double value = 0;
+      if (!CLI::detail::lexical_cast(text, value) || !std::isfinite(value)) return "must be a finite number, got " + text;
+      return std::string();
+    },
+    "FINITE");
 
 struct CommonOptions {
   std::optional<std::string> models_dir;
@@ -89,6 +102,8 @@ struct ExplainCliOptions {
   int batch_size = 8;
   int64_t max_pixels = tve::ImageLimits{}.max_pixels;
   std::string progress = "auto";
+  bool resume = false;
+  std::optional<std::string> shard;
 };
 
 struct FitHeadCliOptions {
@@ -117,9 +132,13 @@ struct ModelsOptions {
   bool check = false;
 };
 
+// Results on stdout, a line at a time, so that `| jq` and progress watchers see them as they come.
+// A line that cannot be written (full disk, closed pipe reader aside: SIGPIPE ends the process as
+// usual) stops the run: a script reading stdout would otherwise get a cut, silent result.
 void print_json_line(const json& record) {
   std::cout << record.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
-  std::cout.flush();  // a line at a time, so that `| jq` and progress watchers see results as they come
+  std::cout.flush();
+  if (!std::cout) throw tve::OutputError("stdout", std::string("cannot write results: ") + std::strerror(errno));
 }
 
 std::optional<fs::path> as_path(const std::optional<std::string>& text) {
@@ -128,6 +147,9 @@ std::optional<fs::path> as_path(const std::optional<std::string>& text) {
 
 // Measuring thread counts costs about a dozen forward passes: worth it from this many images on.
 constexpr size_t kMeasureThreadsFromImages = 32;
+// The batch the measurement times: the thread split that wins on it wins on larger batches too
+// (docs/performance.md), and the measurement's cost must not grow with --batch-size.
+constexpr int kMeasureThreadsBatch = 8;
 
 // Loads the bundle named by --model on the chosen device and picks thread counts, by measurement
 // when the run is long enough (`images`) to repay it.
@@ -148,7 +170,7 @@ tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& 
                          blas.core, *better, tve::kOpenBlasCoreVariable, *better);
     }
     const auto& input = bundle.manifest().input;
-    auto sample = torch::zeros({batch_size, 3, input.height, input.width});
+    auto sample = torch::zeros({std::min(batch_size, kMeasureThreadsBatch), 3, input.height, input.width});
     const auto choice = images < kMeasureThreadsFromImages ? tve::default_threads(common.threads)
                                                            : tve::choose_threads(
                                                                  [&] {
@@ -156,7 +178,10 @@ tve::Bundle load_bundle_for_run(const CommonOptions& common, const std::string& 
                                                                    bundle.logits(sample);
                                                                  },
                                                                  common.threads);
-    tve::logger().info("threads: {} ({}); {}, {} kernels", tve::to_string(choice.settings), choice.reason,
+    tve::logger().info("threads: {} ({}{}); {}, {} kernels", tve::to_string(choice.settings), choice.reason,
+                       images < kMeasureThreadsFromImages || common.threads
+                           ? ""
+                           : ", on a batch of " + std::to_string(sample.size(0)),
                        blas.description, blas.core.empty() ? "unknown" : blas.core);
   }
   tve::logger().info("model {} ({}, {}x{} input) on {}", bundle.manifest().name, bundle.manifest().architecture,
@@ -270,15 +295,38 @@ std::unique_ptr<tve::AttributionMethod> make_method(const ExplainCliOptions& opt
     if (options.smooth) tve_options.smooth = *options.smooth;
     return std::make_unique<tve::TveMethod>(tve_options);
   }
+  // The quantity TVE amortises: the same window and lambdas as the bundle's explainer.
+  const tve::TveOptions bundle_defaults = tve::TveMethod::defaults_for(m);
   tve::OcclusionOptions occlusion;
   occlusion.radius = m.radius;
+  occlusion.lambda_pos = bundle_defaults.lambda_pos;
+  occlusion.lambda_neg = bundle_defaults.lambda_neg;
   if (options.lambda_pos) occlusion.lambda_pos = *options.lambda_pos;
   if (options.lambda_neg) occlusion.lambda_neg = *options.lambda_neg;
   return std::make_unique<tve::WindowedOcclusion>(occlusion);
 }
 
 int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
-  const auto inputs = tve::expand_inputs(options.inputs, std::cin);
+  tve::ExplainOptions explain;
+  explain.formats = tve::parse_formats(options.formats);
+  explain.overlay.colormap = tve::parse_colormap(options.colormap);
+  explain.overlay.alpha = options.alpha;
+  explain.resume = options.resume;
+  explain.write_summary = true;
+  if (options.shard) explain.shard = tve::parse_shard(*options.shard, [](const char* name) { return std::getenv(name); });
+  if (options.out_dir) {
+    explain.out_dir = fs::path(*options.out_dir);
+    tve::prepare_output_folder(*explain.out_dir);  // an unusable --out is exit 7 before any model work
+  }
+  const auto found = tve::expand_inputs(options.inputs, std::cin, {explain.out_dir});
+  const auto inputs = tve::take_shard(found, explain.shard);
+  if (explain.shard.count > 1) {
+    tve::logger().info("shard {}/{}: {} of {} input(s)", explain.shard.index, explain.shard.count, inputs.size(), found.size());
+  }
+  if (found.empty()) {
+    tve::logger().error("no images found in the inputs given");
+    return kNoInputSucceeded;
+  }
   tve::Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
   std::optional<tve::Head> external;
   if (options.head_file) {
@@ -289,29 +337,23 @@ int run_explain(const CommonOptions& common, const ExplainCliOptions& options) {
   tve::Head& head = external ? *external : bundle.head(options.head);
   auto method = make_method(options, bundle);
 
-  tve::ExplainOptions explain;
   if (options.class_spec) explain.class_index = tve::resolve_class(head, *options.class_spec);
   explain.top_k = options.top_k;
   explain.batch.batch_size = options.batch_size;
   explain.batch.limits.max_pixels = options.max_pixels;
   explain.batch.prefetch = tve::decode_in_parallel(bundle.device(), tve::current_thread_settings());
-  explain.formats = tve::parse_formats(options.formats);
-  explain.overlay.colormap = tve::parse_colormap(options.colormap);
-  explain.overlay.alpha = options.alpha;
-  if (options.out_dir) explain.out_dir = fs::path(*options.out_dir);
 
-  if (inputs.empty()) {
-    tve::logger().error("no images found in the inputs given");
-    return kNoInputSucceeded;
-  }
   tve::logger().info("explaining {} image(s) with {} on head '{}' ({} classes){}", inputs.size(), method->name(),
                      head.spec.name, head.spec.labels.size(),
                      explain.out_dir ? ", writing to " + explain.out_dir->string() : "");
   ProgressBar progress(options.progress);
   const auto summary = tve::run_explain(bundle, head, *method, inputs, explain,
                                         {print_json_line, [&](size_t done, size_t total) { progress.update(done, total); }});
-  tve::logger().info("{} image(s) explained, {} failed{}; peak memory {:.0f} MiB", summary.succeeded, summary.failed,
-                     explain.out_dir ? "; outputs in " + explain.out_dir->string() : "", tve::peak_rss_mib());
+  tve::logger().info("{} image(s) explained{}, {} failed{}; peak memory {:.0f} MiB", summary.succeeded - summary.resumed,
+                     summary.resumed ? " (" + std::to_string(summary.resumed) + " more done by an earlier run)" : "",
+                     summary.failed, explain.out_dir ? "; outputs in " + explain.out_dir->string() : "",
+                     tve::peak_rss_mib());
+  if (inputs.empty()) return kSuccess;  // an empty shard of a job array: nothing to do is not a failure
   return exit_code_for(summary.succeeded, summary.failed);
 }
 
@@ -352,7 +394,10 @@ int run_bench(const CommonOptions& common, const BenchCliOptions& options) {
   bench.batch_size = options.batch_size;
   bench.prefetch = tve::decode_in_parallel(bundle.device(), tve::current_thread_settings());
   bench.formats = tve::parse_formats(options.formats);
-  if (options.out_dir) bench.out = fs::path(*options.out_dir);
+  if (options.out_dir) {
+    bench.out = fs::path(*options.out_dir);
+    tve::prepare_output_folder(*bench.out);
+  }
   bench.files = tve::expand_inputs(options.inputs, std::cin);
   if (options.count > 0 && bench.files.size() > options.count) bench.files.resize(options.count);
   if (!options.inputs.empty() && bench.files.empty()) {
@@ -481,18 +526,27 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   auto* class_option = explain_cmd->add_option("-c,--class", explain.class_spec, "Class to explain, by index or label (default: top-1)");
   explain_cmd->add_option("-k,--top-k", explain.top_k, "Explain the K most likely classes (same forward pass)")
       ->check(CLI::Range(1, 1000))->excludes(class_option)->capture_default_str();
-  explain_cmd->add_option("--lambda-pos", explain.lambda_pos, "Weight of the region-alone term (default: the bundle's)");
-  explain_cmd->add_option("--lambda-neg", explain.lambda_neg, "Weight of the region-removed term (default: the bundle's)");
-  explain_cmd->add_flag("--smooth,!--no-smooth", explain.smooth, "Mean filter over the perturbation window (default: the bundle's)");
+  explain_cmd->add_option("--lambda-pos", explain.lambda_pos, "Weight of the region-alone term (default: the bundle's)")->check(kFinite);
+  explain_cmd->add_option("--lambda-neg", explain.lambda_neg, "Weight of the region-removed term (default: the bundle's)")->check(kFinite);
+  // A flag function, not add_flag on the optional: CLI11 sets an optional<bool> flag to false even
+  // when neither flag is given, which hid the bundle's own default.
+  explain_cmd->add_flag_function(
+      "--smooth,!--no-smooth", [&explain](int64_t count) { explain.smooth = count > 0; },
+      "Mean filter over the perturbation window (default: the bundle's)");
   explain_cmd->add_option("-o,--out", explain.out_dir, "Output folder; mirrors the inputs' paths (nothing written without it)");
   explain_cmd->add_option("--format", explain.formats, "What to write under --out: overlay,npy,json or none")->capture_default_str();
   explain_cmd->add_option("--colormap", explain.colormap, "jet, turbo, inferno or viridis")
       ->check(CLI::IsMember({"jet", "turbo", "inferno", "viridis"}))->capture_default_str();
-  explain_cmd->add_option("--alpha", explain.alpha, "Heatmap opacity in overlays")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  explain_cmd->add_option("--alpha", explain.alpha, "Heatmap opacity in overlays")->check(kFinite & CLI::Range(0.0, 1.0))->capture_default_str();
   explain_cmd->add_option("--batch-size", explain.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
   explain_cmd->add_option("--max-pixels", explain.max_pixels, "Refuse larger images before decoding")->check(CLI::PositiveNumber)->capture_default_str();
   explain_cmd->add_option("--progress", explain.progress, "Progress bar on stderr: auto (when a terminal), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}))->capture_default_str();
+  explain_cmd->add_flag("--resume", explain.resume,
+                        "Skip inputs whose outputs under --out an earlier run completed with the same settings");
+  explain_cmd->add_option("--shard", explain.shard,
+                          "Explain only part K of N of the inputs (K/N, K from 0), split by path; auto or auto/N "
+                          "read SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX (docs/cluster.md)");
   add_common(explain_cmd);
 
   FitHeadCliOptions fit;
@@ -500,7 +554,7 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
   fit_cmd->add_option("-m,--model", fit.model, "Bundle name or folder (default: models/DEFAULT)");
   fit_cmd->add_option("--data", fit.data, "Folder with one sub-folder of images per class")->required();
   fit_cmd->add_option("-o,--out", fit.out, "Where to write the head (TorchScript, labels inside)")->required();
-  fit_cmd->add_option("--held-out", fit.held_out, "Fraction of each class held out for the accuracy")->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  fit_cmd->add_option("--held-out", fit.held_out, "Fraction of each class held out for the accuracy")->check(kFinite & CLI::Range(0.0, 0.9))->capture_default_str();
   fit_cmd->add_option("--steps", fit.steps, "Optimisation steps (full batch)")->check(CLI::Range(1, 100000))->capture_default_str();
   fit_cmd->add_option("--seed", fit.seed, "Seed of the held-out split and initialisation")->capture_default_str();
   fit_cmd->add_option("--batch-size", fit.batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
@@ -535,13 +589,15 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
 
   const bool may_compute_on_cpu = (*explain_cmd || *fit_cmd || *predict_cmd || *bench_cmd) && common.device != "cuda";
   if (may_compute_on_cpu) restart_with_better_blas_kernels(argv);
+  tve::clean_up_temporaries_on_signals();  // Ctrl-C or a scheduler's SIGTERM leaves no temporary file
 
+  int code = kUsage;
   try {
-    if (*explain_cmd) return run_explain(common, explain);
-    if (*fit_cmd) return run_fit_head(common, fit);
-    if (*predict_cmd) return run_predict(common, predict);
-    if (*bench_cmd) return run_bench(common, bench);
-    if (*models_cmd) return run_models(common, models);
+    if (*explain_cmd) code = run_explain(common, explain);
+    if (*fit_cmd) code = run_fit_head(common, fit);
+    if (*predict_cmd) code = run_predict(common, predict);
+    if (*bench_cmd) code = run_bench(common, bench);
+    if (*models_cmd) code = run_models(common, models);
   } catch (const tve::Error& e) {
     tve::logger().error("{}", e.what());
     return exit_code_for_error(e);
@@ -549,5 +605,10 @@ Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped mod
     tve::logger().error("internal error: {}", e.what());
     return kInternalError;
   }
-  return kUsage;
+  // Whatever a command printed must have reached stdout (the listing of `tve models` included).
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    tve::logger().error("stdout: cannot write results: {}", std::strerror(errno));
+    return kOutputError;
+  }
+  return code;
 }

@@ -48,7 +48,7 @@ struct TveOptions {
   int radius = 2;
 };
 
-// TVE (DESIGN.md section 2): e[k] = lambda_pos * h(psi_pos[k])[c] - lambda_neg * h(psi_neg[k])[c],
+// TVE (docs/design.md, section 4): e[k] = lambda_pos * h(psi_pos[k])[c] - lambda_neg * h(psi_neg[k])[c],
 // then optionally a (2r+1) x (2r+1) mean filter that does not count cells outside the grid.
 // One explainer forward pass per batch; the head is applied to the meta-attributions, which is
 // what lets a head trained after the explainer be explained without training anything.

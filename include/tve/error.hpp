@@ -1,7 +1,8 @@
 #pragma once
 // One exception hierarchy for the whole library. Every error names the file it concerns (when
 // there is one) and says what was expected, so that a message alone tells a user what to fix.
-// The CLI maps each kind to an exit code (see README.md, "Exit codes").
+// The CLI maps each kind to an exit code (see README.md, "Exit codes"); a plain Error is an
+// internal failure.
 
 #include <filesystem>
 #include <stdexcept>
@@ -41,6 +42,12 @@ class InvalidArgument : public Error {
 
 // The requested device is not available in this build or on this machine.
 class DeviceError : public Error {
+  using Error::Error;
+};
+
+// An output (a file under --out, a head file, stdout) could not be written. Raised before any
+// model work when the output folder itself is unusable.
+class OutputError : public Error {
   using Error::Error;
 };
 

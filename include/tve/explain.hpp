@@ -37,18 +37,44 @@ struct ExplainOptions {
   std::optional<std::filesystem::path> out_dir;  // nothing is written without it
   OutputFormats formats;
   OverlayOptions overlay;
+  // Skip inputs whose outputs under out_dir an earlier run completed with the same model, head,
+  // method, parameters and output settings (its JSON record, written last, says so and names
+  // every output, each of which must exist); their records are passed on with "resumed": true.
+  // Anything else (no record, other settings, a missing output) is explained again. Needs
+  // out_dir and the json format.
+  bool resume = false;
+  // Write the run summary (summary_file_name) under out_dir when the run ends, as `tve explain` does.
+  bool write_summary = false;
+  Shard shard;  // recorded in the run summary and in its file name
+};
+
+struct ExplainFailure {
+  std::string input;
+  std::string error;
 };
 
 struct ExplainSummary {
-  size_t succeeded = 0;
+  size_t succeeded = 0;  // explained in this run or, with resume, by an earlier one
+  size_t resumed = 0;    // of those, done by an earlier run
   size_t failed = 0;
+  std::vector<ExplainFailure> failures;  // in input order
 };
+
+// Where run_explain writes its summary under out_dir: "tve-summary.json", or
+// "tve-summary.shard-K-of-N.json" for a shard, so that the shards of one job array never overwrite
+// each other's.
+std::string summary_file_name(const Shard& shard);
 
 struct ExplainCallbacks {
   std::function<void(const nlohmann::json& record)> on_record;  // one per input, in input order
   std::function<void(size_t done, size_t total)> on_progress;   // after each batch
 };
 
+// Explains `inputs` and, with out_dir, writes each input's outputs and (write_summary) the run
+// summary (summary_file_name: counts, every failed input with its reason, model, head, method, parameters
+// and tve version), for a driver that merges shards and retries failures. An image whose map or
+// prediction is not finite (NaN, infinity) fails like an unreadable one. Exceptions from the
+// callbacks (stdout unwritable) stop the run and propagate.
 ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method, const std::vector<InputFile>& inputs,
                            const ExplainOptions& options, const ExplainCallbacks& callbacks);
 

@@ -3,11 +3,14 @@
 
 #include <torch/types.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <istream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tve/bundle.hpp"
@@ -17,11 +20,38 @@ namespace tve {
 
 // Expands command-line inputs into image files, in the order given: a file is kept as is (even
 // with an unknown extension: its content decides), a folder contributes its images recursively
-// (by extension, sorted), and "-" reads one path per line from `stdin_paths`.
+// (by extension, sorted; symbolic links to files and folders followed), and "-" reads one path
+// per line from `stdin_paths`. Nothing is dropped silently: what a folder scan cannot use (a
+// dangling symbolic link, a link loop, a sub-folder it cannot read) comes back as an input with
+// an error, to be reported like a bad image. The same file given twice (by two paths, or twice on
+// stdin) is kept once, and files under `skip_folder` (the output folder) are never inputs.
 struct InputFile {
+  InputFile() = default;
+  InputFile(std::filesystem::path file, std::string why = {}) : path(std::move(file)), error(std::move(why)) {}  // NOLINT: implicit from a path
+
   std::filesystem::path path;  // as given, or the folder as given joined with the path inside it
+  std::string error;           // why it cannot be an input at all, naming it; empty for a file to read
 };
-std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths);
+struct InputScanOptions {
+  std::optional<std::filesystem::path> skip_folder;
+};
+std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths,
+                                     const InputScanOptions& options = {});
+
+// One of N disjoint parts of the inputs, for job arrays: input i belongs to shard
+// hash(path as given) mod N, so that the split depends only on the paths, not on the order in
+// which they were found, and the N shards together cover every input exactly once.
+struct Shard {  // hash: FNV-1a 64 of the path's bytes, then MurmurHash3's fmix64
+  uint64_t index = 0;  // 0 .. count-1
+  uint64_t count = 1;
+};
+// "K/N"; "auto", which takes K and N from a SLURM job array (SLURM_ARRAY_TASK_ID minus
+// SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT or MAX-MIN+1); or "auto/N", which takes K from
+// JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or SLURM and checks it against N. `lookup` reads
+// the environment. Throws InvalidArgument saying what is missing or inconsistent.
+Shard parse_shard(const std::string& spec, const std::function<const char*(const char*)>& lookup);
+bool in_shard(const std::filesystem::path& input, const Shard& shard);
+std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Shard& shard);
 
 // Where an input's outputs go under an output folder: the input path as given, made relative
 // (a leading '/' dropped, '..' spelt "_parent_"). Distinct inputs never share outputs, so equal
@@ -32,12 +62,14 @@ bool has_image_extension(const std::filesystem::path& file);
 
 struct ImageJob {
   InputFile input;
+  nlohmann::json previous;     // the record of an earlier run that already did this input (BatchOptions::reuse); null otherwise
   std::optional<Image> image;  // the decoded image, kept only when asked for (overlays)
   torch::Tensor tensor;        // [3,H,W] f32 RGB normalised; undefined when the image failed
   std::string error;           // why it failed; empty on success
   double decode_seconds = 0;
 
   bool ok() const { return error.empty(); }
+  bool reused() const { return !previous.is_null(); }
 };
 
 struct BatchOptions {
@@ -47,15 +79,18 @@ struct BatchOptions {
   // decoding overlap the model's work. At most two batches are in memory.
   bool prefetch = true;
   ImageLimits limits;
+  // Asked before decoding an input: a non-null record means an earlier run already produced this
+  // input's outputs (explain --resume); the job then carries that record and is not decoded.
+  std::function<nlohmann::json(const InputFile&)> reuse;
 };
 
 // Decodes `inputs` in order and calls `on_batch` with consecutive runs of jobs holding up to
-// batch_size good images (failed ones ride along in their place). Memory stays bounded by two
+// batch_size good images (failed and reused ones ride along in their place, up to a bound). Memory stays bounded by two
 // batches, however many inputs there are. An exception from `on_batch` stops the run.
 void read_in_batches(const std::vector<InputFile>& inputs, const InputSpec& spec, const BatchOptions& options,
                      const std::function<void(std::vector<ImageJob>&)>& on_batch);
 
-// [B,3,H,W] on `device`, B = the number of good jobs, in order.
+// [B,3,H,W] on `device`, B = the number of decoded jobs, in order.
 torch::Tensor stack_good(const std::vector<ImageJob>& jobs, const torch::Device& device);
 
 }  // namespace tve

@@ -14,6 +14,7 @@ enum class Colormap { Jet, Turbo, Inferno, Viridis };
 
 // "jet", "turbo", "inferno" or "viridis"; throws InvalidArgument otherwise.
 Colormap parse_colormap(const std::string& name);
+std::string to_string(Colormap colormap);
 
 struct OverlayOptions {
   Colormap colormap = Colormap::Jet;

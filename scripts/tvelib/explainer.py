@@ -1,6 +1,6 @@
 """TVE explainers: masks, the transfer rule, windowed occlusion, fidelity metrics, pre-training.
 
-Conventions (identical to src/attribution.cpp, DESIGN.md section 2):
+Conventions (identical to src/attribution.cpp; the spec is docs/design.md, sections 2-4):
     cell k = row * G + col, row 0 at the top of the image;
     pixel row p lies in cell row floor(p*G/H) (columns likewise), i.e. cell i spans the real
     interval [i*H/G, (i+1)*H/G); 112 px over 14 cells: 8 px each;

@@ -33,6 +33,21 @@ if not ok:
 PY
 }
 
+# as_unprivileged CMD...: runs CMD as user nobody when the tests run as root (CI does), so that
+# permissions mean something; as is otherwise. Returns 99 when that is impossible here.
+as_unprivileged() {
+  if [[ $(id -u) -ne 0 ]]; then "$@"; return; fi
+  command -v setpriv >/dev/null || return 99
+  setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"
+}
+
+# copies N NAME: N distinct copies of a small fixture image in $WORK/NAME (distinct files, so that
+# no two are the same input).
+copies() {
+  mkdir -p "$WORK/$2"
+  for ((i = 0; i < $1; i++)); do cp "$FIXTURES/images/rgb8.png" "$WORK/$2/img-$(printf %04d "$i").png"; done
+}
+
 case_version() {
   run --version; expect_rc 0; expect_in out "tve 0."
 }
@@ -287,6 +302,328 @@ case_blas_kernels_fit_the_cpu() {
     expect_rc 0; expect_in err "OpenBLAS runs its Prescott kernels"; expect_in err ", Prescott kernels"
     json_check "len(lines) == 1"
   fi
+}
+
+case_stdout_write_error() {
+  # A result that cannot be written is an error, never a silent cut (exit 7: output not written).
+  "$TVE" explain "$SAMPLES/chelsea.jpg" --model tiny-vit >/dev/full 2>"$WORK/err" </dev/null; rc=$?
+  expect_rc 7; expect_in err "stdout: cannot write results"
+  "$TVE" predict "$SAMPLES" --model tiny-vit >/dev/full 2>"$WORK/err" </dev/null; rc=$?
+  expect_rc 7; expect_in err "stdout"
+  for listing in "--json" ""; do
+    # shellcheck disable=SC2086
+    "$TVE" models $listing >/dev/full 2>"$WORK/err" </dev/null; rc=$?
+    expect_rc 7; expect_in err "stdout"
+  done
+}
+
+case_explain_out_inside_inputs() {
+  copies 3 in
+  for round in 1 2 3; do
+    run explain "$WORK/in" --model tiny-vit --out "$WORK/in/res"; expect_rc 0
+    json_check "len(lines) == 3"
+  done
+  expect_in err "in the output folder are not taken as inputs"
+  # Listed paths too (find | tve explain -), and the same file named twice is explained once.
+  (find "$WORK/in" -type f; echo "$WORK/in/img-0000.png"; echo "$WORK/in/./img-0001.png") >"$WORK/list"
+  "$TVE" explain - --model tiny-vit --out "$WORK/in/res" <"$WORK/list" >"$WORK/out" 2>"$WORK/err"; rc=$?
+  expect_rc 0; json_check "len(lines) == 3"; expect_in err "given more than once are explained once"
+}
+
+case_explain_out_unusable() {
+  printf 'x' >"$WORK/file"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --out "$WORK/file"; expect_rc 7
+  expect_in err "file: exists and is not a folder"
+  ! grep -q "threads:" "$WORK/err" || fail "the model was loaded before the output folder was checked"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --out "$WORK/file/sub"; expect_rc 7; expect_in err "file/sub"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --out ""; expect_rc 7; expect_in err "--out names no folder"
+  mkdir -p "$WORK/readonly"; chmod 755 "$WORK" "$WORK/readonly"
+  as_unprivileged "$TVE" explain "$SAMPLES/chelsea.jpg" --model tiny-vit --out "$WORK/readonly" >"$WORK/out" 2>"$WORK/err" </dev/null
+  rc=$?
+  [[ $rc -eq 99 ]] && { echo "cannot drop privileges here: read-only case not run"; return 0; }
+  expect_rc 7; expect_in err "readonly"
+  [[ ! -s "$WORK/out" ]] || fail "stdout should be empty"
+}
+
+case_explain_signal_leaves_no_temporaries() {
+  # Stale temporaries of killed runs (this naming and tve 0.x's) are removed; a live process's are kept.
+  mkdir -p "$WORK/res0/sub"
+  true & local dead=$!; wait $dead
+  local host; host=$(hostname | sed 's/[^A-Za-z0-9]/_/g')
+  touch "$WORK/res0/sub/.a.png.json.$host-$dead-17.tve.tmp" "$WORK/res0/.b.png.map.npy.$dead.42.tmp" \
+        "$WORK/res0/.c.png.json.$host-$$-5.tve.tmp" "$WORK/res0/.d.png.json.otherhost-$dead-5.tve.tmp"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --out "$WORK/res0"; expect_rc 0
+  expect_in err "removed 2 temporary file(s)"
+  [[ ! -e "$WORK/res0/sub/.a.png.json.$host-$dead-17.tve.tmp" && ! -e "$WORK/res0/.b.png.map.npy.$dead.42.tmp" ]] || fail "stale temporaries kept"
+  [[ -e "$WORK/res0/.c.png.json.$host-$$-5.tve.tmp" ]] || fail "a live process's temporary was removed"
+  [[ -e "$WORK/res0/.d.png.json.otherhost-$dead-5.tve.tmp" ]] || fail "another host's temporary was removed"
+  # SIGINT and SIGTERM in the middle of a run: no temporary left, the process ends by the signal.
+  copies 300 in
+  for signal in INT TERM; do
+    rm -rf "$WORK/res"
+    "$TVE" explain "$WORK/in" --model tiny-vit --method occlusion --batch-size 1 --threads 1 --out "$WORK/res" \
+        >"$WORK/out.jsonl" 2>"$WORK/err" </dev/null &
+    local pid=$!
+    for ((i = 0; i < 3000; i++)); do
+      [[ $(find "$WORK/res" -name '*.json' 2>/dev/null | wc -l) -ge 3 ]] && break
+      sleep 0.01
+    done
+    kill -s "$signal" $pid; wait $pid; rc=$?
+    local expected=$((128 + $(kill -l "$signal")))
+    [[ $rc -eq $expected ]] || fail "SIG$signal: exit status $rc, expected $expected; $(tail -3 "$WORK/err")"
+    [[ -z "$(find "$WORK/res" -name '*.tmp')" ]] || fail "SIG$signal left temporaries: $(find "$WORK/res" -name '*.tmp')"
+    local done; done=$(find "$WORK/res" -name '*.json' | wc -l)
+    [[ $done -ge 3 && $done -lt 300 ]] || fail "SIG$signal did not land mid-run ($done of 300 done)"
+  done
+}
+
+case_explain_scan_reports_what_it_skips() {
+  copies 2 in
+  mkdir -p "$WORK/in/sub" "$WORK/in/locked"
+  cp "$FIXTURES/images/gray8.png" "$WORK/in/sub/ok.png"; cp "$FIXTURES/images/gray8.png" "$WORK/in/locked/hidden.png"
+  ln -s "$WORK/nowhere.png" "$WORK/in/dangling.png"
+  ln -s self.png "$WORK/in/self.png"
+  ln -s .. "$WORK/in/sub/up"
+  ln -s sub "$WORK/in/sub-link"          # a link to a folder is followed: sub/ok.png is one input
+  chmod -R a+rX "$WORK"; chmod 000 "$WORK/in/locked"
+  as_unprivileged "$TVE" explain "$WORK/in" --model tiny-vit >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?
+  [[ $rc -eq 99 ]] && { echo "cannot drop privileges here"; return 0; }
+  expect_rc 1
+  json_check "sorted(l['input'].split('/in/')[1] for l in lines if 'error' not in l) == ['img-0000.png', 'img-0001.png', 'sub/ok.png']"
+  json_check "sorted(l['input'].split('/in/')[1] for l in lines if 'error' in l) == ['dangling.png', 'locked', 'self.png', 'sub-link/up', 'sub/up']"
+  expect_in err "dangling.png: broken symbolic link"; expect_in err "self.png: symbolic link loop"
+  expect_in err "sub/up: symbolic link loop"; expect_in err "locked: cannot read folder"
+}
+
+case_explain_non_finite() {
+  for option in "--lambda-pos nan" "--lambda-neg inf" "--alpha nan" "--lambda-pos -inf"; do
+    # shellcheck disable=SC2086
+    run explain "$SAMPLES/chelsea.jpg" --model tiny-vit $option; expect_rc 2; expect_in err "finite"
+  done
+  run fit-head --model tiny-vit --data "$WORK" --out "$WORK/h.pt" --held-out nan; expect_rc 2
+  # Finite options whose map overflows float32: the image fails, naming the cause, nothing is written.
+  run explain "$SAMPLES/chelsea.jpg" "$SAMPLES/coffee.jpg" --model tiny-vit --lambda-pos 1e300 --out "$WORK/o"; expect_rc 4
+  json_check "len(lines) == 2 and all('not finite' in l['error'] for l in lines)"
+  [[ -z "$(find "$WORK/o" -name '*.png' -o -name '*.npy')" ]] || fail "outputs written for a non-finite map"
+}
+
+case_explain_calibration_ignores_batch_size() {
+  copies 40 in
+  run explain "$WORK/in" --model tiny-vit --batch-size 4096 --format none; expect_rc 0
+  json_check "len(lines) == 40"
+  expect_in err "on a batch of 8"
+}
+
+# malformed_bundle EDIT EXPECTED...: a copy of tiny-vit changed by the shell snippet EDIT (run in
+# the bundle's folder) must fail to load with exit 3, within a minute, with each EXPECTED on stderr.
+malformed_bundle() {
+  local edit=$1; shift
+  rm -rf "$WORK/b"; cp -r "$TVE_SOURCE_DIR/models/tiny-vit" "$WORK/b"
+  (cd "$WORK/b" && eval "$edit") || fail "could not make the bundle: $edit"
+  timeout 60 "$TVE" predict "$SAMPLES/chelsea.jpg" --model "$WORK/b" >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?
+  [[ $rc -ne 124 ]] || fail "loading hung: $edit"
+  expect_rc 3
+  for text in "$@"; do expect_in err "$text"; done
+  ! grep -q "stack\|0x[0-9a-f]\{8\}" "$WORK/err" || fail "C++ internals on stderr: $(cat "$WORK/err")"
+}
+
+# set_json KEY VALUE: sets manifest.json's KEY (a Python subscript, e.g. ["input"]["height"]) to
+# VALUE written as raw JSON text, keeping the rest as it is.
+set_json() {
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import json, sys
+m = json.load(open("manifest.json"))
+exec("m" + sys.argv[1] + " = '@@VALUE@@'")
+open("manifest.json", "w").write(json.dumps(m).replace('"@@VALUE@@"', sys.argv[2]))
+PY
+}
+
+case_bundle_malformed_fails_cleanly() {
+  malformed_bundle 'set_json "[\"input\"][\"height\"]" 30000' "manifest.json" "'input.height' is 30000, expected 1 to 4096"
+  malformed_bundle 'set_json "[\"input\"][\"width\"]" 1e62' "manifest.json" "'input.width' must be an integer"
+  malformed_bundle 'set_json "[\"input\"][\"width\"]" 1000000000000000000000000000000000000000000000000000000000000000' \
+      "manifest.json" "'input.width'"
+  malformed_bundle 'set_json "[\"grid\"]" 1e400' "manifest.json" "not valid JSON"
+  malformed_bundle 'set_json "[\"format_version\"]" 4294967297' "manifest.json" "format_version 4294967297 is not supported"
+  malformed_bundle 'set_json "[\"explainer\"][\"lambda_neg\"]" 1e999' "manifest.json" "not valid JSON"
+  malformed_bundle 'set_json "[\"architecture\"]" "\"resnet\""' "target.pt" "features() gives" "architecture 'resnet'"
+  malformed_bundle 'rm target.pt && mkfifo target.pt' "target.pt" "named pipe"
+  malformed_bundle 'rm target.pt && mkdir target.pt' "target.pt" "is a folder"
+  malformed_bundle 'cp target.pt ../outside.pt && rm target.pt && ln -s ../outside.pt target.pt' \
+      "manifest.json" "outside the bundle folder"
+  malformed_bundle 'mkfifo labels.txt && set_json "[\"target\"]" "{\"file\": \"target.pt\", \"sha256\": \"$(sha256sum target.pt | cut -c1-64)\", \"labels_file\": \"labels.txt\"}"' \
+      "labels.txt" "named pipe"
+  malformed_bundle 'rm manifest.json && mkfifo manifest.json' "manifest.json" "named pipe"
+  # Labels given on the command line: a pipe, and a device that never ends.
+  mkfifo "$WORK/fifo"
+  for labels in "$WORK/fifo" /dev/zero; do
+    timeout 60 "$TVE" explain "$SAMPLES/chelsea.jpg" --model tiny-vit --head-file "$TVE_SOURCE_DIR/models/tiny-vit/heads/parity.pt" \
+        --labels "$labels" >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?
+    [[ $rc -ne 124 ]] || fail "--labels $labels hung"
+    expect_rc 3; expect_in err "$labels"
+  done
+}
+
+case_explain_defaults_follow_the_bundle() {
+  # tiny-vit's manifest says smooth: true; a run without --smooth/--no-smooth must smooth.
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit; expect_rc 0
+  json_check "lines[0]['parameters']['smooth'] is True"
+  run explain "$SAMPLES/chelsea.jpg" --model tiny-vit --no-smooth; expect_rc 0
+  json_check "lines[0]['parameters']['smooth'] is False"
+  # Occlusion computes what TVE amortises: the bundle's lambdas (here lambda_neg 0, as the swin's).
+  cp -r "$TVE_SOURCE_DIR/models/tiny-vit" "$WORK/b"
+  (cd "$WORK/b" && set_json '["explainer"]["lambda_neg"]' 0 && set_json '["explainer"]["lambda_pos"]' 0.5)
+  run explain "$SAMPLES/chelsea.jpg" --model "$WORK/b" --method occlusion --threads 1 --format npy --out "$WORK/o1"; expect_rc 0
+  json_check "lines[0]['parameters'] == {'radius': 1, 'lambda_pos': 0.5, 'lambda_neg': 0.0}"
+  run explain "$SAMPLES/chelsea.jpg" --model "$WORK/b" --method occlusion --threads 1 --lambda-neg 1 --format npy --out "$WORK/o2"
+  expect_rc 0; json_check "lines[0]['parameters']['lambda_neg'] == 1.0"
+  /usr/bin/python3 - "$WORK" <<'PY' || fail "occlusion maps do not follow the lambdas"
+import sys, numpy as np, glob
+w = sys.argv[1]
+a = np.load(glob.glob(f"{w}/o1/**/chelsea.jpg.map.npy", recursive=True)[0])
+b = np.load(glob.glob(f"{w}/o2/**/chelsea.jpg.map.npy", recursive=True)[0])
+assert not np.allclose(a, b)
+PY
+}
+
+case_explain_resume_after_kill() {
+  /usr/bin/python3 - "$SAMPLES/chelsea.jpg" "$WORK/in" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image
+src = Image.open(sys.argv[1]).convert("RGB").resize((640, 480))
+out = Path(sys.argv[2]); out.mkdir()
+for i in range(150):
+    src.rotate(i, fillcolor=(i, 2 * i % 256, 90)).save(out / f"{i:03d}.jpg", quality=85)
+PY
+  local args=(explain "$WORK/in" --model tiny-resnet --top-k 2 --batch-size 1 --threads 1)
+  "$TVE" "${args[@]}" --out "$WORK/whole" >"$WORK/whole.jsonl" 2>"$WORK/err" </dev/null || fail "uninterrupted run failed"
+  "$TVE" "${args[@]}" --out "$WORK/cut" >"$WORK/cut1.jsonl" 2>"$WORK/err" </dev/null &
+  local pid=$!
+  for ((i = 0; i < 3000; i++)); do
+    [[ $(find "$WORK/cut" -name '*.json' 2>/dev/null | wc -l) -ge 10 ]] && break
+    sleep 0.01
+  done
+  kill -9 $pid; wait $pid
+  # Make one image partial: its overlay and map written, its record (written last) not.
+  local partial; partial=$(find "$WORK/cut" -name '*.jpg.json' | sort | head -1)
+  rm "$partial"
+  find "$WORK/cut" -name '*.jpg.json' -printf '%p %i %T@\n' | sort >"$WORK/before"
+  local done_before; done_before=$(wc -l <"$WORK/before")
+  [[ $done_before -ge 9 && $done_before -lt 150 ]] || fail "kill did not land mid-run: $done_before done"
+  run "${args[@]}" --out "$WORK/cut" --resume; expect_rc 0
+  expect_in err "more done by an earlier run"
+  json_check "len(lines) == 150 and sum(1 for l in lines if l.get('resumed')) == $done_before and [l['input'] for l in lines] == sorted(l['input'] for l in lines)"
+  # Every image explained exactly once more in total: the records that existed are untouched.
+  find "$WORK/cut" -name '*.jpg.json' -printf '%p %i %T@\n' | sort >"$WORK/after"
+  [[ -z "$(comm -23 "$WORK/before" "$WORK/after")" ]] || fail "a finished image was explained again"
+  [[ -z "$(find "$WORK/cut" -name '*.tmp')" ]] || fail "temporaries of the killed run left behind"
+  /usr/bin/python3 - "$WORK/whole" "$WORK/cut" <<'PY' || fail "resumed outputs differ from an uninterrupted run's"
+import json, sys
+from pathlib import Path
+whole, cut = Path(sys.argv[1]), Path(sys.argv[2])
+files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file() and not p.name.startswith("tve-summary"))
+assert len(files) == 150 * 4, len(files)  # two overlays, a map and a record each
+for rel in files:
+    a, b = (whole / rel).read_bytes(), (cut / rel).read_bytes()
+    if rel.suffix == ".json":  # equal but for the timings and the output folder's name
+        ra, rb = json.loads(a), json.loads(b)
+        for r in (ra, rb):
+            r.pop("timings_ms"); r.pop("outputs")
+        assert ra == rb, rel
+    else:
+        assert a == b, rel
+summary = json.loads((cut / "tve-summary.json").read_text())
+assert summary["explained"] + summary["resumed"] == 150 and summary["failed"] == 0, summary
+PY
+  # Other settings: nothing is taken from the earlier run.
+  run "${args[@]}" --out "$WORK/cut" --resume --lambda-neg 0.5 --format json; expect_rc 0
+  json_check "len(lines) == 150 and not any(l.get('resumed') for l in lines)"
+  run "${args[@]}" --out "$WORK/cut" --resume --format overlay; expect_rc 2; expect_in err "--resume needs"
+}
+
+case_explain_shards() {
+  copies 30 in
+  cp "$FIXTURES/images/truncated.png" "$WORK/in/broken.png"
+  local args=(--model tiny-vit --format json --threads 1)
+  for k in 0 1 2; do
+    run explain "$WORK/in" "${args[@]}" --shard "$k/3" --out "$WORK/res"; [[ $rc -le 1 ]] || fail "shard $k: exit $rc"
+    cp "$WORK/out" "$WORK/shard$k.jsonl"
+  done
+  /usr/bin/python3 - "$WORK" <<'PY' || fail "shards are not a disjoint cover"
+import json, sys
+w = sys.argv[1]
+shards = [[json.loads(l)["input"] for l in open(f"{w}/shard{k}.jsonl")] for k in range(3)]
+every = [i for s in shards for i in s]
+assert len(every) == len(set(every)) == 31, (len(every), len(set(every)))
+assert all(len(s) > 0 for s in shards), [len(s) for s in shards]
+summaries = [json.load(open(f"{w}/res/tve-summary.shard-{k}-of-3.json")) for k in range(3)]
+assert sum(s["explained"] for s in summaries) == 30 and sum(s["failed"] for s in summaries) == 1
+failed = [f for s in summaries for f in s["failures"]]
+assert failed[0]["input"].endswith("broken.png") and "truncated" in failed[0]["error"], failed
+assert all(s["shard"]["count"] == 3 and s["model"] == "tiny-vit" and s["tve_version"] for s in summaries)
+PY
+  # Stable whatever the order of discovery: the same shard from a reversed list on stdin.
+  find "$WORK/in" -type f | sort -r >"$WORK/list"
+  "$TVE" explain - "${args[@]}" --shard 1/3 <"$WORK/list" >"$WORK/out" 2>"$WORK/err"; rc=$?
+  [[ $rc -le 1 ]] || fail "stdin shard: exit $rc"
+  [[ "$(jq_inputs "$WORK/out")" == "$(jq_inputs "$WORK/shard1.jsonl")" ]] || fail "shard 1/3 depends on input order"
+  # auto: a SLURM array of tasks 4-6 (task 5 is the second shard), and a Kubernetes Indexed Job.
+  SLURM_ARRAY_TASK_ID=5 SLURM_ARRAY_TASK_MIN=4 SLURM_ARRAY_TASK_MAX=6 "$TVE" explain "$WORK/in" "${args[@]}" --shard auto \
+      >"$WORK/out" 2>"$WORK/err" </dev/null
+  [[ "$(jq_inputs "$WORK/out")" == "$(jq_inputs "$WORK/shard1.jsonl")" ]] || fail "SLURM task 5 of 4-6 is not shard 1/3"
+  JOB_COMPLETION_INDEX=2 "$TVE" explain "$WORK/in" "${args[@]}" --shard auto/3 >"$WORK/out" 2>"$WORK/err" </dev/null
+  [[ "$(jq_inputs "$WORK/out")" == "$(jq_inputs "$WORK/shard2.jsonl")" ]] || fail "JOB_COMPLETION_INDEX=2 is not shard 2/3"
+  run explain "$WORK/in" "${args[@]}" --shard 3/3; expect_rc 2; expect_in err "not below the shard count"
+  run explain "$WORK/in" "${args[@]}" --shard auto; expect_rc 2; expect_in err "neither JOB_COMPLETION_INDEX"
+  JOB_COMPLETION_INDEX=1 "$TVE" explain "$WORK/in" "${args[@]}" --shard auto >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?
+  expect_rc 2; expect_in err "auto/N"
+  run explain "$WORK/in" "${args[@]}" --shard 1/x; expect_rc 2
+}
+
+# jq_inputs FILE: the sorted "input" fields of a JSONL file, one per line.
+jq_inputs() {
+  /usr/bin/python3 -c 'import json, sys; print("\n".join(sorted(json.loads(l)["input"] for l in open(sys.argv[1]))))' "$1"
+}
+
+case_cluster_examples_run() {
+  # docs/cluster/slurm-array.sh as a SLURM array of tasks 1-3 would run it, one task after the other.
+  copies 12 in
+  for task in 1 2 3; do
+    SLURM_ARRAY_TASK_ID=$task SLURM_ARRAY_TASK_MIN=1 SLURM_ARRAY_TASK_MAX=3 SLURM_ARRAY_TASK_COUNT=3 \
+    TVE_MODEL=tiny-vit TVE_INPUTS="$WORK/in" TVE_OUT="$WORK/res" SLURM_CPUS_PER_TASK=1 \
+      bash "$TVE_SOURCE_DIR/docs/cluster/slurm-array.sh" >"$WORK/task$task.jsonl" 2>"$WORK/err" </dev/null \
+      || fail "task $task failed: $(cat "$WORK/err")"
+  done
+  [[ $(ls "$WORK/res"/tve-summary.shard-*-of-3.json | wc -l) -eq 3 ]] || fail "not one summary per task"
+  [[ $(find "$WORK/res" -name '*.png.json' | wc -l) -eq 12 ]] || fail "not every image explained once"
+  [[ $(cat "$WORK"/task*.jsonl | wc -l) -eq 12 ]] || fail "not one record per image"
+  bash "$TVE_SOURCE_DIR/docs/cluster/merge-summaries.sh" "$WORK/res" >"$WORK/out" 2>"$WORK/err"; rc=$?
+  expect_rc 0; json_check "lines[0]['explained'] == 12 and lines[0]['failed'] == 0 and lines[0]['missing_shards'] == []"
+  # A missing shard is reported by the merge.
+  rm "$WORK/res/tve-summary.shard-1-of-3.json"
+  bash "$TVE_SOURCE_DIR/docs/cluster/merge-summaries.sh" "$WORK/res" >"$WORK/out" 2>"$WORK/err"; rc=$?
+  expect_rc 3; json_check "lines[0]['missing_shards'] == [1]"
+
+  # The Kubernetes Indexed Job's command, run for each index with its paths pointed here.
+  copies 12 data/images
+  /usr/bin/python3 - "$TVE_SOURCE_DIR/docs/cluster/indexed-job.yaml" "$TVE" "$WORK" >"$WORK/command" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+command = json.loads(re.search(r"command: (\[.*\])", text).group(1))
+count = int(re.search(r"completions: (\d+)", text).group(1))
+command = [sys.argv[2] if c == "tve" else c.replace("/data", sys.argv[3] + "/data") for c in command]
+command = [c if c != "resnet" else "tiny-vit" for c in command]  # the shipped test bundle, for speed
+print(count); print("\0".join(command))
+PY
+  local count; count=$(head -1 "$WORK/command")
+  mapfile -d '' -t command < <(tail -n +2 "$WORK/command" | tr -d '\n')
+  for ((index = 0; index < count; index++)); do
+    JOB_COMPLETION_INDEX=$index "${command[@]}" >>"$WORK/k8s.jsonl" 2>"$WORK/err" </dev/null || fail "index $index: $(cat "$WORK/err")"
+  done
+  [[ $(wc -l <"$WORK/k8s.jsonl") -eq 12 ]] || fail "the indexed job did not explain each image once"
+  bash "$TVE_SOURCE_DIR/docs/cluster/merge-summaries.sh" "$WORK/data/out" >"$WORK/out" 2>"$WORK/err"; rc=$?
+  expect_rc 0; json_check "lines[0]['explained'] == 12 and lines[0]['shards'] == $count"
 }
 
 "case_$1"

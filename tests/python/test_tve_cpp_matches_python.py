@@ -1,4 +1,4 @@
-"""The C++ TVE map equals an independent Python computation of DESIGN.md section 2 on the same
+"""The C++ TVE map equals an independent Python computation of docs/design.md, sections 2-4, on the same
 bundle and image, for the tiny test bundles and the shipped models with their trained explainers.
 Tolerance: 1e-4 absolute on maps of magnitude ~1-10 (float32 rounding in a different order of
 operations), relative to the map's largest magnitude when that exceeds 1.
