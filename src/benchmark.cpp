@@ -4,20 +4,14 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
 
 #include "tve/error.hpp"
+#include "tve/stopwatch.hpp"
 
 using nlohmann::json;
 
 namespace tve {
 namespace {
-
-double seconds_of(const std::function<void()>& work) {
-  const auto start = std::chrono::steady_clock::now();
-  work();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -46,10 +40,13 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
     return head.logits(bundle.embed(x));
   };
   auto explain = [&](const torch::Tensor& x) {
-    torch::InferenceMode no_autograd;
-    const auto embeddings = bundle.embed(x);
-    const auto classes = std::get<1>(head.logits(embeddings).topk(1, 1));
-    return method.explain(bundle, head, x, classes, embeddings).maps;
+    torch::Tensor embeddings, classes;
+    {
+      torch::InferenceMode no_autograd;
+      embeddings = bundle.embed(x);
+      classes = std::get<1>(head.logits(embeddings).topk(1, 1));
+    }
+    return method.explain(bundle, head, x, classes, embeddings).maps;  // in the mode the method needs
   };
   auto synchronize = [&] {
     if (bundle.device().is_cuda()) torch::cuda::synchronize();

@@ -343,8 +343,15 @@ Manifest read_manifest(const fs::path& bundle_dir) {
   m.name = reader.string(root, "name", "");
   m.description = reader.optional_string(root, "description", "", "");
   m.architecture = reader.string(root, "architecture", "");
-  if (m.architecture != "vit" && m.architecture != "resnet" && m.architecture != "swin") {
-    reader.fail("'architecture' is '" + m.architecture + "', expected vit, resnet or swin");
+  if (m.architecture.empty()) reader.fail("'architecture' must name the model family (vit, resnet, swin, ...)");
+  if (root.contains("features_layout")) {
+    const std::string layout = reader.string(root, "features_layout", "");
+    if (layout != "map" && layout != "tokens") reader.fail("'features_layout' is '" + layout + "', expected map or tokens");
+    m.features_layout = layout == "tokens" ? FeaturesLayout::Tokens : FeaturesLayout::Map;
+  } else if (m.architecture == "vit") {
+    m.features_layout = FeaturesLayout::Tokens;
+  } else if (m.architecture != "resnet" && m.architecture != "swin") {
+    m.features_layout_known = false;
   }
 
   const json& input = reader.member(root, "input", "");
@@ -443,14 +450,21 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
   // The target's own head is its head() method; it is checked and then called like any other head.
   heads.insert(heads.begin(), Head{m.target, bundle.target_, "head", {}, {}});
   if (bundle.has_features_) {
-    // The architecture fixes the layout gradient methods read (docs/bundle-format.md).
+    // The layout gradient methods read, stated by the manifest or implied by its architecture
+    // (docs/bundle-format.md), must be what features() returns.
+    if (!m.features_layout_known) {
+      throw BundleError(m.dir / "manifest.json", "architecture '" + m.architecture + "' is not one whose features() layout "
+                                                 "tve knows (expected vit, resnet or swin), so the manifest must state "
+                                                 "'features_layout' (map or tokens)");
+    }
     const auto f = checked(m.target.file, "features() on a " + input_shape + " input", [&] { return bundle.features(x); });
-    const bool tokens = m.architecture == "vit";
+    const bool tokens = m.features_layout == FeaturesLayout::Tokens;
     const bool fits = tokens ? f.dim() == 3 && f.size(0) == 1 && f.size(1) >= 2 && f.size(2) == d
                              : f.dim() == 4 && f.size(0) == 1 && f.size(1) == d;
     if (!fits) {
       throw BundleError(m.target.file, "features() gives " + shape_of(f) + ", but architecture '" + m.architecture +
-                                           "' means " + (tokens ? "[1, 1+N, " : "[1, ") + std::to_string(d) +
+                                           "' with features layout '" + (tokens ? "tokens" : "map") + "' means " +
+                                           (tokens ? "[1, 1+N, " : "[1, ") + std::to_string(d) +
                                            (tokens ? "] (class token and N patch tokens)" : ", h, w] (a feature map)"));
     }
     auto logits_from_features = checked(m.target.file, "classify(features(x))", [&] {

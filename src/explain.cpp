@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <chrono>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -13,6 +12,7 @@
 #include "tve/npy.hpp"
 #include "tve/predict.hpp"
 #include "tve/serial_worker.hpp"
+#include "tve/stopwatch.hpp"
 #include "tve/version.hpp"
 
 namespace fs = std::filesystem;
@@ -20,10 +20,6 @@ using nlohmann::json;
 
 namespace tve {
 namespace {
-
-double ms_since(std::chrono::steady_clock::time_point start) {
-  return 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 // [G,G] tensor -> nested JSON rows, row 0 at the top.
 json rows_of(const torch::Tensor& map) {
@@ -203,7 +199,7 @@ struct BatchResult {
 BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method, const torch::Tensor& images,
                           const ExplainOptions& options) {
   BatchResult result;
-  const auto start = std::chrono::steady_clock::now();
+  const Stopwatch stopwatch;
   torch::Tensor embeddings, logits;  // [B,D], [B,C]
   {
     torch::InferenceMode no_autograd;
@@ -217,7 +213,7 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
                               : std::get<1>(logits.topk(std::min<int64_t>(options.top_k, logits.size(1)), 1));
   classes = classes.to(bundle.device(), torch::kLong);
   const double good = static_cast<double>(images.size(0));
-  result.forward_ms = ms_since(start) / good;
+  result.forward_ms = stopwatch.milliseconds() / good;
 
   Attribution attribution = method.explain(bundle, head, images, classes, embeddings);
   result.maps = attribution.maps.to(torch::kCPU, torch::kFloat32).contiguous();
@@ -266,7 +262,7 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
   if (options.resume && !(options.out_dir && options.formats.json)) {
     throw InvalidArgument("--resume needs --out and the json format: an image's JSON record, written last, marks it done");
   }
-  const auto start = std::chrono::steady_clock::now();
+  const Stopwatch run_time;
   const Manifest& manifest = bundle.manifest();
   const json settings = output_settings(bundle, head, options);
   BatchOptions batch_options = options.batch;
@@ -316,7 +312,7 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
                       " with " + method.name() + " " + method.parameters().dump());
         continue;
       }
-      const auto write_start = std::chrono::steady_clock::now();
+      const Stopwatch write_time;
       json record = success_record(job, batch, this_row, manifest, head, method);
       try {
         if (options.out_dir) {
@@ -329,7 +325,7 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
         fail(job, job.input.path.string() + ": rendering the overlay failed: " + e.msg);
         continue;
       }
-      record["timings_ms"]["write"] = ms_since(write_start);
+      record["timings_ms"]["write"] = write_time.milliseconds();
       ++summary.succeeded;
       emit(record);
       job.image.reset();  // the decoded image is no longer needed once its outputs are written
@@ -366,7 +362,7 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
                       {"resumed", summary.resumed},
                       {"failed", summary.failed},
                       {"failures", failures},
-                      {"seconds", ms_since(start) / 1e3}};
+                      {"seconds", run_time.seconds()}};
     write_file_atomically(*options.out_dir / summary_file_name(options.shard),
                           record.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
   }

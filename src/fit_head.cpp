@@ -128,6 +128,16 @@ FitHeadResult fit_linear_head(Bundle& bundle, const LabelledImages& data, const 
   return result;
 }
 
+nlohmann::json fit_head_record(const FitHeadResult& result, const fs::path& head_file, const std::string& model,
+                               double seconds) {
+  nlohmann::json record{{"head", head_file.string()},         {"model", model},
+                        {"classes", result.labels},           {"train_images", result.train_count},
+                        {"held_out_images", result.held_out_count}, {"failed_images", result.failed_images},
+                        {"train_accuracy", result.train_accuracy},  {"seconds", seconds}};
+  if (result.held_out_count > 0) record["held_out_accuracy"] = result.held_out_accuracy;
+  return record;
+}
+
 void save_linear_head(const fs::path& file, const FitHeadResult& head) {
   torch::jit::Module module("__torch__.tve.LinearHead");
   module.register_parameter("weight", head.weight, false);

@@ -104,4 +104,28 @@ std::vector<BundleListing> list_bundles(const std::vector<fs::path>& search_dirs
   return listings;
 }
 
+nlohmann::json to_json(const BundleListing& listing) {
+  nlohmann::json out{{"path", listing.dir.string()}, {"shadowed", listing.shadowed}};
+  if (!listing.manifest) {
+    out["name"] = listing.dir.filename().string();
+    out["error"] = listing.error;
+    return out;
+  }
+  const auto& m = *listing.manifest;
+  out["name"] = m.name;
+  out["description"] = m.description;
+  out["architecture"] = m.architecture;
+  out["input"] = {{"width", m.input.width}, {"height", m.input.height}};
+  out["grid"] = m.grid;
+  out["radius"] = m.radius;
+  out["embedding_dim"] = m.embedding_dim;
+  out["task"] = m.target.task;
+  out["classes"] = m.target.labels.size();
+  out["heads"] = nlohmann::json::object();
+  for (const auto& head : m.heads) out["heads"][head.name] = {{"task", head.task}, {"classes", head.labels.size()}};
+  out["explainer"] = m.explainer.has_value();
+  if (!m.provenance.is_null()) out["provenance"] = m.provenance;
+  return out;
+}
+
 }  // namespace tve

@@ -6,13 +6,13 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <future>
 #include <set>
 
 #include "tve/error.hpp"
 #include "tve/log.hpp"
+#include "tve/stopwatch.hpp"
 
 namespace fs = std::filesystem;
 
@@ -272,7 +272,7 @@ namespace {
 
 // Decodes one input into `job`; returns whether it succeeded.
 bool decode(ImageJob& job, const InputSpec& spec, const BatchOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
+  const Stopwatch stopwatch;
   try {
     Image image = load_image(job.input.path, options.limits);
     job.tensor = preprocess(image, spec);
@@ -282,7 +282,7 @@ bool decode(ImageJob& job, const InputSpec& spec, const BatchOptions& options) {
   } catch (const cv::Exception& e) {
     job.error = job.input.path.string() + ": OpenCV failed: " + e.msg;
   }
-  job.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  job.decode_seconds = stopwatch.seconds();
   return job.ok();
 }
 

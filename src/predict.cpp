@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include "tve/error.hpp"
+#include "tve/log.hpp"
+#include "tve/stopwatch.hpp"
 
 namespace tve {
 
@@ -31,6 +33,38 @@ std::vector<std::vector<ClassScore>> top_k(const torch::Tensor& logits, const st
 
 nlohmann::json to_json(const ClassScore& score) {
   return {{"index", score.index}, {"label", score.label}, {"probability", score.probability}, {"logit", score.logit}};
+}
+
+PredictSummary run_predict(Bundle& bundle, Head& head, const std::vector<InputFile>& inputs, const PredictOptions& options,
+                           const std::function<void(const nlohmann::json& record)>& on_record) {
+  PredictSummary summary;
+  torch::InferenceMode no_autograd;
+  read_in_batches(inputs, bundle.manifest().input, options.batch, [&](std::vector<ImageJob>& jobs) {
+    const Stopwatch stopwatch;
+    const torch::Tensor batch = stack_good(jobs, bundle.device());  // [B,3,H,W], decoded images only
+    std::vector<std::vector<ClassScore>> scores;
+    if (batch.defined()) scores = top_k(head.logits(bundle.embed(batch)), head.spec.labels, options.top_k);
+    const double model_ms = stopwatch.milliseconds();
+    size_t row = 0;
+    for (const auto& job : jobs) {
+      nlohmann::json record{{"input", job.input.path.string()}, {"model", bundle.manifest().name}, {"head", head.spec.name}};
+      if (!job.ok()) {
+        ++summary.failed;
+        logger().error("{}", job.error);
+        record["error"] = job.error;
+      } else {
+        ++summary.succeeded;
+        const auto& best = scores[row++];
+        record["class"] = to_json(best.front());
+        record["top_k"] = nlohmann::json::array();
+        for (const auto& score : best) record["top_k"].push_back(to_json(score));
+        record["timings_ms"] = {{"decode", 1e3 * job.decode_seconds},
+                                {"model_per_image", model_ms / static_cast<double>(scores.size())}};
+      }
+      if (on_record) on_record(record);
+    }
+  });
+  return summary;
 }
 
 }  // namespace tve

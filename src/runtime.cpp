@@ -8,7 +8,6 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cctype>
 #include <limits>
 #include <map>
@@ -16,6 +15,7 @@
 #include <thread>
 
 #include "tve/error.hpp"
+#include "tve/stopwatch.hpp"
 
 namespace tve {
 namespace {
@@ -43,12 +43,6 @@ int openblas_core_level(const std::string& core) {
   std::transform(key.begin(), key.end(), key.begin(), [](unsigned char c) { return std::tolower(c); });
   const auto found = levels.find(key);
   return found == levels.end() ? -1 : found->second;
-}
-
-double seconds_of(const std::function<void()>& workload) {
-  const auto start = std::chrono::steady_clock::now();
-  workload();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // brightness encoder and its exact explainer, so its maps are known in closed form.
 
 #include "tve/attribution.hpp"
+#include "tve/methods/occlusion.hpp"
+#include "tve/methods/tve.hpp"
 
 #include <torch/torch.h>
 

@@ -118,6 +118,8 @@ INSTANTIATE_TEST_SUITE_P(
         ManifestCase{"zero_std", [](auto& m) { m["input"]["std"] = {0.2, 0.0, 0.2}; }, "'input.std' must be positive"},
         ManifestCase{"unknown_resize", [](auto& m) { m["input"]["resize"] = "squash"; }, "expected stretch or center_crop"},
         ManifestCase{"unknown_architecture", [](auto& m) { m["architecture"] = "mlp"; }, "expected vit, resnet or swin"},
+        ManifestCase{"layout_not_what_features_gives", [](auto& m) { m["features_layout"] = "map"; }, "with features layout 'map' means [1, 32, h, w]"},
+        ManifestCase{"unknown_layout", [](auto& m) { m["features_layout"] = "grid"; }, "'features_layout' is 'grid', expected map or tokens"},
         ManifestCase{"no_labels", [](auto& m) { m["target"].erase("labels"); }, "'target' needs 'labels' or 'labels_file'"},
         ManifestCase{"escaping_path", [](auto& m) { m["target"]["file"] = "../tiny-resnet/target.pt"; }, "must not leave the bundle"},
         ManifestCase{"bad_hash_text", [](auto& m) { m["target"]["sha256"] = "XYZ"; }, "64 lowercase hex digits"},
@@ -130,6 +132,18 @@ INSTANTIATE_TEST_SUITE_P(
         ManifestCase{"head_labels_mismatch", [](auto& m) { m["heads"]["parity"]["labels"] = {"x", "y", "z"}; }, "parity.pt: head maps [1,32] to [1, 2], expected [1, 3]"},
         ManifestCase{"reserved_head_name", [](auto& m) { m["heads"]["target"] = m["heads"]["parity"]; }, "'heads.target' is reserved"}),
     [](const auto& test_info) { return test_info.param.name; });
+
+TEST(Bundle, AnyArchitectureThatStatesItsFeaturesLayoutLoads) {
+  TempDir tmp;
+  const auto dir = copy_bundle("tiny-vit", tmp.path(), [](auto& m) {
+    m["architecture"] = "deit";
+    m["features_layout"] = "tokens";
+  });
+  const Bundle bundle = load_cpu(dir);
+  EXPECT_EQ(bundle.manifest().architecture, "deit");
+  EXPECT_EQ(bundle.manifest().features_layout, FeaturesLayout::Tokens);
+  EXPECT_EQ(load_cpu(test::shipped_bundle("tiny-resnet")).manifest().features_layout, FeaturesLayout::Map);
+}
 
 // ---- malformed TorchScript files -----------------------------------------------------------
 

@@ -8,6 +8,8 @@
 
 #include "test_helpers.hpp"
 #include "tve/error.hpp"
+#include "tve/methods/occlusion.hpp"
+#include "tve/methods/tve.hpp"
 #include "tve/npy.hpp"
 
 namespace tve {

@@ -11,6 +11,7 @@
 #include "test_helpers.hpp"
 #include "tve/attribution.hpp"
 #include "tve/error.hpp"
+#include "tve/methods/tve.hpp"
 
 namespace tve {
 namespace {

@@ -51,12 +51,20 @@ struct ExplainerSpec {
   bool smooth = true;
 };
 
+// What features(x) returns, which gradient methods read: a feature map [B,D,h,w] (CNNs, Swin) or a
+// token sequence [B,1+N,D] with the class token first and N = h*w patch tokens (ViT).
+enum class FeaturesLayout { Map, Tokens };
+
 struct Manifest {
   std::filesystem::path dir;  // the bundle folder
   int format_version = 0;
   std::string name;
   std::string description;
-  std::string architecture;  // vit | resnet | swin
+  std::string architecture;  // vit, resnet, swin, or any other family name
+  // From the manifest's "features_layout" ("map" or "tokens"); when absent, implied by a known
+  // architecture (vit: tokens; resnet, swin: map).
+  FeaturesLayout features_layout = FeaturesLayout::Map;
+  bool features_layout_known = true;  // false: an unknown architecture that does not state it
   InputSpec input;
   int grid = 0;
   int radius = 0;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,10 @@ struct FitHeadResult {
 
 FitHeadResult fit_linear_head(Bundle& bundle, const LabelledImages& data, const FitHeadOptions& options,
                               const std::function<void(const std::string& failure)>& on_failed_image = {});
+
+// The JSON record `tve fit-head` prints for a head written to `head_file` in `seconds`.
+nlohmann::json fit_head_record(const FitHeadResult& result, const std::filesystem::path& head_file,
+                               const std::string& model, double seconds);
 
 // Saves `W z + b` as TorchScript with its labels inside (attribute `labels`, a list of strings),
 // atomically. Loadable by tve (--head-file) and by Python's torch.jit.load.

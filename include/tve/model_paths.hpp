@@ -3,6 +3,7 @@
 // (next to an installed binary under share/tve/models, or the source tree's for a build).
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,5 +34,9 @@ struct BundleListing {
 
 // Every sub-folder with a manifest.json in `search_dirs`, sorted by name within each folder.
 std::vector<BundleListing> list_bundles(const std::vector<std::filesystem::path>& search_dirs);
+
+// The record `tve models --json` prints for a bundle: name, path, architecture, input, grid,
+// classes, heads, explainer, provenance; or the error that makes it invalid.
+nlohmann::json to_json(const BundleListing& listing);
 
 }  // namespace tve

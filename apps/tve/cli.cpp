@@ -1,0 +1,150 @@
+#include "cli.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+
+#include "tve/image.hpp"
+#include "tve/log.hpp"
+#include "tve/methods.hpp"
+#include "tve/model_paths.hpp"
+#include "tve/runtime.hpp"
+
+namespace fs = std::filesystem;
+
+namespace tve::cli {
+
+int exit_code_for_error(const Error& error) {
+  if (dynamic_cast<const BundleError*>(&error)) return kBundleError;
+  if (dynamic_cast<const DeviceError*>(&error)) return kDeviceError;
+  if (dynamic_cast<const InvalidArgument*>(&error)) return kUsage;
+  if (dynamic_cast<const ImageError*>(&error)) return kNoInputSucceeded;
+  if (dynamic_cast<const OutputError*>(&error)) return kOutputError;
+  return kInternalError;
+}
+
+int exit_code_for(size_t succeeded, size_t failed) {
+  if (succeeded + failed == 0) return kNoInputSucceeded;
+  if (failed == 0) return kSuccess;
+  return succeeded == 0 ? kNoInputSucceeded : kSomeInputsFailed;
+}
+
+const CLI::Validator kFinite(
+    [](const std::string& text) {
+      double value = 0;
+      if (!CLI::detail::lexical_cast(text, value) || !std::isfinite(value)) return "must be a finite number, got " + text;
+      return std::string();
+    },
+    "FINITE");
+
+void add_common_options(CLI::App* command, CommonOptions& common) {
+  command->add_option("--models-dir", common.models_dir, "Folder of model bundles searched first");
+  command->add_option("--device", common.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  command->add_option("--threads", common.threads, "Threads for LibTorch and BLAS (default: measured at start)")
+      ->check(CLI::Range(1, 1024));
+  command->add_flag("-v,--verbose", common.verbose, "More diagnostics on stderr");
+  command->add_flag("-q,--quiet", common.quiet, "Only errors on stderr");
+}
+
+void add_model_option(CLI::App* command, std::string& model) {
+  command->add_option("-m,--model", model, "Bundle name or folder (default: models/DEFAULT)");
+}
+
+void add_batch_size_option(CLI::App* command, int& batch_size) {
+  command->add_option("--batch-size", batch_size, "Images per forward pass")->check(CLI::Range(1, 4096))->capture_default_str();
+}
+
+void add_max_pixels_option(CLI::App* command, int64_t& max_pixels) {
+  command->add_option("--max-pixels", max_pixels, "Refuse larger images before decoding")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+}
+
+void add_method_option(CLI::App* command, std::string& method) {
+  std::string help = "Attribution method:";
+  for (const auto& entry : attribution_methods()) help += std::string("\n  ") + entry.name + ": " + entry.summary;
+  command->add_option("--method", method, help)->check(CLI::IsMember(method_names()))->capture_default_str();
+}
+
+void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool required) {
+  auto* option = command->add_option("inputs", inputs, "Image files, folders (recursive), or - for paths on stdin");
+  if (required) option->required();
+}
+
+std::optional<fs::path> as_path(const std::optional<std::string>& text) {
+  return text ? std::optional<fs::path>(*text) : std::nullopt;
+}
+
+void print_json_line(const nlohmann::json& record) {
+  std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+  std::cout.flush();
+  if (!std::cout) throw OutputError("stdout", std::string("cannot write results: ") + std::strerror(errno));
+}
+
+namespace {
+
+// The batch the thread measurement times: the thread split that wins on it wins on larger
+// batches too (docs/performance.md), and the measurement's cost must not grow with --batch-size.
+constexpr int kMeasureThreadsBatch = 8;
+
+}  // namespace
+
+Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images) {
+  const torch::Device device = select_device(common.device);
+  const auto search_dirs = model_search_dirs(as_path(common.models_dir));
+  const fs::path dir = resolve_bundle(model.empty() ? default_model_name(search_dirs) : model, search_dirs);
+  logger().debug("loading bundle {}", dir.string());
+  Bundle bundle = Bundle::load(dir, device);
+  if (device.is_cpu()) {
+    const auto blas = detect_blas();
+    if (!blas.is_openblas) logger().warn("BLAS is {}", blas.description);
+    if (const auto better = better_openblas_core(blas)) {
+      // Only when the user asked for these kernels or the restart failed (main.cpp).
+      // Measured cost: Prescott 4x, Haswell 1.5-2x on AVX-512 CPUs (docs/performance.md).
+      logger().warn("OpenBLAS runs its {} kernels on a CPU that runs its {} ones: matrix multiplies are "
+                    "slower (Prescott up to 4x, Haswell 1.5-2x); set {}={}",
+                    blas.core, *better, kOpenBlasCoreVariable, *better);
+    }
+    const auto& input = bundle.manifest().input;
+    auto sample = torch::zeros({std::min(batch_size, kMeasureThreadsBatch), 3, input.height, input.width});
+    const bool measure = images >= kMeasureThreadsFromImages;
+    const auto choice = measure ? choose_threads(
+                                      [&] {
+                                        torch::InferenceMode no_autograd;
+                                        bundle.logits(sample);
+                                      },
+                                      common.threads)
+                                : default_threads(common.threads);
+    logger().info("threads: {} ({}{}); {}, {} kernels", to_string(choice.settings), choice.reason,
+                  measure && !common.threads ? ", on a batch of " + std::to_string(sample.size(0)) : "",
+                  blas.description, blas.core.empty() ? "unknown" : blas.core);
+  }
+  logger().info("model {} ({}, {}x{} input) on {}", bundle.manifest().name, bundle.manifest().architecture,
+                bundle.manifest().input.width, bundle.manifest().input.height, device.str());
+  return bundle;
+}
+
+ProgressBar::ProgressBar(const std::string& mode) : enabled_(mode == "always" || (mode == "auto" && isatty(STDERR_FILENO))) {}
+
+ProgressBar::~ProgressBar() {
+  if (enabled_ && drawn_) std::fputc('\n', stderr);
+}
+
+void ProgressBar::update(size_t done, size_t total) {
+  if (!enabled_ || total == 0) return;
+  constexpr int kWidth = 30;
+  const int filled = static_cast<int>(kWidth * done / total);
+  const double seconds = clock_.seconds();
+  std::fprintf(stderr, "\r[%s%s] %zu/%zu images, %.1f images/s ", std::string(static_cast<size_t>(filled), '#').c_str(),
+               std::string(static_cast<size_t>(kWidth - filled), ' ').c_str(), done, total,
+               seconds > 0 ? static_cast<double>(done) / seconds : 0.0);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+}  // namespace tve::cli

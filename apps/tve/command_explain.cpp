@@ -1,0 +1,138 @@
+// tve explain: attribution maps, overlays and a JSON record per image, with any registered method.
+
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+
+#include "cli.hpp"
+#include "tve/atomic_file.hpp"
+#include "tve/benchmark.hpp"
+#include "tve/explain.hpp"
+#include "tve/log.hpp"
+#include "tve/methods.hpp"
+#include "tve/runtime.hpp"
+
+namespace fs = std::filesystem;
+
+namespace tve::cli {
+namespace {
+
+struct ExplainCliOptions {
+  std::vector<std::string> inputs;
+  std::string model;  // empty: the shipped default (models/DEFAULT)
+  std::string head = "target";
+  std::optional<std::string> head_file;
+  std::optional<std::string> labels_file;
+  std::string method = "tve";
+  MethodSettings method_settings;
+  std::optional<std::string> class_spec;
+  int top_k = 1;
+  std::optional<std::string> out_dir;
+  std::string formats = "overlay,npy,json";
+  std::string colormap = "jet";
+  double alpha = 0.5;
+  int batch_size = 8;
+  int64_t max_pixels = ImageLimits{}.max_pixels;
+  std::string progress = "auto";
+  bool resume = false;
+  std::optional<std::string> shard;
+};
+
+int run(const CommonOptions& common, const ExplainCliOptions& options) {
+  ExplainOptions explain;
+  explain.formats = parse_formats(options.formats);
+  explain.overlay.colormap = parse_colormap(options.colormap);
+  explain.overlay.alpha = options.alpha;
+  explain.resume = options.resume;
+  explain.write_summary = true;
+  if (options.shard) explain.shard = parse_shard(*options.shard, [](const char* name) { return std::getenv(name); });
+  if (options.out_dir) {
+    explain.out_dir = fs::path(*options.out_dir);
+    prepare_output_folder(*explain.out_dir);  // an unusable --out is exit 7 before any model work
+  }
+  const auto found = expand_inputs(options.inputs, std::cin, {explain.out_dir});
+  const auto inputs = take_shard(found, explain.shard);
+  if (explain.shard.count > 1) {
+    logger().info("shard {}/{}: {} of {} input(s)", explain.shard.index, explain.shard.count, inputs.size(), found.size());
+  }
+  if (found.empty()) {
+    logger().error("no images found in the inputs given");
+    return kNoInputSucceeded;
+  }
+  Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
+  std::optional<Head> external;
+  if (options.head_file) {
+    std::optional<std::vector<std::string>> labels;
+    if (options.labels_file) labels = read_labels_file(*options.labels_file);
+    external = bundle.load_external_head(*options.head_file, labels);
+  }
+  Head& head = external ? *external : bundle.head(options.head);
+  const auto method = make_method(options.method, bundle, options.method_settings);
+
+  if (options.class_spec) explain.class_index = resolve_class(head, *options.class_spec);
+  explain.top_k = options.top_k;
+  explain.batch.batch_size = options.batch_size;
+  explain.batch.limits.max_pixels = options.max_pixels;
+  explain.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+
+  logger().info("explaining {} image(s) with {} on head '{}' ({} classes){}", inputs.size(), method->name(),
+                head.spec.name, head.spec.labels.size(),
+                explain.out_dir ? ", writing to " + explain.out_dir->string() : "");
+  ProgressBar progress(options.progress);
+  const auto summary = run_explain(bundle, head, *method, inputs, explain,
+                                   {print_json_line, [&](size_t done, size_t total) { progress.update(done, total); }});
+  logger().info("{} image(s) explained{}, {} failed{}; peak memory {:.0f} MiB", summary.succeeded - summary.resumed,
+                summary.resumed ? " (" + std::to_string(summary.resumed) + " more done by an earlier run)" : "",
+                summary.failed, explain.out_dir ? "; outputs in " + explain.out_dir->string() : "", peak_rss_mib());
+  if (inputs.empty()) return kSuccess;  // an empty shard of a job array: nothing to do is not a failure
+  return exit_code_for(summary.succeeded, summary.failed);
+}
+
+}  // namespace
+
+Command add_explain_command(CLI::App& tve, CommonOptions& common) {
+  auto options = std::make_shared<ExplainCliOptions>();
+  auto& o = *options;
+  auto* command = tve.add_subcommand("explain", "Attribution heatmaps: overlays, raw maps and a JSON line per image");
+  add_inputs_option(command, o.inputs, /*required=*/true);
+  add_model_option(command, o.model);
+  auto* head_option = command->add_option("--head", o.head, "Head to explain: target or a downstream task of the bundle")
+                          ->capture_default_str();
+  command->add_option("--head-file", o.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
+      ->excludes(head_option);
+  command->add_option("--labels", o.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
+  add_method_option(command, o.method);
+  auto* class_option = command->add_option("-c,--class", o.class_spec, "Class to explain, by index or label (default: top-1)");
+  command->add_option("-k,--top-k", o.top_k, "Explain the K most likely classes (same forward pass)")
+      ->check(CLI::Range(1, 1000))
+      ->excludes(class_option)
+      ->capture_default_str();
+  command->add_option("--lambda-pos", o.method_settings.lambda_pos, "Weight of the region-alone term (default: the bundle's)")
+      ->check(kFinite);
+  command->add_option("--lambda-neg", o.method_settings.lambda_neg, "Weight of the region-removed term (default: the bundle's)")
+      ->check(kFinite);
+  // A flag function, not add_flag on the optional: CLI11 sets an optional<bool> flag to false even
+  // when neither flag is given, which hid the bundle's own default.
+  command->add_flag_function(
+      "--smooth,!--no-smooth", [&o](int64_t count) { o.method_settings.smooth = count > 0; },
+      "Mean filter over the perturbation window (default: the bundle's)");
+  command->add_option("-o,--out", o.out_dir, "Output folder; mirrors the inputs' paths (nothing written without it)");
+  command->add_option("--format", o.formats, "What to write under --out: overlay,npy,json or none")->capture_default_str();
+  command->add_option("--colormap", o.colormap, "jet, turbo, inferno or viridis")
+      ->check(CLI::IsMember({"jet", "turbo", "inferno", "viridis"}))
+      ->capture_default_str();
+  command->add_option("--alpha", o.alpha, "Heatmap opacity in overlays")->check(kFinite & CLI::Range(0.0, 1.0))->capture_default_str();
+  add_batch_size_option(command, o.batch_size);
+  add_max_pixels_option(command, o.max_pixels);
+  command->add_option("--progress", o.progress, "Progress bar on stderr: auto (when a terminal), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}))
+      ->capture_default_str();
+  command->add_flag("--resume", o.resume, "Skip inputs whose outputs under --out an earlier run completed with the same settings");
+  command->add_option("--shard", o.shard,
+                      "Explain only part K of N of the inputs (K/N, K from 0), split by path; auto or auto/N "
+                      "read SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX (docs/cluster.md)");
+  add_common_options(command, common);
+  return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
+}
+
+}  // namespace tve::cli

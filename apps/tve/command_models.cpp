@@ -1,0 +1,71 @@
+// tve models: the bundles found, as a table or JSON lines; --check loads each one fully.
+
+#include <cstdio>
+#include <memory>
+
+#include "cli.hpp"
+#include "tve/log.hpp"
+#include "tve/model_paths.hpp"
+
+namespace tve::cli {
+namespace {
+
+struct ModelsCliOptions {
+  bool json = false;
+  bool check = false;
+};
+
+void print_row(const BundleListing& listing) {
+  if (!listing.manifest) {
+    std::printf("%-16s INVALID: %s\n", listing.dir.filename().string().c_str(), listing.error.c_str());
+    return;
+  }
+  const auto& m = *listing.manifest;
+  std::string heads;
+  for (const auto& head : m.heads) heads += (heads.empty() ? "" : ",") + head.name;
+  std::printf("%-16s %-7s %4dx%-4d grid %2dx%-2d %4zu classes  explainer %-3s  heads %s%s\n  %s\n", m.name.c_str(),
+              m.architecture.c_str(), m.input.width, m.input.height, m.grid, m.grid, m.target.labels.size(),
+              m.explainer ? "yes" : "no", heads.empty() ? "-" : heads.c_str(), listing.shadowed ? "  (shadowed)" : "",
+              listing.dir.string().c_str());
+}
+
+int run(const CommonOptions& common, const ModelsCliOptions& options) {
+  const auto dirs = model_search_dirs(as_path(common.models_dir));
+  const auto listings = list_bundles(dirs);
+  bool all_valid = true;
+  for (auto listing : listings) {
+    if (options.check && listing.manifest) {
+      try {
+        Bundle::load(listing.dir, torch::kCPU);
+      } catch (const Error& e) {
+        listing.error = e.what();
+        listing.manifest.reset();
+      }
+    }
+    all_valid = all_valid && listing.manifest.has_value();
+    if (options.json) {
+      print_json_line(to_json(listing));
+    } else {
+      print_row(listing);
+    }
+  }
+  if (listings.empty()) {
+    std::string searched;
+    for (const auto& dir : dirs) searched += " " + dir.string();
+    logger().warn("no bundles found (searched:{})", searched.empty() ? " nothing: no models folder exists" : searched);
+  }
+  return all_valid ? kSuccess : kBundleError;
+}
+
+}  // namespace
+
+Command add_models_command(CLI::App& tve, CommonOptions& common) {
+  auto options = std::make_shared<ModelsCliOptions>();
+  auto* command = tve.add_subcommand("models", "List the model bundles found");
+  command->add_flag("--json", options->json, "One JSON line per bundle");
+  command->add_flag("--check", options->check, "Load each bundle fully (hashes, shapes) instead of reading manifests");
+  add_common_options(command, common);
+  return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/false};
+}
+
+}  // namespace tve::cli
