@@ -32,7 +32,7 @@ for k in 0 1 2 3; do
   sharded=$(awk -v a="$sharded" -v b="$(seconds "$tve" "${args[@]}" --format none --shard "$k/4")" 'BEGIN { print a + b }')
 done
 # A shard of ~1 image out of all the paths, against that image alone: scanning and hashing the paths.
-one=$(find "$work/images" -name '*.jpg' | sort | head -1)
+one=$(find "$work/images" -name '*.jpg' | sort | sed -n 1p)
 tiny_shard=$(seconds "$tve" "${args[@]}" --format none --shard "0/$count")
 single=$(seconds "$tve" explain "$one" --model "$model" --progress never --format none)
 

@@ -24,6 +24,7 @@ work; --threads 2 when the build has the machine to itself (a ViT distillation s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tvelib  # noqa: E402
-from tvelib import archs, bundle, data, explainer, sources, threads, training  # noqa: E402
+from tvelib import archs, bundle, data, files, runs, sources, threads, training, trunks  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHS = ("resnet", "vit", "swin")  # in build order: a shipped teacher, if any, before its students
@@ -62,7 +63,7 @@ def load_teacher(cfg: training.PretrainConfig, out_dir: Path, work: Path):
         raise SystemExit(f"error: distillation needs the {cfg.distill_from} bundle in {path}; "
                          f"build it first (--archs {cfg.distill_from} ...)")
     teacher_bundle = bundle.Bundle(path)
-    return explainer.eager_target(teacher_bundle), teacher_bundle
+    return trunks.eager_target(teacher_bundle), teacher_bundle
 
 
 def pretrain_stage(arch: str, cfg: training.PretrainConfig, run_dir: Path, log, args) -> bool:
@@ -78,14 +79,14 @@ def pretrain_stage(arch: str, cfg: training.PretrainConfig, run_dir: Path, log, 
 def evaluate_stage(arch: str, cfg, run_dir: Path, sizes: dict, log) -> dict:
     path = run_dir / "evaluate.json"
     if path.is_file():
-        return training.json.loads(path.read_text())
+        return json.loads(path.read_text())
     model, state = training.load_pretrained(arch, cfg, run_dir)
     t0 = time.time()
     top1 = training.evaluate(model, "emoji", "test", sizes["heldout"])
     result = {"emoji_heldout_top1": top1, "emoji_heldout_n": sizes["heldout"],
               "eval_seconds": round(time.time() - t0, 1)}
     log(f"{arch}: encoder held-out top-1 {top1:.4f} on {sizes['heldout']} EmojiScenes")
-    training.write_json(path, result)
+    files.write_json(path, result)
     return result
 
 
@@ -171,7 +172,7 @@ def _same_build(target_dir: Path, provenance: dict) -> bool:
     path = target_dir / "manifest.json"
     if not path.is_file():
         return False
-    old = training.json.loads(path.read_text()).get("provenance", {})
+    old = json.loads(path.read_text()).get("provenance", {})
     keys = ("steps_done", "images_seen", "train_seconds")
     return (old.get("metrics") == provenance["metrics"]
             and all(old.get("pretrain", {}).get(k) == provenance["pretrain"][k] for k in keys))
@@ -199,10 +200,9 @@ def paper_export(out: Path, log) -> None:
     weights are random (seed 0), and the manifest says which. Nothing is downloaded.
     """
     import torchvision.models as tvm
-    makers = {"vit": (tvm.vit_b_16, tvm.ViT_B_16_Weights.IMAGENET1K_V1, archs.VitTarget),
-              "resnet": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, archs.ResNetTarget),
-              "swin": (tvm.swin_t, tvm.Swin_T_Weights.IMAGENET1K_V1, archs.SwinTarget)}
-    for arch, (ctor, weights, wrapper) in makers.items():
+    for arch, fam in archs.FAMILIES.items():
+        constructor, weights_enum, weights_name = fam.paper
+        ctor, weights, wrapper = getattr(tvm, constructor), getattr(getattr(tvm, weights_enum), weights_name), fam.wrapper
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if cached.is_file():
             net = ctor(weights=weights)
@@ -272,7 +272,7 @@ def main() -> int:
     args.out = args.out or REPO / "models"
 
     threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
-    log = training.Logger(None)
+    log = runs.Logger(None)
     if args.paper_out is not None:
         paper_export(args.paper_out, log)
         return 0
@@ -285,9 +285,9 @@ def main() -> int:
         tmp = tempfile.mkdtemp(prefix="tve-smoke-")
         args.out = Path(tmp) / "models"
         args.work = Path(tmp) / "runs"
-    args.work = work = args.work or sources.cache_dir() / "runs"
+    args.work = work = args.work or files.cache_dir() / "runs"
     sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
-    log = training.Logger(work / "build.log")
+    log = runs.Logger(work / "build.log")
 
     def run_dir_for(run_name: str, experiment: dict) -> Path:
         """Checkpoints are per data version; an experiment's runs never resume the recipe's."""

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, explainer as ex, threads  # noqa: E402
-from tvelib.training import Logger  # noqa: E402
+from tvelib import bundle, data, explainer as ex, explainer_training, fidelity, threads, trunks  # noqa: E402
+from tvelib.runs import Logger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("emoji", "fashion", "mnist", "novel")
@@ -136,12 +136,12 @@ def main() -> None:
     m = b.manifest
     grid, radius = m["grid"], m["radius"]
     log = Logger(None)
-    caches = {t: ex.occlusion_cache(b, t, args.n, log=log) for t in args.tasks}
+    caches = {t: fidelity.occlusion_cache(b, t, args.n, log=log) for t in args.tasks}
     if args.cache_only:
         return
-    target = ex.eager_target(b)
+    target = trunks.eager_target(b)
     if args.checkpoint is not None:
-        eager, state = ex.load_checkpoint(target, grid, radius, b.input_size, args.checkpoint)
+        eager, state = explainer_training.load_checkpoint(target, grid, radius, b.input_size, args.checkpoint)
         explainer = torch.jit.script(eager)
         source = {"checkpoint": str(args.checkpoint), "step": state["step"]}
     else:
@@ -157,7 +157,7 @@ def main() -> None:
     for t in args.tasks:
         head = b.target.head if t == "emoji" else b.heads[t]
         results[t] = {"head": "target" if t == "emoji" else f"heads/{t}",
-                      "fidelity": ex.fidelity(run, head, caches[t], grid, radius)}
+                      "fidelity": fidelity.fidelity(run, head, caches[t], grid, radius)}
         log(f"{t}: {json.dumps(results[t]['fidelity'])}")
     out = {"bundle": str(path), "target_sha256": m["target"]["sha256"], "n": args.n,
            "heldout_seed": data.HELDOUT_SEED, "source": source, "tasks": results}

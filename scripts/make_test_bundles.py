@@ -158,7 +158,7 @@ def make_oracle_bundle(out_root: Path) -> dict:
     grid, radius = 8, 1
     target = BrightnessEncoder(grid, 3).eval()
     return bundle.write_bundle(
-        out_root, name="oracle", architecture="resnet", target=target, labels=["bright", "noise-1", "noise-2"],
+        out_root, name="oracle", architecture="oracle", target=target, labels=["bright", "noise-1", "noise-2"],
         task="brightness (test bundle)", input_size=32, grid=grid, radius=radius, embedding_dim=grid * grid,
         explainer=OracleExplainer(grid, radius), explainer_defaults={"smooth": False},
         description="Hand-built: cell brightness encoder and its exact explainer, for tests only",
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for i, arch in enumerate(["vit", "resnet", "swin"]):
+    for i, arch in enumerate(archs.FAMILIES):  # vit, resnet, swin: each bundle's seed follows the order
         manifest = make_bundle(arch, args.out, args.seed + i)
         size = sum(p.stat().st_size for p in (args.out / f"tiny-{arch}").rglob("*") if p.is_file())
         print(f"{manifest['name']}: {size / 1e3:.0f} kB")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, threads, training  # noqa: E402
+from tvelib import archs, bundle, data, threads, training  # noqa: E402
 
 
 class StagePooling(torch.nn.Module):
@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", type=Path, help="a bundle folder (its target.pt is probed)")
-    src.add_argument("--random", choices=["vit", "resnet", "swin"], help="a random 'small' encoder, seed 0")
+    src.add_argument("--random", choices=list(archs.FAMILIES), help="a random 'small' encoder, seed 0")
     ap.add_argument("--tasks", nargs="+", default=["mnist", "fashion"], choices=data.TASKS)
     ap.add_argument("--train-n", type=int, default=2000)
     ap.add_argument("--test-n", type=int, default=1000)

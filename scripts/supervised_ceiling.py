@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import data, threads, training  # noqa: E402
+from tvelib import archs, data, runs, threads, training  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=[t for t in data.TASKS if t != "emoji"])
-    ap.add_argument("--arch", default="resnet", choices=["vit", "resnet", "swin"])
+    ap.add_argument("--arch", default="resnet", choices=list(archs.FAMILIES))
     ap.add_argument("--steps", type=int, default=2000, help="batches of 64 scenes")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--test-n", type=int, default=2000, help="the build's probe test set has 2000")
@@ -41,7 +41,7 @@ def main() -> int:
     cfg = training.PretrainConfig(steps=args.steps, lr=args.lr)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="tve-ceiling-") as run_dir:  # its checkpoints: not kept
-        model, _ = training.pretrain(args.arch, cfg, Path(run_dir), training.Logger(None),
+        model, _ = training.pretrain(args.arch, cfg, Path(run_dir), runs.Logger(None),
                                      max_minutes=math.inf, eval_every=0, task=args.task)
     top1 = training.evaluate(model, args.task, "test", args.test_n)
     print(f"{args.task}: supervised {args.arch} from scratch, {cfg.steps} steps of {cfg.batch}: "

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, explainer as ex, threads  # noqa: E402
-from tvelib.training import Logger  # noqa: E402
+from tvelib import bundle, data, explainer as ex, explainer_training, fidelity, files, threads, trunks  # noqa: E402
+from tvelib.runs import Logger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def resolve_bundle(name: str) -> Path:
 
 
 def default_run(b: bundle.Bundle) -> Path:
-    return ex.cache_dir() / "explainers" / f"{b.manifest['name']}-{b.manifest['target']['sha256'][:12]}"
+    return files.cache_dir() / "explainers" / f"{b.manifest['name']}-{b.manifest['target']['sha256'][:12]}"
 
 
 def export(b: bundle.Bundle, model: torch.nn.Module, state: dict, out_dir: Path, defaults: dict,
@@ -101,24 +101,24 @@ def main() -> None:
     cfg = ex.ExplainerConfig(**overrides)
     run = args.run or default_run(b)
     log = Logger(run / "train.log")
-    target = ex.eager_target(b)
+    target = trunks.eager_target(b)
     grid, radius, size = m["grid"], m["radius"], b.input_size
 
     if args.export_only:
-        model, state = ex.load_checkpoint(target, grid, radius, size, run / "explainer.ckpt")
+        model, state = explainer_training.load_checkpoint(target, grid, radius, size, run / "explainer.ckpt")
     else:
         eval_fn = None
         if args.eval_every:
-            quick = ex.occlusion_cache(b, "emoji", 20, log=log)
+            quick = fidelity.occlusion_cache(b, "emoji", 20, log=log)
 
             def eval_fn(model, step):
-                r = ex.fidelity(model, b.target.head, quick, grid, radius)
+                r = fidelity.fidelity(model, b.target.head, quick, grid, radius)
                 return {k: {kk: round(vv, 3) for kk, vv in v.items() if kk in ("spearman", "pearson")}
                         if isinstance(v, dict) else round(v, 3) for k, v in r.items() if k != "n"}
 
         log(f"bundle {b.path} (target {m['target']['sha256'][:12]}...), grid {grid}, radius {radius}, "
             f"run {run}, threads {args.threads}")
-        model, state = ex.train(target, grid, radius, size, cfg, run, log, max_minutes=args.stage_minutes,
+        model, state = explainer_training.train(target, grid, radius, size, cfg, run, log, max_minutes=args.stage_minutes,
                                 checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps,
                                 eval_fn=eval_fn, eval_every=args.eval_every)
         if not state["done"] and not args.smoke:

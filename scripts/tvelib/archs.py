@@ -19,7 +19,8 @@ All wrappers are TorchScript-scriptable; `torch.jit.script(wrapper)` is what get
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,9 +28,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 from torchvision.ops.misc import Conv2dNormActivation
-
-FEATURE_LAYOUTS = {"vit": "tokens", "resnet": "nchw", "swin": "nchw"}
-
 
 class VitTarget(nn.Module):
     """torchvision VisionTransformer; z is the class token after the final LayerNorm.
@@ -135,16 +133,6 @@ class SwinTarget(nn.Module):
         return self.head(self.embed(x))
 
 
-def embedding_dim(target: nn.Module) -> int:
-    if isinstance(target, VitTarget):
-        return target.hidden_dim
-    if isinstance(target, ResNetTarget):
-        return target.net.fc.in_features
-    if isinstance(target, SwinTarget):
-        return target.net.head.in_features
-    raise TypeError(f"unknown target wrapper {type(target).__name__}")
-
-
 # ---- configurations --------------------------------------------------------------------------
 # "tiny" configurations keep the test bundles under 1 MB; "small" ones are what gets trained here;
 # "paper" ones are torchvision's vit_b_16, resnet50 and swin_t exactly.
@@ -202,29 +190,85 @@ def conv_stem(layers: List[Tuple[int, int, int]], out_channels: int, patch_size:
     return nn.Sequential(*convs, nn.Conv2d(channels[-1], out_channels, kernel_size=1))
 
 
+def _build_vit(cfg: dict, stem, num_classes: int, image_size: int | None) -> nn.Module:
+    if image_size is not None:
+        cfg["image_size"] = image_size
+    if stem is not None:  # torchvision builds it from conv_stem_configs
+        cfg["conv_stem_configs"] = [ConvStemConfig(out_channels=c, kernel_size=k, stride=s) for c, k, s in stem]
+    return VitTarget(VisionTransformer(num_classes=num_classes, **cfg))
+
+
+def _build_resnet(cfg: dict, stem, num_classes: int, image_size: int | None) -> nn.Module:
+    block = BasicBlock if cfg["block"] == "basic" else Bottleneck
+    return ResNetTarget(_NarrowResNet(block, cfg["layers"], num_classes, cfg["width"]))
+
+
+def _build_swin(cfg: dict, stem, num_classes: int, image_size: int | None) -> nn.Module:
+    net = SwinTransformer(num_classes=num_classes, stochastic_depth_prob=0.0, **cfg)
+    if stem is not None:  # replaces the patchify conv of the patch embedding
+        net.features[0][0] = conv_stem(stem, cfg["embed_dim"], cfg["patch_size"][0])
+    return SwinTarget(net)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything tvelib knows about one model family, looked up by name (a manifest's
+    "architecture") with family(), or by target wrapper with family_of(). Adding a family is one
+    record in FAMILIES (with its wrapper and CONFIGS entry) and its tests; nothing else branches on
+    the family."""
+    name: str
+    wrapper: type  # the bundle-shaped target wrapper (embed, head, features, classify)
+    features_layout: str  # what features() returns: "tokens" [B,1+N,D] or "map" [B,D,h,w]
+    build: Callable[..., nn.Module]  # (config, conv stem or None, num_classes, image_size) -> wrapper
+    embedding_dim: Callable[[nn.Module], int]
+    # For "map" families: the network as its sequence of stages (the explainer's trunk is a prefix
+    # of it), whether they run channels-last, and the norm after the last stage, if any.
+    stages: Optional[Callable[[nn.Module], List[nn.Module]]] = None
+    channels_last: bool = False
+    final_norm: Optional[Callable[[nn.Module], nn.Module]] = None
+    # torchvision's paper-scale model: constructor and weights enum (build_models.py's paper export)
+    paper: Tuple[str, str, str] = ("", "", "")
+
+
+FAMILIES: Dict[str, Family] = {  # in this order the test bundles are made (their seeds follow it)
+    "vit": Family("vit", VitTarget, "tokens", _build_vit, lambda t: t.hidden_dim,
+                  paper=("vit_b_16", "ViT_B_16_Weights", "IMAGENET1K_V1")),
+    "resnet": Family("resnet", ResNetTarget, "map", _build_resnet, lambda t: t.net.fc.in_features,
+                     stages=lambda t: [t.net.conv1, t.net.bn1, t.net.relu, t.net.maxpool,
+                                       t.net.layer1, t.net.layer2, t.net.layer3, t.net.layer4],
+                     paper=("resnet50", "ResNet50_Weights", "IMAGENET1K_V2")),
+    "swin": Family("swin", SwinTarget, "map", _build_swin, lambda t: t.net.head.in_features,
+                   stages=lambda t: list(t.net.features.children()), channels_last=True,
+                   final_norm=lambda t: t.net.norm, paper=("swin_t", "Swin_T_Weights", "IMAGENET1K_V1")),
+}
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown architecture {name!r}; expected one of {list(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of(target: nn.Module) -> Family:
+    for fam in FAMILIES.values():
+        if isinstance(target, fam.wrapper):
+            return fam
+    raise TypeError(f"unknown target wrapper {type(target).__name__}")
+
+
+def embedding_dim(target: nn.Module) -> int:
+    return family_of(target).embedding_dim(target)
+
+
 def build_target(arch: str, size: str, num_classes: int, image_size: int | None = None) -> nn.Module:
     """A randomly initialised target wrapper. image_size overrides the config's input size (ViT)."""
+    fam = family(arch)
     cfg = dict(CONFIGS[arch][size])
     # Optional convolutional stem (Xiao et al. 2021): strided 3x3 convs instead of one patchify
     # conv; their strides multiply to patch_size, so the token grid is unchanged. It makes small
     # transformers far more data-efficient to train.
     stem = cfg.pop("conv_stem", None)
-    if arch == "vit":
-        if image_size is not None:
-            cfg["image_size"] = image_size
-        if stem is not None:  # torchvision builds it from conv_stem_configs
-            cfg["conv_stem_configs"] = [ConvStemConfig(out_channels=c, kernel_size=k, stride=s)
-                                        for c, k, s in stem]
-        return VitTarget(VisionTransformer(num_classes=num_classes, **cfg))
-    if arch == "resnet":
-        block = BasicBlock if cfg["block"] == "basic" else Bottleneck
-        return ResNetTarget(_NarrowResNet(block, cfg["layers"], num_classes, cfg["width"]))
-    if arch == "swin":
-        net = SwinTransformer(num_classes=num_classes, stochastic_depth_prob=0.0, **cfg)
-        if stem is not None:  # replaces the patchify conv of the patch embedding
-            net.features[0][0] = conv_stem(stem, cfg["embed_dim"], cfg["patch_size"][0])
-        return SwinTarget(net)
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(CONFIGS)}")
+    return fam.build(cfg, stem, num_classes, image_size)
 
 
 # ---- explainers ------------------------------------------------------------------------------

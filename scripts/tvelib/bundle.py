@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 from torch import nn
+
+from .files import replace_atomically, write_json
 
 FORMAT_VERSION = 1
 
@@ -31,9 +32,7 @@ def save_script(module: nn.Module, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    scripted.save(str(tmp))
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: scripted.save(str(tmp)))
     return sha256_of(path)
 
 
@@ -80,9 +79,7 @@ def write_bundle(out_dir: Path, *, name: str, architecture: str, target: nn.Modu
             manifest["heads"][task_name] = entry
     if provenance:
         manifest["provenance"] = provenance
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out_dir / "manifest.json")
+    write_json(out_dir / "manifest.json", manifest)
     _remove_unlisted_models(out_dir, manifest)
     return manifest
 
@@ -97,6 +94,11 @@ def _remove_unlisted_models(out_dir: Path, manifest: dict) -> None:
     for path in [out_dir / "explainer.pt", *sorted((out_dir / "heads").glob("*.pt"))]:
         if path.is_file() and path.relative_to(out_dir).as_posix() not in listed:
             path.unlink()
+
+
+def normalise(rgb01: torch.Tensor, mean, std) -> torch.Tensor:
+    """[B,3,H,W] RGB in [0,1] -> (x - mean) / std per channel, as tve's preprocessing does."""
+    return (rgb01 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 class Bundle:
@@ -131,9 +133,7 @@ class Bundle:
 
     def normalise(self, rgb01: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] RGB in [0,1] -> normalised input."""
-        mean = torch.tensor(self.manifest["input"]["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(self.manifest["input"]["std"]).view(1, 3, 1, 1)
-        return (rgb01 - mean) / std
+        return normalise(rgb01, self.manifest["input"]["mean"], self.manifest["input"]["std"])
 
 
 def add_explainer(bundle_dir: Path, module: nn.Module, defaults: dict, provenance: Optional[dict] = None) -> dict:
@@ -160,7 +160,5 @@ def add_explainer(bundle_dir: Path, module: nn.Module, defaults: dict, provenanc
                              "lambda_neg": float(defaults["lambda_neg"]), "smooth": bool(defaults["smooth"])}
     if provenance is not None:
         manifest.setdefault("provenance", {})["explainer"] = provenance
-    tmp = bundle_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, bundle_dir / "manifest.json")
+    write_json(bundle_dir / "manifest.json", manifest)
     return manifest

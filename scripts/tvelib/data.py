@@ -416,10 +416,8 @@ def fixed_set(task: str, split: str, n: int, seed: int = HELDOUT_SEED, batch: in
 
 def normalise(rgb01: torch.Tensor) -> torch.Tensor:
     """[B,3,H,W] RGB in [0,1] -> normalised with ImageNet mean/std (as bundle.Bundle does)."""
-    from .bundle import IMAGENET_MEAN, IMAGENET_STD
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (rgb01 - mean) / std
+    from .bundle import IMAGENET_MEAN, IMAGENET_STD, normalise as normalise_with
+    return normalise_with(rgb01, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def grid_mask(masks: torch.Tensor, grid: int = GRID) -> torch.Tensor:

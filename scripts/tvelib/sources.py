@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import unicodedata
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
+
+from .files import atomic_savez, cache_dir
 
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 LINE_ART_FONT = Path("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf")
@@ -52,18 +53,6 @@ _EMOJI_RENDER_SIZE = 109
 
 class MissingSource(RuntimeError):
     """A data source is not installed; the message says exactly how to install it."""
-
-
-def cache_dir() -> Path:
-    path = Path(os.environ.get("TVE_CACHE", Path.home() / ".cache" / "tve"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 # ---- emoji -----------------------------------------------------------------------------------
@@ -155,7 +144,7 @@ def emoji_sprites(size: int = 96) -> EmojiSprites:
         names.append(name.lower())
         glyphs.append(g)
     rgba = np.stack(glyphs)
-    _atomic_savez(path, codepoints=np.array(cps, dtype=np.int64), names=np.array(names), rgba=rgba)
+    atomic_savez(path, codepoints=np.array(cps, dtype=np.int64), names=np.array(names), rgba=rgba)
     return EmojiSprites(cps, names, rgba)
 
 
@@ -235,7 +224,7 @@ def line_art_sprites(codepoints: List[int], size: int = 96) -> Tuple[np.ndarray,
             continue
         coverage[i] = np.asarray(_centred_square(canvas.crop(bbox), size), dtype=np.uint8)
         available[i] = True
-    _atomic_savez(path, coverage=coverage, available=available)
+    atomic_savez(path, coverage=coverage, available=available)
     return coverage, available
 
 
@@ -304,7 +293,7 @@ def mnist_digits(split: str) -> Tuple[np.ndarray, np.ndarray]:
             images.append(imgs)
             labels.append(np.full(len(imgs), digit, dtype=np.int64))
             is_train.append(np.arange(len(imgs)) < n_train)
-        _atomic_savez(cached, images=np.concatenate(images), labels=np.concatenate(labels),
+        atomic_savez(cached, images=np.concatenate(images), labels=np.concatenate(labels),
                       is_train=np.concatenate(is_train))
     z = np.load(cached)
     sel = z["is_train"] if split == "train" else ~z["is_train"]
@@ -339,5 +328,5 @@ def background_images(size: int = 256) -> np.ndarray:
         im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
         out.append(np.asarray(im.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1))
     images = np.stack(out).astype(np.uint8)
-    _atomic_savez(cached, images=images)
+    atomic_savez(cached, images=images)
     return images

@@ -6,9 +6,6 @@ optimiser and the step, so a run killed at any moment continues where its last c
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import archs, data, threads
+from .runs import Logger, resume_checkpoint, run_steps, save_checkpoint, warmup_cosine
+from .trunks import TokensToMap, VitTrunk
 
 
 @dataclass
@@ -71,60 +70,7 @@ TEACHERS = {"resnet-colour": ("resnet", PretrainConfig(steps=3000, lr=2e-3))}
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
     """Linear warm-up then cosine decay to zero, as a pure function of the step."""
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-class Logger:
-    """Appends timestamped lines to a file (and echoes them to stdout)."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, msg: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a run killed mid-write keeps its last checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
-                    extra: Optional[nn.Module] = None) -> None:
-    """`extra`: a training-only module (a distillation projection) that must resume with the model."""
-    ck = {"model": model.state_dict(), "opt": opt.state_dict(), "state": state}
-    if extra is not None:
-        ck["extra"] = extra.state_dict()
-    atomic_save(ck, path)
-
-
-def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict,
-                      restart_hint: str = "delete it to start over",
-                      extra: Optional[nn.Module] = None) -> Optional[dict]:
-    """Restores model and optimiser from `path` and returns the saved state, or None when there is
-    no checkpoint. Refuses a checkpoint made with another configuration: resuming it would mix runs."""
-    if not path.is_file():
-        return None
-    ck = torch.load(path)
-    if ck["state"]["config"] != config:
-        raise ValueError(f"{path} was made with {ck['state']['config']}, not {config}; {restart_hint}")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["opt"])
-    if extra is not None:
-        extra.load_state_dict(ck["extra"])
-    return ck["state"]
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup)
 
 
 def build_encoder(arch: str, num_classes: int, seed: int) -> nn.Module:
@@ -146,25 +92,26 @@ def _param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
 # ---- distillation ------------------------------------------------------------------------------
 
 def grid_stage_and_logits(target: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass giving (the feature map of the first stage at the attribution grid,
+    """One forward pass giving (the feature map of the deepest stage on the attribution grid,
     [B,C,14,14] for 112 px input; the logits). ResNet: layer2's output (stride 8). Swin: the conv
     stem and patch embedding (stride 8) and the first stage. ViT: the patch tokens after the first
     block, on the patch grid."""
-    if isinstance(target, archs.ResNetTarget):
-        n = target.net
-        stage = n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x))))))
-        return stage, target.classify(n.layer4(n.layer3(stage)))
-    if isinstance(target, archs.SwinTarget):
-        n = target.net
-        stage = n.features[:2](x)  # [B,h,w,C] channels-last
-        top = n.norm(n.features[2:](stage)).permute(0, 3, 1, 2)  # [B,D,h',w']
-        return stage.permute(0, 3, 1, 2), target.classify(top)
-    if isinstance(target, archs.VitTarget):
-        from .explainer import TokensToMap, VitTrunk  # the explainer's trunk; a top-level import would be circular
+    fam = archs.family_of(target)
+    if fam.stages is None:  # a token model
         tokens = VitTrunk(target, depth=1)(x)  # shares the target's modules: [B,1+N,D]
         grid = int(round((tokens.shape[1] - 1) ** 0.5))
         return TokensToMap(grid)(tokens), target.classify(target.early_blocks[1:](tokens))
-    raise TypeError(f"no distillation stage for {type(target).__name__}")
+    h, stage = x, None
+    for part in fam.stages(target):
+        h = part(h)
+        if (h.shape[1] if fam.channels_last else h.shape[2]) == data.GRID:
+            stage = h
+    if stage is None:
+        raise ValueError(f"no stage of the {fam.name} is on the {data.GRID} x {data.GRID} grid")
+    top = fam.final_norm(target)(h) if fam.final_norm is not None else h
+    if fam.channels_last:  # [B,h,w,C] -> [B,C,h,w]
+        stage, top = stage.permute(0, 3, 1, 2), top.permute(0, 3, 1, 2)
+    return stage, target.classify(top)
 
 
 class Distiller(nn.Module):
@@ -241,12 +188,11 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
     def save() -> None:
         save_checkpoint(ckpt_path, model, opt, state, extra=extra)
 
-    stage_start = time.time()
-    last_ckpt = time.time()
-    seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
+    seg = {"start": time.time(), "images": 0, "loss": 0.0, "correct": 0, "distill": 0.0}
     model.train()
     stream = data.train_batches(task, cfg.batch, start=state["step"], line_art=cfg.line_art if task == "emoji" else 0.0)
-    while state["step"] < cfg.steps:
+
+    def step() -> None:
         t0 = time.time()
         scenes = next(stream)
         x = data.normalise(scenes.images)  # [B,3,112,112] f32 normalised RGB
@@ -265,32 +211,26 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
         state["step"] += 1
         state["images"] += cfg.batch
         state["seconds"] += time.time() - t0
-        seg_images += cfg.batch
-        seg_loss += float(loss) * cfg.batch
-        seg_distill += float(distill_loss) * cfg.batch
-        seg_correct += int((logits.argmax(1) == scenes.labels).sum())
+        seg["images"] += cfg.batch
+        seg["loss"] += float(loss) * cfg.batch
+        seg["distill"] += float(distill_loss) * cfg.batch
+        seg["correct"] += int((logits.argmax(1) == scenes.labels).sum())
         if state["step"] % 50 == 0 or state["step"] == cfg.steps:
-            dt = time.time() - seg_start
-            distilled = f"distill {seg_distill / seg_images:.3f} " if distiller is not None else ""
-            log(f"{arch}: step {state['step']}/{cfg.steps} loss {seg_loss / seg_images:.3f} {distilled}"
-                f"train-top1 {seg_correct / seg_images:.3f} lr {lr_at(cfg, state['step'] - 1):.2e} "
-                f"{seg_images / dt:.1f} img/s")
-            seg_start, seg_images, seg_loss, seg_correct, seg_distill = time.time(), 0, 0.0, 0, 0.0
+            dt = time.time() - seg["start"]
+            distilled = f"distill {seg['distill'] / seg['images']:.3f} " if distiller is not None else ""
+            log(f"{arch}: step {state['step']}/{cfg.steps} loss {seg['loss'] / seg['images']:.3f} {distilled}"
+                f"train-top1 {seg['correct'] / seg['images']:.3f} lr {lr_at(cfg, state['step'] - 1):.2e} "
+                f"{seg['images'] / dt:.1f} img/s")
+            seg.update(start=time.time(), images=0, loss=0.0, correct=0, distill=0.0)
         if eval_every and (state["step"] % eval_every == 0 or state["step"] == cfg.steps):
             acc = evaluate(model, task, "test", eval_n)
             state["history"].append({"step": state["step"], "heldout_top1_quick": acc})
             log(f"{arch}: step {state['step']} quick held-out top-1 {acc:.3f} (n={eval_n})")
             model.train()
-        if time.time() - last_ckpt > checkpoint_minutes * 60:
-            save()
-            last_ckpt = time.time()
-        if (time.time() - stage_start) / 60 > max_minutes and state["step"] < cfg.steps:
-            save()
-            log(f"{arch}: stage time limit reached at step {state['step']}; run again to continue")
-            state["done"] = False
-            return model.eval(), state
-    state["done"] = True
-    save()
+
+    stopped = run_steps(state, cfg.steps, step, save, max_minutes=max_minutes, checkpoint_minutes=checkpoint_minutes)
+    if not state["done"]:
+        log(f"{arch}: stopped at step {state['step']}: {stopped}")
     return model.eval(), state
 
 
@@ -369,8 +309,3 @@ def fit_linear_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int,
 def probe_top1(head: nn.Module, z: torch.Tensor, y: torch.Tensor) -> float:
     return float((head(z).argmax(1) == y).float().mean())
 
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvelib import bundle, explainer as ex
+from tvelib import bundle, explainer as ex, explainer_training, metrics, occlusion, trunks
 
 ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -21,13 +21,13 @@ torch.set_num_threads(1)
 def test_pixel_cells_match_the_cpp_rule():
     # src/attribution.cpp: pixel p is in cell floor(p*G/H). 10 px over 4 cells (boundaries at
     # 0, 2.5, 5, 7.5): [0,3) [3,5) [5,8) [8,10). 112 px over 14 cells: 8 px each.
-    assert ex.pixel_cells(10, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
-    assert ex.pixel_cells(112, 14).tolist() == [p // 8 for p in range(112)]
+    assert occlusion.pixel_cells(10, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert occlusion.pixel_cells(112, 14).tolist() == [p // 8 for p in range(112)]
 
 
 def test_window_masks_hand_checked_4x4():
     # 4x4 image, 4x4 grid (one pixel per cell), radius 1.
-    m = ex.window_masks(4, 1, 4, 4)
+    m = occlusion.window_masks(4, 1, 4, 4)
     assert m.shape == (16, 1, 4, 4)
     # k = row*G + col: k = 1 is row 0, col 1, a window clipped at the top border.
     expected_k1 = torch.tensor([[1, 1, 1, 0],
@@ -42,24 +42,24 @@ def test_window_masks_hand_checked_4x4():
                                  [0, 1, 1, 1]], dtype=torch.float32)
     assert torch.equal(m[14, 0], expected_k14)
     # radius 0: mask k is exactly cell k
-    m0 = ex.window_masks(4, 0, 8, 8)
+    m0 = occlusion.window_masks(4, 0, 8, 8)
     assert torch.equal(m0[6, 0].nonzero().unique(dim=0), torch.tensor([[2, 4], [2, 5], [3, 4], [3, 5]]))
 
 
 def test_smoothing_ignores_padding():
     maps = torch.zeros(1, 3, 3)
     maps[0, 0, 0] = 9.0
-    s = ex.smooth_maps(maps, 1)
+    s = occlusion.smooth_maps(maps, 1)
     assert s[0, 0, 0] == pytest.approx(9.0 / 4)  # corner: 4 valid cells
     assert s[0, 1, 1] == pytest.approx(1.0)  # centre: 9 cells
-    assert torch.equal(ex.smooth_maps(maps, 0), maps)
+    assert torch.equal(occlusion.smooth_maps(maps, 0), maps)
 
 
 def test_rule_matches_the_formula_and_orientation():
     g, c = 3, 4
     pos, neg = torch.randn(2, g * g, c), torch.randn(2, g * g, c)
     classes = torch.tensor([1, 3])
-    maps = ex.rule(pos, neg, classes, g, 1.0, 0.5, False, 1)
+    maps = occlusion.rule(pos, neg, classes, g, 1.0, 0.5, False, 1)
     assert maps.shape == (2, g, g)
     for b in range(2):
         for k in range(g * g):
@@ -77,7 +77,7 @@ def test_tve_on_a_bundle_matches_the_reference_computation():
         head = b.target.head
         c = head(b.target.embed(x)).argmax(1)
         lp, ln = head(pos.reshape(-1, pos.shape[-1])).view(3, g * g, -1), head(neg.reshape(-1, neg.shape[-1])).view(3, g * g, -1)
-        got = ex.rule(lp, ln, c, g, 1.0, 1.0, True, r)
+        got = occlusion.rule(lp, ln, c, g, 1.0, 1.0, True, r)
         for i in range(3):
             e = head(pos[i])[:, c[i]] - head(neg[i])[:, c[i]]
             want = F.avg_pool2d(e.view(1, 1, g, g), 2 * r + 1, stride=1, padding=r, count_include_pad=False)[0, 0]
@@ -92,7 +92,7 @@ def test_occlusion_embeddings_use_baseline_zero():
         return x.sum(dim=(2, 3))
 
     x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    pos, neg = ex.occlusion_embeddings(embed, x, 2, 0)
+    pos, neg = occlusion.occlusion_embeddings(embed, x, 2, 0)
     assert pos.shape == neg.shape == (1, 4, 3)
     # cell 1 = row 0, col 1 = pixels [0:2, 2:4]. An absolute tolerance: the two sides sum the same
     # float32 values in another order, and where the complement sum is near 0 the rounding of sums
@@ -105,14 +105,14 @@ def test_occlusion_embeddings_use_baseline_zero():
 def test_metrics_against_numpy():
     a = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 2.0, 3.0, 0.0]])
     b = torch.tensor([[2.0, 4.0, 6.0, 8.0, 11.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
-    assert ex.spearman(a, b)[0] == pytest.approx(1.0)
-    assert ex.pearson(a, b)[0] == pytest.approx(np.corrcoef(a[0], b[0])[0, 1])
+    assert metrics.spearman(a, b)[0] == pytest.approx(1.0)
+    assert metrics.pearson(a, b)[0] == pytest.approx(np.corrcoef(a[0], b[0])[0, 1])
     # ties get average ranks: a[1] ranks = [1.5, 1.5, 3, 4, 0]; b[1] ranks = [4, 3, 2, 1, 0]
     ra, rb = np.array([1.5, 1.5, 3, 4, 0]), np.array([4, 3, 2, 1, 0])
-    assert ex.spearman(a, b)[1] == pytest.approx(np.corrcoef(ra, rb)[0, 1])
-    iou = ex.topk_iou(torch.arange(10.0).view(1, -1), torch.arange(10.0).view(1, -1), 0.2)
+    assert metrics.spearman(a, b)[1] == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+    iou = metrics.topk_iou(torch.arange(10.0).view(1, -1), torch.arange(10.0).view(1, -1), 0.2)
     assert iou[0] == pytest.approx(1.0)
-    iou = ex.topk_iou(torch.arange(10.0).view(1, -1), -torch.arange(10.0).view(1, -1), 0.2)
+    iou = metrics.topk_iou(torch.arange(10.0).view(1, -1), -torch.arange(10.0).view(1, -1), 0.2)
     assert iou[0] == 0.0
 
 
@@ -122,13 +122,13 @@ def test_pointing_game():
     maps[1, 0, 1] = 1.0
     cover = torch.zeros(2, 2, 2)
     cover[:, 1, 0] = 0.3
-    assert ex.pointing_hits(maps, cover).tolist() == [True, False]
+    assert metrics.pointing_hits(maps, cover).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("arch", ["resnet", "vit", "swin"])
 def test_trunk_explainer_shapes_and_scripting(arch):
     b = bundle.Bundle(ROOT / f"models/tiny-{arch}")
-    target = ex.eager_target(b)
+    target = trunks.eager_target(b)
     cfg = ex.ExplainerConfig(width=16, depth=1)
     model = ex.build(target, 4, 1, 32, cfg).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -140,7 +140,7 @@ def test_trunk_explainer_shapes_and_scripting(arch):
 @pytest.mark.parametrize("arch", ["resnet", "swin"])  # the architectures with a global branch
 def test_forward_with_embedding_moves_psi_neg_by_one_vector_per_image(arch):
     b = bundle.Bundle(ROOT / f"models/tiny-{arch}")
-    target = ex.eager_target(b)
+    target = trunks.eager_target(b)
     eager = ex.build(target, 4, 1, 32, ex.ExplainerConfig(width=16, depth=1)).eval()
     torch.manual_seed(0)
     with torch.no_grad():  # as fine-tuning does: the trunk copy drifts from the encoder's layers
@@ -188,20 +188,20 @@ def test_resume_continues_at_the_right_step(tmp_path):
     state = torch.load(tmp_path / "run/explainer.ckpt")["state"]
     assert state["step"] == 6 and state["done"]
     # A different configuration refuses the checkpoint instead of silently mixing runs.
-    target = ex.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
+    target = trunks.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
     other = ex.ExplainerConfig(steps=6, batch=4, centres=2, width=8, depth=1, calib_images=8)
     with pytest.raises(ValueError, match="was made with"):
-        ex.train(target, 4, 1, 32, other, tmp_path / "run", lambda msg: None)
+        explainer_training.train(target, 4, 1, 32, other, tmp_path / "run", lambda msg: None)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     # Same data stream, centres and optimiser state: 2 + 2 steps give the same weights as 4.
-    target = ex.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
+    target = trunks.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
     cfg = ex.ExplainerConfig(steps=4, batch=2, centres=2, width=8, depth=1, calib_images=4)
     quiet = lambda msg: None  # noqa: E731
-    a, _ = ex.train(target, 4, 1, 32, cfg, tmp_path / "a", quiet)
-    ex.train(target, 4, 1, 32, cfg, tmp_path / "b", quiet, max_steps=2)
-    b, _ = ex.train(target, 4, 1, 32, cfg, tmp_path / "b", quiet)
+    a, _ = explainer_training.train(target, 4, 1, 32, cfg, tmp_path / "a", quiet)
+    explainer_training.train(target, 4, 1, 32, cfg, tmp_path / "b", quiet, max_steps=2)
+    b, _ = explainer_training.train(target, 4, 1, 32, cfg, tmp_path / "b", quiet)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-6), name
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tvelib import archs, data, training
+from tvelib.runs import Logger
 
 
 def _cfg():
@@ -12,7 +13,7 @@ def _cfg():
 
 
 def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path):
-    log = training.Logger(None)
+    log = Logger(None)
     straight, s1 = training.pretrain("resnet", _cfg(), tmp_path / "a", log, eval_every=0)
     # max_minutes=0: the stage checkpoints and stops after every step, as a killed run would
     runs = 0
@@ -83,7 +84,7 @@ def test_distillation_moves_the_student_towards_the_teacher():
 
 def test_distilled_pretraining_resumes_and_refuses_another_teacher(tmp_path):
     teacher, cfg = _distill_setup()
-    log = training.Logger(None)
+    log = Logger(None)
     with pytest.raises(ValueError):
         training.pretrain("swin", cfg, tmp_path / "x", log, eval_every=0)  # a distilling config needs its teacher
     straight, _ = training.pretrain("swin", cfg, tmp_path / "a", log, teacher=teacher, teacher_id="t1", eval_every=0)

@@ -1,0 +1,211 @@
+"""Training a TVE explainer against a frozen target encoder, without labels (docs/design.md,
+section 4): draw images and centres, compute the masked embeddings with the encoder, regress the
+explainer's outputs at those cells onto them. Resumable from checkpoints, seeded per step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data, threads
+from .explainer import ExplainerConfig, TrunkExplainer, build, freeze_norm_stats, use_scene_version
+from .occlusion import window_masks
+from .runs import resume_checkpoint, run_steps, save_checkpoint, warmup_cosine
+
+
+def lr_at(cfg: ExplainerConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to 5% of the peak, a pure function of the step."""
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup, floor=0.05)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"centres|{seed}|{step}".encode()).digest()[:8], "little") >> 1
+
+
+def draw_centres(seed: int, step: int, batch: int, cells: int, centres: int) -> torch.Tensor:
+    """[B,K] distinct random centres per image, a pure function of (seed, step)."""
+    g = torch.Generator().manual_seed(_step_seed(seed, step))
+    return torch.stack([torch.randperm(cells, generator=g)[:centres] for _ in range(batch)])
+
+
+@torch.no_grad()
+def masked_targets(encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor,
+                   chunk: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-encoder targets: x [B,3,H,W], masks [N,1,H,W], centres [B,K] -> (z_pos, z_neg) [B,K,D].
+
+    All 2*B*K masked images go through the encoder in large batches: this is the expensive part.
+    """
+    b, k = centres.shape
+    m = masks[centres.flatten()].view(b, k, 1, *masks.shape[2:])  # [B,K,1,H,W]
+    xs = x.unsqueeze(1)  # [B,1,3,H,W]
+    inputs = torch.cat([(xs * m).flatten(0, 1), (xs * (1 - m)).flatten(0, 1)])  # [2BK,3,H,W]
+    z = torch.cat([encoder.embed(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
+    return z[: b * k].view(b, k, -1), z[b * k:].view(b, k, -1)
+
+
+def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cfg: ExplainerConfig,
+              image_size: int) -> None:
+    """Sets the explainer's output mean/std from a fixed calibration batch (its own data seed)."""
+    s = data.make_scenes("emoji", "train", cfg.data_seed + 7919, 0, cfg.calib_images, size=image_size)
+    x = data.normalise(s.images)
+    c = draw_centres(cfg.seed + 7919, 0, len(x), masks.shape[0], min(8, masks.shape[0]))
+    zp, zn = masked_targets(encoder, x, masks, c)  # [B,K,D] each
+    if model.has_global:
+        with torch.no_grad():
+            zn = zn - encoder.embed(x).unsqueeze(1)  # the change that removing S_k makes
+    d = zp.shape[-1]
+    zp, zn = zp.reshape(-1, d), zn.reshape(-1, d)
+    # The global branch starts exact, so the learned change starts at zero mean.
+    model.mean.copy_(torch.cat([zp.mean(0), torch.zeros(d) if model.has_global else zn.mean(0)]))
+    model.std.copy_(torch.cat([zp.std(0), zn.std(0)]).clamp(min=1e-3))
+
+
+def param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
+    """What the optimiser trains: the new layers, with weight decay on weights but not on norms
+    and biases. The copied encoder stages (trunk and global branch) are frozen: train() freezes
+    the target before build() copies it, so every explainer trained so far (the shipped ones
+    included) holds exact copies of its encoder's stages, which is why forward_with_embedding gives
+    the same maps as forward. Sharing those stages with the target is the next speed lever
+    (docs/performance.md)."""
+    frozen = {id(p) for p in list(model.trunk.parameters()) + list(model.rest.parameters())}
+    trained = [p for p in model.parameters() if id(p) not in frozen and p.requires_grad]
+    return [{"params": [p for p in trained if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
+           centres: torch.Tensor, logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
+    """One training objective evaluation. Returns (loss, parts, seconds spent per phase)."""
+    t0 = time.perf_counter()
+    z_pos, z_neg = masked_targets(encoder, x, masks, centres)  # [B,K,D] each
+    t1 = time.perf_counter()
+    psi_pos, psi_neg = model(x)  # [B,N,D] each
+    idx = centres.unsqueeze(-1).expand(-1, -1, psi_pos.shape[-1])  # [B,K,D]
+    p_pos, p_neg = psi_pos.gather(1, idx), psi_neg.gather(1, idx)
+    d = model.embedding_dim
+    # MSE in units of each dimension's spread: dimensions with tiny variance count as much as
+    # those with large variance, as a downstream linear head may weigh any of them.
+    l_pos = ((p_pos - z_pos) / model.std[:d]).pow(2).mean()
+    l_neg = ((p_neg - z_neg) / model.std[d:]).pow(2).mean()
+    loss = l_pos + l_neg
+    parts = {"pos": float(l_pos), "neg": float(l_neg)}
+    if logit_weight > 0:
+        # The target head's logits on psi vs on the true embeddings, scaled by the logits' spread.
+        w = encoder.head(torch.eye(d)) - encoder.head(torch.zeros(1, d))  # [D,C] = W^T
+        w = w.detach()
+        scale = (z_pos @ w).std().detach().clamp(min=1e-6) ** 2
+        l_log = (((p_pos - z_pos) @ w).pow(2).mean() + ((p_neg - z_neg) @ w).pow(2).mean()) / scale
+        loss = loss + logit_weight * l_log
+        parts["logit"] = float(l_log)
+    return loss, parts, {"targets": t1 - t0}
+
+
+def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig, run_dir: Path,
+          log: Callable[[str], None], *, max_minutes: float = 85.0, checkpoint_minutes: float = 3.0,
+          max_steps: Optional[int] = None, eval_fn: Optional[Callable[[TrunkExplainer, int], dict]] = None,
+          eval_every: int = 0) -> Tuple[TrunkExplainer, dict]:
+    """Trains (or resumes) an explainer against the frozen target encoder on the 'emoji' stream.
+
+    Stops at cfg.steps, at max_steps (a smoke run), or after max_minutes (a stage); state["done"]
+    says whether cfg.steps was reached. A checkpoint (model, optimiser, step) is written every
+    checkpoint_minutes and at every stop, atomically, so a killed run continues from the last one.
+    """
+    torch.manual_seed(cfg.seed)
+    use_scene_version(cfg.scene_version)
+    data.use_pretrain_classes(cfg.pretrain_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "explainer.ckpt"
+    target = target.eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    masks = window_masks(grid, radius, image_size, image_size)  # [N,1,H,W]
+    model = build(target, grid, radius, image_size, cfg)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+    state = resume_checkpoint(ckpt_path, model, opt, asdict(cfg), "delete it (or use another --run) to start over")
+    if state is not None:
+        log(f"resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
+    else:
+        state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "config": asdict(cfg),
+                 "history": [], "evals": []}
+        calibrate(model, target, masks, cfg, image_size)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
+            f"in the copied trunk), {asdict(cfg)}")
+    threads.record_threads(state)
+    log(f"this stage runs on {threads.describe_threads(torch.get_num_threads())}")
+
+    def save() -> None:
+        save_checkpoint(ckpt_path, model, opt, state)
+
+    seg = {"t": time.time(), "n": 0, "pos": 0.0, "neg": 0.0, "logit": 0.0, "targets": 0.0}
+    stream = data.train_batches("emoji", cfg.batch, start=state["step"], seed=cfg.data_seed)
+    model.train()
+    freeze_norm_stats(model)
+
+    def step() -> None:
+        nonlocal seg
+        t0 = time.time()
+        index = state["step"]
+        scenes = next(stream)
+        x = data.normalise(scenes.images)  # [B,3,H,W] f32 normalised RGB
+        if x.shape[-1] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        centres = draw_centres(cfg.seed, index, len(x), masks.shape[0], min(cfg.centres, masks.shape[0]))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, index)
+        loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        state["step"] += 1
+        state["images"] += len(x)
+        dt = time.time() - t0
+        state["seconds"] += dt
+        state["target_seconds"] += phases["targets"]
+        seg["n"] += 1
+        seg["targets"] += phases["targets"]
+        for k, v in parts.items():
+            seg[k] += v
+        if state["step"] % 25 == 0 or state["step"] == cfg.steps:
+            el = time.time() - seg["t"]
+            msg = (f"step {state['step']}/{cfg.steps} loss pos {seg['pos'] / seg['n']:.4f} "
+                   f"neg {seg['neg'] / seg['n']:.4f}")
+            if cfg.logit_weight > 0:
+                msg += f" logit {seg['logit'] / seg['n']:.4f}"
+            msg += (f" lr {lr_at(cfg, state['step'] - 1):.2e} {seg['n'] * cfg.batch / el:.1f} img/s "
+                    f"({seg['n'] * cfg.batch * cfg.centres / el:.0f} centres/s, "
+                    f"{100 * seg['targets'] / el:.0f}% of time in encoder targets)")
+            log(msg)
+            state["history"].append({"step": state["step"], "pos": seg["pos"] / seg["n"],
+                                     "neg": seg["neg"] / seg["n"], "img_per_s": seg["n"] * cfg.batch / el})
+            seg = {"t": time.time(), "n": 0, "pos": 0.0, "neg": 0.0, "logit": 0.0, "targets": 0.0}
+        if eval_fn is not None and eval_every and state["step"] % eval_every == 0:
+            model.eval()
+            result = eval_fn(model, state["step"])
+            state["evals"].append({"step": state["step"], **result})
+            log(f"step {state['step']} eval {json.dumps(result)}")
+            model.train()
+            freeze_norm_stats(model)
+
+    stopped = run_steps(state, cfg.steps, step, save, max_minutes=max_minutes,
+                        checkpoint_minutes=checkpoint_minutes, max_steps=max_steps)
+    log(f"stopped at step {state['step']}/{cfg.steps}: {stopped}")
+    return model.eval(), state
+
+
+def load_checkpoint(target: nn.Module, grid: int, radius: int, image_size: int,
+                    ckpt_path: Path) -> Tuple[TrunkExplainer, dict]:
+    ck = torch.load(ckpt_path)
+    cfg = ExplainerConfig.from_dict(ck["state"]["config"])
+    model = build(target, grid, radius, image_size, cfg)
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck["state"]
