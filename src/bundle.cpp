@@ -9,7 +9,7 @@
 
 #include "tve/error.hpp"
 #include "tve/log.hpp"
-#include "tve/sha256.hpp"
+#include "detail/sha256.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -405,7 +405,6 @@ torch::Tensor Head::logits(const torch::Tensor& embedding) { return call_method(
 Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
   Bundle bundle(read_manifest(bundle_dir), device);
   const Manifest& m = bundle.manifest_;
-  torch::InferenceMode no_autograd;
 
   // Hashes and method presence first: cheap, and the most common ways a bundle goes wrong.
   bundle.target_ = load_module(m.target.file, m.target.sha256, device);
@@ -426,6 +425,11 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
   }
   std::vector<Head> heads;
   for (const auto& spec : m.heads) heads.push_back(Head{spec, load_module(spec.file, spec.sha256, device), "forward", {}, {}});
+
+  // The modules are loaded outside inference mode: parameters loaded in it would be inference
+  // tensors, which autograd refuses, and gradient methods need the weights. The checks need no
+  // autograd.
+  torch::InferenceMode no_autograd;
 
   // One dummy forward pass on zeros checks every shape the manifest promises.
   const int64_t d = m.embedding_dim;
@@ -551,8 +555,8 @@ Head Bundle::load_external_head(const fs::path& head_file, std::optional<std::ve
   spec.task = spec.name;
   spec.file = head_file;
   spec.sha256 = sha256_file(head_file);
+  Head head{spec, load_module(head_file, spec.sha256, device_), "forward", {}, {}};  // outside inference mode: see load()
   torch::InferenceMode no_autograd;
-  Head head{spec, load_module(head_file, spec.sha256, device_), "forward", {}, {}};
   if (labels) {
     head.spec.labels = std::move(*labels);
   } else if (head.module.hasattr("labels")) {

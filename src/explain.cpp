@@ -11,7 +11,7 @@
 #include "tve/log.hpp"
 #include "tve/npy.hpp"
 #include "tve/predict.hpp"
-#include "tve/serial_worker.hpp"
+#include "detail/serial_worker.hpp"
 #include "tve/stopwatch.hpp"
 #include "tve/version.hpp"
 

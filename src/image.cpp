@@ -256,11 +256,16 @@ CropBox input_region(int image_width, int image_height, const InputSpec& spec) {
   return {(w - crop_w) / 2, (h - crop_h) / 2, crop_w, crop_h};
 }
 
+cv::Rect pixel_rect(const CropBox& box, int width, int height) {
+  const cv::Rect rounded(static_cast<int>(std::lround(box.x)), static_cast<int>(std::lround(box.y)),
+                         std::max(1, static_cast<int>(std::lround(box.width))),
+                         std::max(1, static_cast<int>(std::lround(box.height))));
+  return rounded & cv::Rect(0, 0, width, height);
+}
+
 torch::Tensor preprocess(const Image& image, const InputSpec& spec) {
   const CropBox box = input_region(image.width(), image.height(), spec);
-  const cv::Rect roi(static_cast<int>(std::lround(box.x)), static_cast<int>(std::lround(box.y)),
-                     std::max(1, static_cast<int>(std::lround(box.width))), std::max(1, static_cast<int>(std::lround(box.height))));
-  const cv::Mat region = image.pixels(roi & cv::Rect(0, 0, image.width(), image.height()));
+  const cv::Mat region = image.pixels(pixel_rect(box, image.width(), image.height()));
 
   // Resize in the decoded depth (cheaper than float for large images). INTER_AREA averages the
   // source pixels when shrinking (no aliasing); it degenerates to bilinear when enlarging.

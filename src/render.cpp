@@ -68,10 +68,7 @@ cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const C
   values = high > low ? (values - low) / (high - low) : torch::zeros_like(values);
   const cv::Mat grid(static_cast<int>(values.size(0)), static_cast<int>(values.size(1)), CV_32F, values.data_ptr<float>());
 
-  const cv::Rect box = cv::Rect(static_cast<int>(std::lround(region.x)), static_cast<int>(std::lround(region.y)),
-                                std::max(1, static_cast<int>(std::lround(region.width))),
-                                std::max(1, static_cast<int>(std::lround(region.height)))) &
-                       cv::Rect(0, 0, display.cols, display.rows);
+  const cv::Rect box = pixel_rect(region, display.cols, display.rows);
   // Bilinear upsampling of cell values (cell centres at pixel centres of the box): smooth, and
   // never outside the map's range, unlike cubic.
   cv::Mat upsampled, levels, heat;

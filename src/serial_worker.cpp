@@ -1,4 +1,4 @@
-#include "tve/serial_worker.hpp"
+#include "detail/serial_worker.hpp"
 
 #include <utility>
 

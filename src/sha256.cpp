@@ -1,4 +1,4 @@
-#include "tve/sha256.hpp"
+#include "detail/sha256.hpp"
 
 #include <openssl/evp.h>
 

@@ -7,7 +7,7 @@
 
 #include "test_helpers.hpp"
 #include "tve/error.hpp"
-#include "tve/sha256.hpp"
+#include "detail/sha256.hpp"
 
 namespace tve {
 namespace {

@@ -1,6 +1,6 @@
 // SerialWorker: tasks run in order on one other thread; a task's exception reaches the caller.
 
-#include "tve/serial_worker.hpp"
+#include "detail/serial_worker.hpp"
 
 #include <gtest/gtest.h>
 

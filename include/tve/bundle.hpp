@@ -14,23 +14,11 @@
 #include <utility>
 #include <vector>
 
+#include "tve/input_spec.hpp"
+
 namespace tve {
 
 inline constexpr int kBundleFormatVersion = 1;
-
-enum class ResizePolicy {
-  Stretch,     // resize to height x width; aspect ratio not kept
-  CenterCrop,  // scale the shorter side to size / crop_fraction, keep the centre
-};
-
-struct InputSpec {
-  int height = 0;
-  int width = 0;
-  ResizePolicy resize = ResizePolicy::Stretch;
-  double crop_fraction = 0.875;
-  std::array<float, 3> mean{};  // RGB, for pixel values in [0,1]
-  std::array<float, 3> std{};   // RGB
-};
 
 // A linear classification head as the manifest describes it: the target's own or a downstream one.
 struct HeadSpec {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "tve/bundle.hpp"
+#include "tve/input_spec.hpp"
 
 namespace tve {
 
@@ -54,6 +54,10 @@ struct CropBox {
 };
 
 CropBox input_region(int image_width, int image_height, const InputSpec& spec);
+
+// The box in whole pixels (rounded, at least 1 x 1), clipped to a width x height image: the same
+// pixels for preprocessing and for drawing the overlay.
+cv::Rect pixel_rect(const CropBox& box, int width, int height);
 
 // [3,H,W] f32 RGB, normalised with spec.mean/std. Transparent pixels are composited onto the
 // mean colour, which is the baseline ("removed") value of the attribution methods: what is not

@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "tve/bundle.hpp"
 #include "tve/image.hpp"
+#include "tve/input_spec.hpp"
 
 namespace tve {
 
