@@ -54,7 +54,8 @@ class InputCollector {
   void add(const std::string& input) {
     const fs::path path(input);
     struct stat st {};
-    if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    const bool exists = stat(path.c_str(), &st) == 0;
+    if (exists && S_ISDIR(st.st_mode)) {
       if (is_skip_folder(st)) {
         ++outputs_;
         return;
@@ -65,7 +66,7 @@ class InputCollector {
     }
     // Files, and names that do not exist: the latter fail later with a per-image error, like any
     // other bad input, instead of stopping the run.
-    add_file(path, stat(path.c_str(), &st) == 0 ? &st : nullptr);
+    add_file(path, exists ? &st : nullptr);
   }
 
  private:
