@@ -66,20 +66,22 @@ class InputCollector {
     }
     // Files, and names that do not exist: the latter fail later with a per-image error, like any
     // other bad input, instead of stopping the run.
-    add_file(path, exists ? &st : nullptr);
+    add_file(path, exists ? &st : nullptr, /*listed=*/true);
   }
 
  private:
   bool is_skip_folder(const struct stat& st) const { return skip_id_ && *skip_id_ == FileId{st.st_dev, st.st_ino}; }
 
-  void add_file(const fs::path& path, const struct stat* st) {
+  // `listed`: named by the user (argument or stdin) rather than found in a folder scan, which
+  // already stepped around the skip folder; only such a path needs resolving to know where it is.
+  void add_file(const fs::path& path, const struct stat* st, bool listed) {
     if (st != nullptr) {
       if (!seen_.insert({st->st_dev, st->st_ino}).second) {
         ++repeats_;
         return;
       }
       std::error_code ec;
-      if (!skip_prefix_.empty() && fs::weakly_canonical(path, ec).string().rfind(skip_prefix_, 0) == 0) {
+      if (listed && !skip_prefix_.empty() && fs::weakly_canonical(path, ec).string().rfind(skip_prefix_, 0) == 0) {
         ++outputs_;
         return;
       }
@@ -133,7 +135,7 @@ class InputCollector {
         add_folder(entry, ancestors);
         ancestors.pop_back();
       } else if (S_ISREG(st.st_mode) && has_image_extension(entry)) {
-        add_file(entry, &st);
+        add_file(entry, &st, /*listed=*/false);
       }
     }
   }
