@@ -90,6 +90,34 @@ class PosChangingExplainer(nn.Module):
         return pos + 1.0, neg
 
 
+class WithoutEmbedFeatures(nn.Module):
+    """A target of the format before embed_features(): gradient methods on features() can then
+    explain its own head (through classify) but no other."""
+
+    def __init__(self, inner: archs.VitTarget):
+        super().__init__()
+        self.inner = inner
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.features(x)
+
+    @torch.jit.export
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.inner.classify(features)
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.embed(x)
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner.head(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
 def make_parts(parts: Path, seed: int) -> None:
     """Broken pieces for the bundle validation tests, all built for tiny-vit's D and input size."""
     torch.manual_seed(seed)
@@ -103,6 +131,8 @@ def make_parts(parts: Path, seed: int) -> None:
                        parts / "explainer_wrong_grid.pt")
     bundle.save_script(PosChangingExplainer(archs.build_explainer(IMAGE_SIZE, GRID, dim, num_layers=1, hidden_dim=16)),
                        parts / "explainer_embedding_changes_pos.pt")
+    vit = archs.build_target("vit", "tiny", NUM_CLASSES, image_size=IMAGE_SIZE)
+    bundle.save_script(WithoutEmbedFeatures(vit), parts / "target_without_embed_features.pt")
     (parts / "not_torchscript.pt").write_bytes(b"this is not a TorchScript archive\n")
 
 

@@ -1,5 +1,6 @@
 #include "tve/attribution.hpp"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "tve/error.hpp"
@@ -37,8 +38,42 @@ torch::Tensor smooth_map(const torch::Tensor& maps, int radius) {
   return smoothed.reshape(sizes);
 }
 
+at::Generator seeded_generator(uint64_t seed, uint64_t stream) {
+  // splitmix64 of (seed, stream): nearby seeds and streams give unrelated generator states.
+  uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (stream + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return at::detail::createCPUGenerator(z ^ (z >> 31));
+}
+
+torch::Tensor cell_membership(int grid, int64_t size, const torch::Device& device) {
+  auto cell_of_pixel = torch::div(torch::arange(size, torch::kLong) * grid, size, "floor");  // [size]
+  return (torch::arange(grid, torch::kLong).unsqueeze(1) == cell_of_pixel.unsqueeze(0)).to(device, torch::kFloat32);
+}
+
+torch::Tensor sum_over_cells(const torch::Tensor& pixel_maps, int grid) {
+  // rows [G,H] @ map [..,H,W] @ cols^T [W,G]: two small matrix products instead of G*G reductions.
+  const auto rows = cell_membership(grid, pixel_maps.size(-2), pixel_maps.device());
+  const auto cols = cell_membership(grid, pixel_maps.size(-1), pixel_maps.device());
+  return torch::matmul(torch::matmul(rows, pixel_maps), cols.t());
+}
+
+torch::Tensor mean_over_cells(const torch::Tensor& pixel_maps, int grid) {
+  const auto rows = cell_membership(grid, pixel_maps.size(-2), pixel_maps.device());
+  const auto cols = cell_membership(grid, pixel_maps.size(-1), pixel_maps.device());
+  const auto pixels_per_cell = torch::outer(rows.sum(1), cols.sum(1));  // [G,G]
+  return sum_over_cells(pixel_maps, grid) / pixels_per_cell;
+}
+
+torch::Tensor cells_to_pixels(const torch::Tensor& cell_values, int64_t height, int64_t width) {
+  const auto grid = static_cast<int>(cell_values.size(-1));
+  const auto rows = cell_membership(grid, height, cell_values.device());  // [G,H]
+  const auto cols = cell_membership(grid, width, cell_values.device());   // [G,W]
+  return torch::matmul(torch::matmul(rows.t(), cell_values.to(torch::kFloat32)), cols);
+}
+
 torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device) {
-  // Pixel p lies in grid row (or column) floor(p * G / H).
+  // Pixel p lies in grid row (or column) floor(p * G / H), as in cell_membership.
   auto row_of_pixel = torch::div(torch::arange(height, torch::kLong) * grid, height, "floor");  // [H]
   auto col_of_pixel = torch::div(torch::arange(width, torch::kLong) * grid, width, "floor");    // [W]
   auto cell_rows = torch::arange(grid, torch::kLong).repeat_interleave(grid);  // [N] row of cell k

@@ -414,6 +414,7 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
   bundle.has_features_ = bundle.target_.find_method("features").has_value();
   if (bundle.has_features_) {
     require_method(bundle.target_, m.target.file, "classify", "a target with features() must also have classify()");
+    bundle.has_embed_features_ = bundle.target_.find_method("embed_features").has_value();
   }
   if (m.explainer) {
     if (m.explainer->target_sha256 != m.target.sha256) {
@@ -477,6 +478,13 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
     if (!torch::allclose(logits_from_features, y, 1e-4, 1e-4)) {
       throw BundleError(m.target.file, "classify(features(x)) differs from forward(x)");
     }
+    if (bundle.has_embed_features_) {
+      auto z_from_features = checked(m.target.file, "embed_features(features(x))", [&] { return bundle.embed_features(f); });
+      if (z_from_features.sizes() != z.sizes() || !torch::allclose(z_from_features, z, 1e-4, 1e-4)) {
+        throw BundleError(m.target.file, "embed_features(features(x)) gives " + shape_of(z_from_features) +
+                                             ", which differs from embed(x) " + shape_of(z));
+      }
+    }
   }
   if (bundle.explainer_) {
     const int64_t cells = static_cast<int64_t>(m.grid) * m.grid;
@@ -519,6 +527,19 @@ torch::Tensor Bundle::logits(const torch::Tensor& images) { return target_.forwa
 torch::Tensor Bundle::features(const torch::Tensor& images) { return call_method(target_, "features", images); }
 
 torch::Tensor Bundle::classify(const torch::Tensor& features) { return call_method(target_, "classify", features); }
+
+torch::Tensor Bundle::embed_features(const torch::Tensor& features) {
+  if (!has_embed_features_) throw BundleError(manifest_.target.file, "target has no embed_features() method");
+  return call_method(target_, "embed_features", features);
+}
+
+torch::Tensor Bundle::logits_from_features(const torch::Tensor& features, Head& head) {
+  if (has_embed_features_) return head.logits(embed_features(features));
+  if (head.spec.name == "target" && head.method == "head") return classify(features);
+  throw BundleError(manifest_.target.file, "target has no embed_features() method, so a gradient method on features() can "
+                                           "explain only the target's own head, not '" + head.spec.name +
+                                           "' (re-export the target with embed_features, docs/bundle-format.md)");
+}
 
 std::pair<torch::Tensor, torch::Tensor> Bundle::meta_attributions(const torch::Tensor& images, const torch::Tensor& embeddings) {
   if (!explainer_) throw BundleError(manifest_.dir, "bundle has no explainer (no 'explainer' in manifest.json)");

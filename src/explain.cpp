@@ -191,7 +191,7 @@ struct BatchResult {
   torch::Tensor classes;                             // [B,K] int64, CPU: the explained classes
   torch::Tensor probabilities;                       // [B,C] f32, CPU
   torch::Tensor maps;                                // [B,K,G,G] f32, CPU
-  int64_t model_evaluations = 0;
+  AttributionCost cost;   // per image
   double forward_ms = 0;  // per image
   double explain_ms = 0;  // per image
 };
@@ -218,7 +218,7 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
   Attribution attribution = method.explain(bundle, head, images, classes, embeddings);
   result.maps = attribution.maps.to(torch::kCPU, torch::kFloat32).contiguous();
   result.explain_ms = 1e3 * attribution.seconds / good;
-  result.model_evaluations = attribution.model_evaluations;
+  result.cost = attribution.cost;
   result.classes = classes.to(torch::kCPU);
   result.probabilities = torch::softmax(logits.to(torch::kCPU, torch::kFloat32), 1);
   return result;
@@ -244,7 +244,11 @@ json success_record(const ImageJob& job, const BatchResult& batch, int64_t row, 
                                    {"probability", batch.probabilities[row][c].item<double>()},
                                    {"values", rows_of(batch.maps[row][k])}});
   }
-  record["model_evaluations"] = batch.model_evaluations;
+  record["model_evaluations"] = batch.cost.model_evaluations();
+  record["cost"] = {{"forward_passes", batch.cost.forward_passes},
+                    {"backward_passes", batch.cost.backward_passes},
+                    {"explainer_passes", batch.cost.explainer_passes},
+                    {"ms", batch.explain_ms}};
   record["timings_ms"] = {{"decode", 1e3 * job.decode_seconds}, {"forward", batch.forward_ms}, {"explain", batch.explain_ms}};
   return record;
 }

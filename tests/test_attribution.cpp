@@ -32,7 +32,7 @@ TEST(WindowedOcclusion, MapIsOrientedLikeTheImage) {
   const auto attribution = occlusion.explain(bundle, bundle.head("target"), image_with_bright_cell(0, 6),
                                              torch::tensor({{0}}, torch::kLong));
   ASSERT_EQ(attribution.maps.sizes(), (std::vector<int64_t>{1, 1, 8, 8}));
-  EXPECT_EQ(attribution.model_evaluations, 2 * 64);
+  EXPECT_EQ(attribution.cost.forward_passes, 2 * 64);
   // Class 0 sums the cells' brightness s = 1 (one cell of mean 1): e[k] = s if the bright cell is
   // in k's window, else 0 - s.
   const auto map = attribution.maps[0][0];
@@ -54,7 +54,7 @@ TEST(Tve, EqualsWindowedOcclusionWithAnExactExplainer) {
   const auto fast = tve.explain(bundle, bundle.head("target"), images, classes);
   const auto exact = occlusion.explain(bundle, bundle.head("target"), images, classes);
   ASSERT_EQ(fast.maps.sizes(), (std::vector<int64_t>{3, 2, 8, 8}));
-  EXPECT_EQ(fast.model_evaluations, 1);
+  EXPECT_EQ(fast.cost.explainer_passes, 1);
   EXPECT_LT((fast.maps - exact.maps).abs().max().item<double>(), 1e-4);
 }
 

@@ -62,7 +62,7 @@ class InputGradient : public AttributionMethod {
     logits.gather(1, classes.slice(1, 0, 1)).sum().backward();
     const int grid = bundle.manifest().grid;
     auto maps = torch::adaptive_avg_pool2d(x.grad().abs().sum(1, true), {grid, grid});  // [B,1,G,G]
-    return {maps.detach(), 2, 0.0};
+    return {maps.detach(), {1, 1, 0}, 0.0};
   }
 };
 
@@ -77,7 +77,7 @@ class ExactBrightness : public AttributionMethod {  // a method that must not se
                            const torch::Tensor&) override {
     saw_inference_mode = c10::InferenceMode::is_enabled();
     const int grid = bundle.manifest().grid;
-    return {torch::zeros({images.size(0), classes.size(1), grid, grid}), 1, 0.0};
+    return {torch::zeros({images.size(0), classes.size(1), grid, grid}), {1, 0, 0}, 0.0};
   }
 };
 

@@ -65,10 +65,27 @@ void add_max_pixels_option(CLI::App* command, int64_t& max_pixels) {
       ->capture_default_str();
 }
 
-void add_method_option(CLI::App* command, std::string& method) {
-  std::string help = "Attribution method:";
+void add_method_options(CLI::App* command, std::string& method, MethodSettings& settings) {
+  std::string help = "Attribution method (docs/methods.md):";
   for (const auto& entry : attribution_methods()) help += std::string("\n  ") + entry.name + ": " + entry.summary;
   command->add_option("--method", method, help)->check(CLI::IsMember(method_names()))->capture_default_str();
+  command->add_option("--lambda-pos", settings.lambda_pos, "tve, occlusion: weight of the region-alone term (default: the bundle's)")
+      ->check(kFinite);
+  command->add_option("--lambda-neg", settings.lambda_neg, "tve, occlusion: weight of the region-removed term (default: the bundle's)")
+      ->check(kFinite);
+  // A flag function, not add_flag on the optional: CLI11 sets an optional<bool> flag to false even
+  // when neither flag is given, which hid the bundle's own default.
+  command->add_flag_function(
+      "--smooth,!--no-smooth", [&settings](int64_t count) { settings.smooth = count > 0; },
+      "tve: mean filter over the perturbation window (default: the bundle's)");
+  command->add_option("--radius", settings.radius, "occlusion: window radius in cells (default: the bundle's)")
+      ->check(CLI::Range(0, 128));
+  command->add_option("--steps", settings.steps, "ig: quadrature points (default 32)")->check(CLI::Range(1, 1024));
+  command->add_option("--samples", settings.samples, "smoothgrad, rise, kernelshap: random draws per image (defaults 25, 4000, 2000)")
+      ->check(CLI::Range(1, 1000000));
+  command->add_option("--seed", settings.seed, "smoothgrad, rise, kernelshap: random seed (default 0)");
+  command->add_option("--rise-cells", settings.rise_cells, "rise: side of the coarse mask grid (default ceil(G/2))")
+      ->check(CLI::Range(1, 1024));
 }
 
 void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool required) {

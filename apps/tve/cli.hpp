@@ -17,6 +17,7 @@
 
 #include "tve/bundle.hpp"
 #include "tve/error.hpp"
+#include "tve/methods.hpp"
 #include "tve/stopwatch.hpp"
 
 namespace tve::cli {
@@ -55,7 +56,9 @@ void add_model_option(CLI::App* command, std::string& model);
 void add_batch_size_option(CLI::App* command, int& batch_size);
 void add_max_pixels_option(CLI::App* command, int64_t& max_pixels);
 // --method, its choices and help from the library's registry (tve/methods.hpp).
-void add_method_option(CLI::App* command, std::string& method);
+// --method (choices and help from the registry) and the settings methods read: --lambda-pos,
+// --lambda-neg, --smooth, --radius, --steps, --samples, --seed, --rise-cells.
+void add_method_options(CLI::App* command, std::string& method, MethodSettings& settings);
 void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool required);
 
 std::optional<std::filesystem::path> as_path(const std::optional<std::string>& text);

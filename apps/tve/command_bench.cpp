@@ -18,6 +18,7 @@ namespace {
 struct BenchCliOptions {
   std::string model;
   std::string method = "tve";
+  MethodSettings method_settings;
   std::vector<std::string> inputs;
   size_t count = 0;  // 0: every image found
   int repeats = 20;
@@ -30,7 +31,7 @@ int run(const CommonOptions& common, const BenchCliOptions& options) {
   // A benchmark always measures its thread counts: that is part of what it reports.
   Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, kMeasureThreadsFromImages);
   Head& head = bundle.head("target");
-  const auto method = make_method(options.method, bundle);
+  const auto method = make_method(options.method, bundle, options.method_settings);
   BenchmarkOptions bench;
   bench.repeats = options.repeats;
   bench.batch_size = options.batch_size;
@@ -59,7 +60,7 @@ Command add_bench_command(CLI::App& tve, CommonOptions& common) {
   auto* command = tve.add_subcommand("bench", "Measure explain cost against the model's own forward pass (one JSON line)");
   command->add_option("inputs", options->inputs, "Images or folders for the throughput run (optional)");
   add_model_option(command, options->model);
-  add_method_option(command, options->method);
+  add_method_options(command, options->method, options->method_settings);
   command->add_option("--count", options->count, "Use at most this many images (0: all)")->capture_default_str();
   command->add_option("--repeats", options->repeats, "Timed runs for latency")->check(CLI::Range(1, 100000))->capture_default_str();
   add_batch_size_option(command, options->batch_size);

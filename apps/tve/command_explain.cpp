@@ -101,21 +101,12 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("--head-file", o.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
       ->excludes(head_option);
   command->add_option("--labels", o.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
-  add_method_option(command, o.method);
+  add_method_options(command, o.method, o.method_settings);
   auto* class_option = command->add_option("-c,--class", o.class_spec, "Class to explain, by index or label (default: top-1)");
   command->add_option("-k,--top-k", o.top_k, "Explain the K most likely classes (same forward pass)")
       ->check(CLI::Range(1, 1000))
       ->excludes(class_option)
       ->capture_default_str();
-  command->add_option("--lambda-pos", o.method_settings.lambda_pos, "Weight of the region-alone term (default: the bundle's)")
-      ->check(kFinite);
-  command->add_option("--lambda-neg", o.method_settings.lambda_neg, "Weight of the region-removed term (default: the bundle's)")
-      ->check(kFinite);
-  // A flag function, not add_flag on the optional: CLI11 sets an optional<bool> flag to false even
-  // when neither flag is given, which hid the bundle's own default.
-  command->add_flag_function(
-      "--smooth,!--no-smooth", [&o](int64_t count) { o.method_settings.smooth = count > 0; },
-      "Mean filter over the perturbation window (default: the bundle's)");
   command->add_option("-o,--out", o.out_dir, "Output folder; mirrors the inputs' paths (nothing written without it)");
   command->add_option("--format", o.formats, "What to write under --out: overlay,npy,json or none")->capture_default_str();
   command->add_option("--colormap", o.colormap, "jet, turbo, inferno or viridis")

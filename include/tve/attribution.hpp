@@ -5,8 +5,10 @@
 // which method made a map. Each method is one file (include/tve/methods/, src/methods/) and one
 // line in the registry (methods.hpp), which is also what the command line offers.
 
+#include <ATen/core/Generator.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -15,10 +17,20 @@
 
 namespace tve {
 
+// What a method spent, per image of the batch: passes of single images, so a batch of 64 masked
+// copies of one image is 64 forward passes. A pass through part of the network (gradient methods
+// that start from features()) counts as one.
+struct AttributionCost {
+  int64_t forward_passes = 0;    // of the target
+  int64_t backward_passes = 0;   // of the target, to the input or to features()
+  int64_t explainer_passes = 0;  // of the bundle's explainer
+  int64_t model_evaluations() const { return forward_passes + explainer_passes; }
+};
+
 struct Attribution {
-  torch::Tensor maps;             // [B,K,G,G] f32, on the bundle's device
-  int64_t model_evaluations = 0;  // forward passes of the target (or explainer) per image
-  double seconds = 0;             // wall time for the whole batch
+  torch::Tensor maps;  // [B,K,G,G] f32, on the bundle's device
+  AttributionCost cost;
+  double seconds = 0;  // wall time for the whole batch
 };
 
 class AttributionMethod {
@@ -45,11 +57,34 @@ class AttributionMethod {
                                    const torch::Tensor& embeddings) = 0;
 };
 
+// A CPU random generator for stream `stream` of `seed`: random methods draw chunk i of their masks,
+// noise or coalitions from stream i, so results depend on the seed only, not on batch sizes, on the
+// device or on which other images share the batch.
+at::Generator seeded_generator(uint64_t seed, uint64_t stream);
+
+// Calls work(from, to) for consecutive ranges [from, to) of [0, total), at most `chunk` long: the
+// methods that evaluate many variants of one image pass them to the model a batch at a time.
+template <typename Work>
+void for_each_chunk(int64_t total, int64_t chunk, Work&& work) {
+  for (int64_t from = 0; from < total; from += chunk) work(from, std::min(total, from + chunk));
+}
+
 // Pixel masks of the windows: [G*G, 1, H, W] f32, 1 inside S_k. Pixel row p belongs to grid row
 // floor(p * G / H), likewise for columns; cell k = row * G + col.
 torch::Tensor window_masks(int grid, int radius, int height, int width, const torch::Device& device);
 
 // [B,K,G,G] -> [B,K,G,G] mean over the (2r+1) window, cells outside the grid not counted.
 torch::Tensor smooth_map(const torch::Tensor& maps, int radius);
+
+// Which pixels make up each cell along one side: [G,size] f32, row g is 1 at the pixels p with
+// floor(p * G / size) == g (the cells of window_masks).
+torch::Tensor cell_membership(int grid, int64_t size, const torch::Device& device);
+
+// Pixel-resolution maps [...,H,W] -> [...,G,G]: the sum, or the mean, of each cell's pixels.
+torch::Tensor sum_over_cells(const torch::Tensor& pixel_maps, int grid);
+torch::Tensor mean_over_cells(const torch::Tensor& pixel_maps, int grid);
+
+// Cell values [...,G,G] -> [...,H,W]: each pixel takes its cell's value (coalitions to pixel masks).
+torch::Tensor cells_to_pixels(const torch::Tensor& cell_values, int64_t height, int64_t width);
 
 }  // namespace tve

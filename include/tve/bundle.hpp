@@ -115,6 +115,13 @@ class Bundle {
   bool has_gradient_methods() const { return has_features_; }
   torch::Tensor features(const torch::Tensor& images);
   torch::Tensor classify(const torch::Tensor& features);
+  // features -> z [B,D], so that embed(x) == embed_features(features(x)). Optional in a bundle;
+  // without it, gradient methods on features() can explain the target's own head only.
+  bool has_embed_features() const { return has_embed_features_; }
+  torch::Tensor embed_features(const torch::Tensor& features);
+  // The logits of `head` from features(x): head(embed_features(f)), or classify(f) for the target's
+  // own head. Throws BundleError when the bundle cannot give them for this head.
+  torch::Tensor logits_from_features(const torch::Tensor& features, Head& head);
 
  private:
   Bundle(Manifest manifest, torch::Device device) : manifest_(std::move(manifest)), device_(device) {}
@@ -125,6 +132,7 @@ class Bundle {
   std::optional<torch::jit::Module> explainer_;
   std::map<std::string, Head> heads_;  // "target" and each downstream head
   bool has_features_ = false;
+  bool has_embed_features_ = false;
   bool explainer_takes_embedding_ = false;
 };
 

@@ -4,6 +4,7 @@
 // src/methods/ (with its header under include/tve/methods/), one line in src/methods/registry.cpp
 // and its tests.
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,9 +18,15 @@ namespace tve {
 // What a user can set on any method; each method reads what applies to it and takes the rest
 // from the bundle.
 struct MethodSettings {
-  std::optional<double> lambda_pos;
-  std::optional<double> lambda_neg;
-  std::optional<bool> smooth;
+  std::optional<double> lambda_pos;  // tve, occlusion
+  std::optional<double> lambda_neg;  // tve, occlusion
+  std::optional<bool> smooth;        // tve
+  std::optional<int> radius;         // occlusion: the window (tve's is fixed by its training)
+  std::optional<int> steps;          // ig: quadrature points
+  std::optional<int> samples;        // smoothgrad, rise, kernelshap: random draws per image
+  std::optional<uint64_t> seed;      // smoothgrad, rise, kernelshap
+  std::optional<int> rise_cells;     // rise: side of the coarse mask grid
+  std::optional<int> batch_size;     // perturbed, noisy or interpolated copies per pass
 };
 
 struct MethodEntry {

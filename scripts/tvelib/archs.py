@@ -8,7 +8,8 @@ calls by name:
     head(z)              [B,D] -> [B,C]                           linear classification head
     forward(x)           head(embed(x))
     features(x)          the last feature map before pooling      for gradient methods
-    classify(f)          features -> [B,C], so that forward(x) == classify(features(x))
+    embed_features(f)    features -> [B,D], so that embed(x) == embed_features(features(x))
+    classify(f)          head(embed_features(f)) == forward(x)
 
 features() layout: ResNet and Swin give [B,D,h,w]; ViT gives the token sequence entering its last
 encoder block, [B,1+N,D] (token 0 is the class token, tokens 1.. row-major over the patch grid),
@@ -61,12 +62,16 @@ class VitTarget(nn.Module):
         return self.early_blocks(t + self.pos_embedding)
 
     @torch.jit.export
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.last_block(features))[:, 0]
+
+    @torch.jit.export
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.ln(self.last_block(features))[:, 0])
+        return self.head(self.embed_features(features))
 
     @torch.jit.export
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.last_block(self.features(x)))[:, 0]
+        return self.embed_features(self.features(x))
 
     @torch.jit.export
     def head(self, z: torch.Tensor) -> torch.Tensor:
@@ -90,12 +95,16 @@ class ResNetTarget(nn.Module):
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))  # [B,D,h,w]
 
     @torch.jit.export
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.net.avgpool(features), 1)
+
+    @torch.jit.export
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.net.avgpool(features), 1))
+        return self.head(self.embed_features(features))
 
     @torch.jit.export
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.net.avgpool(self.features(x)), 1)
+        return self.embed_features(self.features(x))
 
     @torch.jit.export
     def head(self, z: torch.Tensor) -> torch.Tensor:
@@ -118,12 +127,16 @@ class SwinTarget(nn.Module):
         return f.permute(0, 3, 1, 2).contiguous()  # [B,D,h,w]
 
     @torch.jit.export
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.net.avgpool(features), 1)
+
+    @torch.jit.export
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.net.avgpool(features), 1))
+        return self.head(self.embed_features(features))
 
     @torch.jit.export
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.net.avgpool(self.features(x)), 1)
+        return self.embed_features(self.features(x))
 
     @torch.jit.export
     def head(self, z: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ std::unique_ptr<AttributionMethod> WindowedOcclusion::create(const Bundle& bundl
   // The quantity TVE amortises: the same window and lambdas as the bundle's explainer.
   const TveOptions bundle_defaults = TveMethod::defaults_for(bundle.manifest());
   OcclusionOptions options;
-  options.radius = bundle.manifest().radius;
+  options.radius = settings.radius.value_or(bundle.manifest().radius);
+  options.batch_size = settings.batch_size.value_or(options.batch_size);
   options.lambda_pos = settings.lambda_pos.value_or(bundle_defaults.lambda_pos);
   options.lambda_neg = settings.lambda_neg.value_or(bundle_defaults.lambda_neg);
   return std::make_unique<WindowedOcclusion>(options);
@@ -46,7 +47,9 @@ Attribution WindowedOcclusion::compute_maps(Bundle& bundle, Head& head, const to
     auto neg = torch::cat(removed).index_select(1, c).t();  // [K,N]
     per_image.push_back((options_.lambda_pos * pos - options_.lambda_neg * neg).reshape({c.size(0), grid, grid}));
   }
-  return {torch::stack(per_image).contiguous(), 2 * cells, stopwatch.seconds()};
+  AttributionCost cost;
+  cost.forward_passes = 2 * cells;
+  return {torch::stack(per_image).contiguous(), cost, stopwatch.seconds()};
 }
 
 }  // namespace tve

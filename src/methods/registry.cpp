@@ -3,7 +3,14 @@
 #include "tve/methods.hpp"
 
 #include "tve/error.hpp"
+#include "tve/methods/gradcam.hpp"
+#include "tve/methods/gradcam_plus_plus.hpp"
+#include "tve/methods/integrated_gradients.hpp"
+#include "tve/methods/kernel_shap.hpp"
 #include "tve/methods/occlusion.hpp"
+#include "tve/methods/rise.hpp"
+#include "tve/methods/saliency.hpp"
+#include "tve/methods/smoothgrad.hpp"
 #include "tve/methods/tve.hpp"
 
 namespace tve {
@@ -12,6 +19,13 @@ const std::vector<MethodEntry>& attribution_methods() {
   static const std::vector<MethodEntry> methods{
       {"tve", "one pass of the bundle's pre-trained explainer (the default)", &TveMethod::create},
       {"occlusion", "windowed occlusion, exact: 2*G*G model passes per image", &WindowedOcclusion::create},
+      {"gradcam", "Grad-CAM on the target's features(): 1 forward, 1 backward pass", &GradCam::create},
+      {"gradcam++", "Grad-CAM++ on the target's features(): 1 forward, 1 backward pass", &GradCamPlusPlus::create},
+      {"saliency", "input-gradient magnitude, summed per cell: 1 forward, 1 backward pass", &Saliency::create},
+      {"smoothgrad", "saliency averaged over --samples noisy copies (default 25)", &SmoothGrad::create},
+      {"ig", "Integrated Gradients from the mean colour, --steps passes (default 32)", &IntegratedGradients::create},
+      {"rise", "RISE: --samples random masks (default 4000)", &Rise::create},
+      {"kernelshap", "Kernel SHAP over the G*G cells, --samples coalitions (default 2000)", &KernelShap::create},
   };
   return methods;
 }

@@ -52,7 +52,9 @@ Attribution TveMethod::compute_maps(Bundle& bundle, Head& head, const torch::Ten
                       (options_.lambda_pos - options_.lambda_neg) * class_bias;  // [B,K,N]
   auto maps = scores.reshape({batch, explained, grid, grid});                    // row-major: [.., row, col]
   if (options_.smooth) maps = smooth_map(maps, options_.radius);
-  return {maps.contiguous(), 1, stopwatch.seconds()};
+  AttributionCost cost;
+  cost.explainer_passes = 1;
+  return {maps.contiguous(), cost, stopwatch.seconds()};
 }
 
 }  // namespace tve
