@@ -103,46 +103,70 @@ bool is_temporary_output_name(const std::string& filename) {
   return parse_temporary_name(filename, host, pid);
 }
 
-void write_file_atomically(const fs::path& file, std::string_view bytes) {
+AtomicFileWriter::AtomicFileWriter(fs::path file) : file_(std::move(file)) {
   std::error_code ec;
-  if (file.has_parent_path()) fs::create_directories(file.parent_path(), ec);
-  if (ec) throw OutputError(file, "cannot create its folder " + file.parent_path().string() + ": " + ec.message());
+  if (file_.has_parent_path()) fs::create_directories(file_.parent_path(), ec);
+  if (ec) throw OutputError(file_, "cannot create its folder " + file_.parent_path().string() + ": " + ec.message());
 
   // Hidden, and unique to this host, process and call, so that concurrent jobs writing into the
   // same folder (a job array on a shared file system) never share a temporary file and
   // half-written files are never mistaken for results.
   static thread_local std::mt19937_64 random{std::random_device{}()};
-  const std::string temporary = (file.parent_path() / ("." + file.filename().string() + "." + host_tag() + "-" +
-                                                       std::to_string(getpid()) + "-" +
-                                                       std::to_string(random() % 1000000000) + std::string(kTemporarySuffix)))
-                                    .string();
+  temporary_ = (file_.parent_path() / ("." + file_.filename().string() + "." + host_tag() + "-" + std::to_string(getpid()) +
+                                       "-" + std::to_string(random() % 1000000000) + std::string(kTemporarySuffix)))
+                   .string();
   auto& registry = temporaries();
-  int fd = -1;
-  {
-    std::lock_guard<std::mutex> lock(registry.mutex);
-    fd = open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0) throw OutputError(file, "cannot create a file in its folder: " + errno_text(errno));
-    registry.paths.insert(temporary);
-  }
-  auto discard = [&](const std::string& why) {
-    if (fd >= 0) close(fd);
-    unlink(temporary.c_str());
-    std::lock_guard<std::mutex> lock(registry.mutex);
-    registry.paths.erase(temporary);
-    throw OutputError(file, why);
-  };
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  fd_ = open(temporary_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd_ < 0) throw OutputError(file_, "cannot create a file in its folder: " + errno_text(errno));
+  registry.paths.insert(temporary_);
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (!temporary_.empty()) discard();
+}
+
+void AtomicFileWriter::discard() noexcept {
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+  unlink(temporary_.c_str());
+  auto& registry = temporaries();
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  registry.paths.erase(temporary_);
+  temporary_.clear();
+}
+
+void AtomicFileWriter::fail(const std::string& why) {
+  discard();
+  throw OutputError(file_, why);
+}
+
+void AtomicFileWriter::append(std::string_view bytes) {
+  if (temporary_.empty()) throw OutputError(file_, "written after it was committed or discarded");
   for (size_t written = 0; written < bytes.size();) {
-    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
+    const ssize_t n = write(fd_, bytes.data() + written, bytes.size() - written);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) discard("write failed: " + errno_text(n < 0 ? errno : EIO));
+    if (n <= 0) fail("write failed: " + errno_text(n < 0 ? errno : EIO));
     written += static_cast<size_t>(n);
   }
-  const int closed = close(fd);
-  fd = -1;
-  if (closed != 0) discard("write failed: " + errno_text(errno));  // NFS and quotas report here
-  if (rename(temporary.c_str(), file.c_str()) != 0) discard("cannot move output into place: " + errno_text(errno));
+}
+
+void AtomicFileWriter::commit() {
+  if (temporary_.empty()) throw OutputError(file_, "committed after it was committed or discarded");
+  const int closed = close(fd_);
+  fd_ = -1;
+  if (closed != 0) fail("write failed: " + errno_text(errno));  // NFS and quotas report here
+  if (rename(temporary_.c_str(), file_.c_str()) != 0) fail("cannot move output into place: " + errno_text(errno));
+  auto& registry = temporaries();
   std::lock_guard<std::mutex> lock(registry.mutex);
-  registry.paths.erase(temporary);
+  registry.paths.erase(temporary_);
+  temporary_.clear();
+}
+
+void write_file_atomically(const fs::path& file, std::string_view bytes) {
+  AtomicFileWriter writer(file);
+  writer.append(bytes);
+  writer.commit();
 }
 
 size_t remove_stale_temporaries(const fs::path& folder) {

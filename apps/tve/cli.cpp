@@ -65,10 +65,19 @@ void add_max_pixels_option(CLI::App* command, int64_t& max_pixels) {
       ->capture_default_str();
 }
 
-void add_method_options(CLI::App* command, std::string& method, MethodSettings& settings) {
-  std::string help = "Attribution method (docs/methods.md):";
+std::string methods_help(const std::string& lead) {
+  std::string help = lead + " (docs/methods.md):";
   for (const auto& entry : attribution_methods()) help += std::string("\n  ") + entry.name + ": " + entry.summary;
-  command->add_option("--method", method, help)->check(CLI::IsMember(method_names()))->capture_default_str();
+  return help;
+}
+
+void add_method_option(CLI::App* command, std::string& method) {
+  command->add_option("--method", method, methods_help("Attribution method"))
+      ->check(CLI::IsMember(method_names()))
+      ->capture_default_str();
+}
+
+void add_method_settings(CLI::App* command, MethodSettings& settings) {
   command->add_option("--lambda-pos", settings.lambda_pos, "tve, occlusion: weight of the region-alone term (default: the bundle's)")
       ->check(kFinite);
   command->add_option("--lambda-neg", settings.lambda_neg, "tve, occlusion: weight of the region-removed term (default: the bundle's)")

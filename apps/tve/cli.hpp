@@ -56,9 +56,12 @@ void add_model_option(CLI::App* command, std::string& model);
 void add_batch_size_option(CLI::App* command, int& batch_size);
 void add_max_pixels_option(CLI::App* command, int64_t& max_pixels);
 // --method, its choices and help from the library's registry (tve/methods.hpp).
-// --method (choices and help from the registry) and the settings methods read: --lambda-pos,
-// --lambda-neg, --smooth, --radius, --steps, --samples, --seed, --rise-cells.
-void add_method_options(CLI::App* command, std::string& method, MethodSettings& settings);
+// --method, its choices and help from the registry; methods_help() is that help for other options.
+void add_method_option(CLI::App* command, std::string& method);
+std::string methods_help(const std::string& lead);
+// The settings methods read: --lambda-pos, --lambda-neg, --smooth, --radius, --steps, --samples,
+// --seed, --rise-cells.
+void add_method_settings(CLI::App* command, MethodSettings& settings);
 void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool required);
 
 std::optional<std::filesystem::path> as_path(const std::optional<std::string>& text);
@@ -98,6 +101,7 @@ struct Command {
 
 Command add_predict_command(CLI::App& tve, CommonOptions& common);
 Command add_explain_command(CLI::App& tve, CommonOptions& common);
+Command add_eval_command(CLI::App& tve, CommonOptions& common);
 Command add_fit_head_command(CLI::App& tve, CommonOptions& common);
 Command add_bench_command(CLI::App& tve, CommonOptions& common);
 Command add_models_command(CLI::App& tve, CommonOptions& common);

@@ -60,7 +60,8 @@ Command add_bench_command(CLI::App& tve, CommonOptions& common) {
   auto* command = tve.add_subcommand("bench", "Measure explain cost against the model's own forward pass (one JSON line)");
   command->add_option("inputs", options->inputs, "Images or folders for the throughput run (optional)");
   add_model_option(command, options->model);
-  add_method_options(command, options->method, options->method_settings);
+  add_method_option(command, options->method);
+  add_method_settings(command, options->method_settings);
   command->add_option("--count", options->count, "Use at most this many images (0: all)")->capture_default_str();
   command->add_option("--repeats", options->repeats, "Timed runs for latency")->check(CLI::Range(1, 100000))->capture_default_str();
   add_batch_size_option(command, options->batch_size);

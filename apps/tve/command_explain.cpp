@@ -101,7 +101,8 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("--head-file", o.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
       ->excludes(head_option);
   command->add_option("--labels", o.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
-  add_method_options(command, o.method, o.method_settings);
+  add_method_option(command, o.method);
+  add_method_settings(command, o.method_settings);
   auto* class_option = command->add_option("-c,--class", o.class_spec, "Class to explain, by index or label (default: top-1)");
   command->add_option("-k,--top-k", o.top_k, "Explain the K most likely classes (same forward pass)")
       ->check(CLI::Range(1, 1000))

@@ -25,7 +25,7 @@ using namespace tve::cli;
 
 // The commands, in the order --help lists them. A new command is a file and a line here.
 constexpr Command (*kCommands[])(CLI::App&, CommonOptions&) = {
-    add_predict_command, add_explain_command, add_fit_head_command, add_bench_command, add_models_command,
+    add_predict_command, add_explain_command, add_eval_command, add_fit_head_command, add_bench_command, add_models_command,
 };
 
 // OpenBLAS picked its kernels as this process loaded it, before main(). When it fell back to a

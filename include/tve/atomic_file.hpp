@@ -16,6 +16,26 @@ namespace tve {
 // read-only, permissions).
 void write_file_atomically(const std::filesystem::path& file, std::string_view bytes);
 
+// The same for a file written piece by piece (a results file that grows with a run): append()
+// writes to the temporary, commit() moves it into place; destroyed without commit() (an exception,
+// an early return), the temporary is removed and `file` is left as it was. Throws OutputError.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::filesystem::path file);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  void append(std::string_view bytes);
+  void commit();
+
+ private:
+  void discard() noexcept;
+  [[noreturn]] void fail(const std::string& why);
+  std::filesystem::path file_;
+  std::string temporary_;  // empty once committed or discarded
+  int fd_ = -1;
+};
+
 // Whether `filename` is a temporary name of write_file_atomically: ".<name>.<host>-<pid>-<n>.tve.tmp"
 // (and ".<name>.<pid>.<n>.tmp", the naming of tve 0.x before the host was part of it).
 bool is_temporary_output_name(const std::string& filename);

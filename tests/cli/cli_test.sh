@@ -414,6 +414,84 @@ case_explain_calibration_ignores_batch_size() {
   expect_in err "on a batch of 8"
 }
 
+case_eval_compares_methods() {
+  mkdir -p "$WORK/in"
+  cp "$SAMPLES/chelsea.jpg" "$WORK/in/cat.jpg"
+  cp "$SAMPLES/coffee.jpg" "$WORK/in/cup.jpg"
+  head -c 3000 "$SAMPLES/astronaut.jpg" > "$WORK/in/truncated.jpg"
+  # A mask for the cat (the right half of the image), and one of the wrong size for the cup.
+  /usr/bin/python3 - "$WORK/in" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image
+folder = Path(sys.argv[1])
+w, h = Image.open(folder / "cat.jpg").size
+mask = Image.new("L", (w, h), 0)
+mask.paste(255, (w // 2, 0, w, h))
+mask.save(folder / "cat.mask.png")
+Image.new("L", (7, 7), 255).save(folder / "cup.mask.png")
+PY
+  local methods=tve,gradcam,gradcam++,saliency,smoothgrad,ig,rise,kernelshap,occlusion
+  run eval "$WORK/in" --model tiny-vit --methods "$methods" --samples 30 --steps 4 --out "$WORK/o" --threads 1
+  expect_rc 1  # the truncated image failed, the others were evaluated
+  expect_in err "2 mask file(s) not taken as images"
+  for name in ${methods//,/ }; do expect_in out "| $name |"; done
+  cmp -s "$WORK/out" "$WORK/o/table.md" || fail "the table printed is not table.md"
+  /usr/bin/python3 - "$WORK/o" "$methods" <<'PY' || fail "eval outputs"
+import json, sys
+from pathlib import Path
+from PIL import Image
+out, methods = Path(sys.argv[1]), sys.argv[2].split(",")
+records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+errors = [r for r in records if "error" in r]
+assert len(errors) == 1 and errors[0]["input"].endswith("truncated.jpg"), errors
+good = [r for r in records if "error" not in r]
+assert len(good) == 2 * len(methods), len(good)
+for r in good:
+    assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+    assert len(r["deletion_curve"]) == 5 and len(r["insertion_curve"]) == 5  # grid 4: G + 1 points
+    # Both curves end where the other starts: nothing removed = everything inserted, and back.
+    assert abs(r["deletion_curve"][0] - r["insertion_curve"][-1]) < 1e-5
+    assert abs(r["deletion_curve"][-1] - r["insertion_curve"][0]) < 1e-5
+    assert abs(r["deletion_curve"][0] - r["class"]["probability"]) < 1e-5
+    assert r["cost"]["ms"] > 0 and r["cost"]["forward_equivalents"] > 0
+    assert -1 <= r["fidelity"]["spearman"] <= 1
+    if r["method"] == "occlusion":
+        assert r["fidelity"]["spearman"] > 0.999 and r["cost"]["forward_passes"] == 32
+    if r["input"].endswith("cat.jpg"):
+        assert r["mask"]["file"].endswith("cat.mask.png") and 0 <= r["mask"]["positive_share_in_mask"] <= 1
+        assert isinstance(r["mask"]["pointing_hit"], bool)
+    else:
+        assert "7x7" in r["mask"]["error"] and "pointing_hit" not in r["mask"], r["mask"]
+summary = json.loads((out / "summary.json").read_text())
+assert summary["images"] == 2 and summary["failed"] == 1 and set(summary["methods"]) == set(methods)
+tve = summary["methods"]["tve"]
+assert tve["deletion_auc"]["count"] == 2 and tve["deletion_auc"]["low"] <= tve["deletion_auc"]["median"] <= tve["deletion_auc"]["high"]
+assert tve["pointing_game"]["count"] == 1  # only the cat has a usable mask
+assert Image.open(out / "curves.png").size[0] > 600
+assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporaries left"
+PY
+  # Random methods are reproducible: the same seed gives the same curves.
+  run eval "$WORK/in/cat.jpg" --model tiny-vit --methods rise,kernelshap,smoothgrad --samples 30 --seed 5 --out "$WORK/a" --no-fidelity
+  expect_rc 0
+  run eval "$WORK/in/cat.jpg" --model tiny-vit --methods rise,kernelshap,smoothgrad --samples 30 --seed 5 --out "$WORK/b" --no-fidelity
+  expect_rc 0
+  /usr/bin/python3 - "$WORK/a/results.jsonl" "$WORK/b/results.jsonl" <<'PY' || fail "same seed, other curves"
+import json, sys
+a, b = ([json.loads(l) for l in open(f)] for f in sys.argv[1:])
+assert [(r["method"], r["deletion_curve"], r["insertion_curve"]) for r in a] == \
+       [(r["method"], r["deletion_curve"], r["insertion_curve"]) for r in b]
+assert all("fidelity" not in r for r in a)
+PY
+  # Bad requests: an unknown method, an unusable --out, nothing to evaluate.
+  run eval "$WORK/in" --model tiny-vit --methods tve,nope --out "$WORK/c"; expect_rc 2
+  : > "$WORK/file"
+  run eval "$WORK/in" --model tiny-vit --out "$WORK/file/o"; expect_rc 7
+  mkdir -p "$WORK/empty"
+  run eval "$WORK/empty" --model tiny-vit --out "$WORK/d"; expect_rc 4
+  [[ ! -e "$WORK/d/results.jsonl" ]] || fail "results written with no input"
+}
+
 # malformed_bundle EDIT EXPECTED...: a copy of tiny-vit changed by the shell snippet EDIT (run in
 # the bundle's folder) must fail to load with exit 3, within a minute, with each EXPECTED on stderr.
 malformed_bundle() {

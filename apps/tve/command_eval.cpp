@@ -1,0 +1,137 @@
+// tve eval: faithfulness and cost of attribution methods side by side on a set of images.
+
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "cli.hpp"
+#include "tve/atomic_file.hpp"
+#include "tve/evaluate.hpp"
+#include "tve/explain.hpp"
+#include "tve/log.hpp"
+#include "tve/render.hpp"
+#include "tve/runtime.hpp"
+
+namespace fs = std::filesystem;
+
+namespace tve::cli {
+namespace {
+
+struct EvalCliOptions {
+  std::vector<std::string> inputs;
+  std::string model;
+  std::string head = "target";
+  std::optional<std::string> head_file;
+  std::optional<std::string> labels_file;
+  std::vector<std::string> methods{"tve", "gradcam", "saliency", "ig", "occlusion"};
+  MethodSettings method_settings;
+  std::optional<std::string> class_spec;
+  std::optional<std::string> masks;
+  std::string insertion_start = "baseline";
+  bool no_fidelity = false;
+  std::string out_dir;
+  int batch_size = 8;
+  int64_t max_pixels = ImageLimits{}.max_pixels;
+  std::string progress = "auto";
+};
+
+int run(const CommonOptions& common, const EvalCliOptions& options) {
+  const fs::path out(options.out_dir);
+  prepare_output_folder(out);  // an unusable --out is exit 7 before any model work
+  std::vector<InputFile> inputs;
+  size_t masks_skipped = 0;
+  for (auto& input : expand_inputs(options.inputs, std::cin, {out})) {
+    if (input.error.empty() && is_mask_file(input.path)) {
+      ++masks_skipped;  // a mask beside its image is not an image to evaluate
+    } else {
+      inputs.push_back(std::move(input));
+    }
+  }
+  if (inputs.empty()) {
+    logger().error("no images found in the inputs given");
+    return kNoInputSucceeded;
+  }
+  Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
+  std::optional<Head> external;
+  if (options.head_file) {
+    std::optional<std::vector<std::string>> labels;
+    if (options.labels_file) labels = read_labels_file(*options.labels_file);
+    external = bundle.load_external_head(*options.head_file, labels);
+  }
+  Head& head = external ? *external : bundle.head(options.head);
+
+  EvaluationOptions evaluation;
+  evaluation.methods = options.methods;
+  evaluation.method_settings = options.method_settings;
+  if (options.class_spec) evaluation.class_index = resolve_class(head, *options.class_spec);
+  if (options.masks) evaluation.masks = fs::path(*options.masks);
+  evaluation.insertion_from_blur = options.insertion_start == "blur";
+  evaluation.fidelity = !options.no_fidelity;
+  evaluation.batch.batch_size = options.batch_size;
+  evaluation.batch.limits.max_pixels = options.max_pixels;
+  evaluation.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  logger().info("evaluating {} on {} image(s) of head '{}'{}", fmt::join(options.methods, ", "), inputs.size(),
+                head.spec.name, masks_skipped ? fmt::format(" ({} mask file(s) not taken as images)", masks_skipped) : "");
+
+  // results.jsonl grows with the run under a temporary name and appears whole at the end; a run
+  // that fails or is stopped leaves no partial file.
+  AtomicFileWriter results(out / "results.jsonl");
+  ProgressBar progress(options.progress);
+  const auto report = run_evaluation(bundle, head, inputs, evaluation,
+                                     {[&](const nlohmann::json& record) {
+                                        results.append(record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+                                      },
+                                      [&](size_t done, size_t total) { progress.update(done, total); }});
+  results.commit();
+  auto summary = report.summary();
+  summary["model"] = bundle.manifest().name;
+  summary["head"] = head.spec.name;
+  summary["insertion_start"] = options.insertion_start;
+  summary["fidelity_reference"] = evaluation.fidelity ? nlohmann::json("occlusion") : nlohmann::json(nullptr);
+  write_file_atomically(out / "summary.json", summary.dump(2) + "\n");
+  const std::string table = report.markdown_table();
+  write_file_atomically(out / "table.md", table);
+  write_file_atomically(out / "curves.png", encode_png(report.plot_curves()));
+  std::cout << table;
+  std::cout.flush();
+  if (!std::cout) throw OutputError("stdout", "cannot write the table");
+  logger().info("{} image(s) evaluated, {} failed; results.jsonl, summary.json, table.md and curves.png in {}", report.images,
+                report.failed, out.string());
+  return exit_code_for(report.images, report.failed);
+}
+
+}  // namespace
+
+Command add_eval_command(CLI::App& tve, CommonOptions& common) {
+  auto options = std::make_shared<EvalCliOptions>();
+  auto& o = *options;
+  auto* command = tve.add_subcommand("eval", "Faithfulness and cost of attribution methods on a set of images");
+  add_inputs_option(command, o.inputs, /*required=*/true);
+  add_model_option(command, o.model);
+  auto* head_option = command->add_option("--head", o.head, "Head to explain: target or a downstream task of the bundle")
+                          ->capture_default_str();
+  command->add_option("--head-file", o.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
+      ->excludes(head_option);
+  command->add_option("--labels", o.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
+  command->add_option("--methods", o.methods, methods_help("Methods to compare, comma-separated"))
+      ->delimiter(',')
+      ->check(CLI::IsMember(method_names()))
+      ->capture_default_str();
+  add_method_settings(command, o.method_settings);
+  command->add_option("-c,--class", o.class_spec, "Class to explain, by index or label (default: each image's top-1)");
+  command->add_option("--masks", o.masks, "Folder of object masks (<stem>.mask.png); default: beside each image");
+  command->add_option("--insertion-start", o.insertion_start, "What insertion starts from: baseline (mean colour) or blur")
+      ->check(CLI::IsMember({"baseline", "blur"}))
+      ->capture_default_str();
+  command->add_flag("--no-fidelity", o.no_fidelity, "Skip the comparison with exact windowed occlusion (2*G*G passes per image)");
+  command->add_option("-o,--out", o.out_dir, "Output folder: results.jsonl, summary.json, table.md, curves.png")->required();
+  add_batch_size_option(command, o.batch_size);
+  add_max_pixels_option(command, o.max_pixels);
+  command->add_option("--progress", o.progress, "Progress bar on stderr: auto (when a terminal), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}))
+      ->capture_default_str();
+  add_common_options(command, common);
+  return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
+}
+
+}  // namespace tve::cli

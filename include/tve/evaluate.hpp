@@ -1,0 +1,75 @@
+#pragma once
+// tve eval: how faithful each attribution method is on a set of images, and what it costs
+// (docs/methods.md, "tve eval"). Per image and method: deletion and insertion curves of the
+// explained class's probability, agreement with exact windowed occlusion, and with object masks
+// the pointing game and the share of positive attribution on the object. The run streams like
+// explain: a batch of images in memory at a time, bad images reported and skipped.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+#include "tve/bundle.hpp"
+#include "tve/methods.hpp"
+#include "tve/metrics.hpp"
+#include "tve/pipeline.hpp"
+
+namespace tve {
+
+struct EvaluationOptions {
+  std::vector<std::string> methods;
+  MethodSettings method_settings;               // applied to every method (each reads what applies)
+  std::optional<int64_t> class_index;           // else each image's top-1 class
+  std::optional<std::filesystem::path> masks;   // a folder of masks; else masks are looked for beside the images
+  bool insertion_from_blur = false;             // insertion starts from a blurred image instead of the baseline
+  bool fidelity = true;                         // compare every map with exact windowed occlusion
+  BatchOptions batch;
+};
+
+// Where the mask of `image` may be, in order of preference: <stem>.mask.png beside it (or, with
+// `masks`, at the image's mirrored path under that folder, then directly in it).
+std::vector<std::filesystem::path> mask_candidates(const std::filesystem::path& image,
+                                                   const std::optional<std::filesystem::path>& masks);
+bool is_mask_file(const std::filesystem::path& file);
+
+// The fraction of each cell's pixels inside the mask, [G,G], for an image of width x height whose
+// model input covers `spec`'s region. Any non-zero colour is the object. Throws ImageError naming
+// the mask when it cannot be read or its size is not the image's.
+torch::Tensor object_share_per_cell(const std::filesystem::path& mask, int image_width, int image_height,
+                                    const InputSpec& spec, int grid);
+
+struct MethodTotals {
+  std::map<std::string, std::vector<double>> metrics;  // per metric, one value per image
+  std::vector<double> deletion_curve_sum, insertion_curve_sum;
+  int64_t curves = 0;
+  int64_t non_finite = 0;  // images whose map had a NaN or infinity: reported, left out of the metrics
+};
+
+struct EvaluationReport {
+  std::vector<std::string> methods;  // in the order asked
+  std::map<std::string, MethodTotals> totals;
+  size_t images = 0;  // evaluated
+  size_t failed = 0;
+  std::vector<std::pair<std::string, std::string>> failures;  // input, error
+  int curve_points = 0;
+  nlohmann::json summary() const;  // per method and metric: median, 95% interval, count
+  std::string markdown_table() const;
+  cv::Mat plot_curves() const;  // mean deletion and insertion curves per method, BGR8
+};
+
+struct EvaluationCallbacks {
+  std::function<void(const nlohmann::json& record)> on_record;  // one per image and method, or one per failed image
+  std::function<void(size_t done, size_t total)> on_progress;
+};
+
+EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<InputFile>& inputs,
+                                const EvaluationOptions& options, const EvaluationCallbacks& callbacks);
+
+}  // namespace tve
