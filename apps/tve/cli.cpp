@@ -65,6 +65,22 @@ void add_max_pixels_option(CLI::App* command, int64_t& max_pixels) {
       ->capture_default_str();
 }
 
+void add_head_options(CLI::App* command, HeadChoice& choice) {
+  auto* head_option = command->add_option("--head", choice.name, "Head to explain: target or a downstream task of the bundle")
+                          ->capture_default_str();
+  command->add_option("--head-file", choice.file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
+      ->excludes(head_option);
+  command->add_option("--labels", choice.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
+}
+
+Head& choose_head(Bundle& bundle, HeadChoice& choice) {
+  if (!choice.file) return bundle.head(choice.name);
+  std::optional<std::vector<std::string>> labels;
+  if (choice.labels_file) labels = read_labels_file(*choice.labels_file);
+  choice.external = bundle.load_external_head(*choice.file, labels);
+  return *choice.external;
+}
+
 std::string methods_help(const std::string& lead) {
   std::string help = lead + " (docs/methods.md):";
   for (const auto& entry : attribution_methods()) help += std::string("\n  ") + entry.name + ": " + entry.summary;

@@ -55,7 +55,18 @@ void add_common_options(CLI::App* command, CommonOptions& common);
 void add_model_option(CLI::App* command, std::string& model);
 void add_batch_size_option(CLI::App* command, int& batch_size);
 void add_max_pixels_option(CLI::App* command, int64_t& max_pixels);
-// --method, its choices and help from the library's registry (tve/methods.hpp).
+
+// Which head to explain: one of the bundle's (--head) or a TorchScript file (--head-file, with
+// --labels when the file carries none).
+struct HeadChoice {
+  std::string name = "target";
+  std::optional<std::string> file;
+  std::optional<std::string> labels_file;
+  std::optional<Head> external;  // loaded by choose_head
+};
+void add_head_options(CLI::App* command, HeadChoice& choice);
+Head& choose_head(Bundle& bundle, HeadChoice& choice);
+
 // --method, its choices and help from the registry; methods_help() is that help for other options.
 void add_method_option(CLI::App* command, std::string& method);
 std::string methods_help(const std::string& lead);

@@ -20,9 +20,7 @@ namespace {
 struct EvalCliOptions {
   std::vector<std::string> inputs;
   std::string model;
-  std::string head = "target";
-  std::optional<std::string> head_file;
-  std::optional<std::string> labels_file;
+  HeadChoice head;
   std::vector<std::string> methods{"tve", "gradcam", "saliency", "ig", "occlusion"};
   MethodSettings method_settings;
   std::optional<std::string> class_spec;
@@ -35,7 +33,7 @@ struct EvalCliOptions {
   std::string progress = "auto";
 };
 
-int run(const CommonOptions& common, const EvalCliOptions& options) {
+int run(const CommonOptions& common, EvalCliOptions& options) {
   const fs::path out(options.out_dir);
   prepare_output_folder(out);  // an unusable --out is exit 7 before any model work
   std::vector<InputFile> inputs;
@@ -52,13 +50,7 @@ int run(const CommonOptions& common, const EvalCliOptions& options) {
     return kNoInputSucceeded;
   }
   Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
-  std::optional<Head> external;
-  if (options.head_file) {
-    std::optional<std::vector<std::string>> labels;
-    if (options.labels_file) labels = read_labels_file(*options.labels_file);
-    external = bundle.load_external_head(*options.head_file, labels);
-  }
-  Head& head = external ? *external : bundle.head(options.head);
+  Head& head = choose_head(bundle, options.head);
 
   EvaluationOptions evaluation;
   evaluation.methods = options.methods;
@@ -108,11 +100,7 @@ Command add_eval_command(CLI::App& tve, CommonOptions& common) {
   auto* command = tve.add_subcommand("eval", "Faithfulness and cost of attribution methods on a set of images");
   add_inputs_option(command, o.inputs, /*required=*/true);
   add_model_option(command, o.model);
-  auto* head_option = command->add_option("--head", o.head, "Head to explain: target or a downstream task of the bundle")
-                          ->capture_default_str();
-  command->add_option("--head-file", o.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
-      ->excludes(head_option);
-  command->add_option("--labels", o.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
+  add_head_options(command, o.head);
   command->add_option("--methods", o.methods, methods_help("Methods to compare, comma-separated"))
       ->delimiter(',')
       ->check(CLI::IsMember(method_names()))

@@ -20,9 +20,7 @@ namespace {
 struct ExplainCliOptions {
   std::vector<std::string> inputs;
   std::string model;  // empty: the shipped default (models/DEFAULT)
-  std::string head = "target";
-  std::optional<std::string> head_file;
-  std::optional<std::string> labels_file;
+  HeadChoice head;
   std::string method = "tve";
   MethodSettings method_settings;
   std::optional<std::string> class_spec;
@@ -38,7 +36,7 @@ struct ExplainCliOptions {
   std::optional<std::string> shard;
 };
 
-int run(const CommonOptions& common, const ExplainCliOptions& options) {
+int run(const CommonOptions& common, ExplainCliOptions& options) {
   ExplainOptions explain;
   explain.formats = parse_formats(options.formats);
   explain.overlay.colormap = parse_colormap(options.colormap);
@@ -60,13 +58,7 @@ int run(const CommonOptions& common, const ExplainCliOptions& options) {
     return kNoInputSucceeded;
   }
   Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
-  std::optional<Head> external;
-  if (options.head_file) {
-    std::optional<std::vector<std::string>> labels;
-    if (options.labels_file) labels = read_labels_file(*options.labels_file);
-    external = bundle.load_external_head(*options.head_file, labels);
-  }
-  Head& head = external ? *external : bundle.head(options.head);
+  Head& head = choose_head(bundle, options.head);
   const auto method = make_method(options.method, bundle, options.method_settings);
 
   if (options.class_spec) explain.class_index = resolve_class(head, *options.class_spec);
@@ -96,11 +88,7 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
   auto* command = tve.add_subcommand("explain", "Attribution heatmaps: overlays, raw maps and a JSON line per image");
   add_inputs_option(command, o.inputs, /*required=*/true);
   add_model_option(command, o.model);
-  auto* head_option = command->add_option("--head", o.head, "Head to explain: target or a downstream task of the bundle")
-                          ->capture_default_str();
-  command->add_option("--head-file", o.head_file, "A TorchScript linear head on the bundle's encoder (e.g. from fit-head)")
-      ->excludes(head_option);
-  command->add_option("--labels", o.labels_file, "Labels of --head-file, one per line (if the head has none inside)");
+  add_head_options(command, o.head);
   add_method_option(command, o.method);
   add_method_settings(command, o.method_settings);
   auto* class_option = command->add_option("-c,--class", o.class_spec, "Class to explain, by index or label (default: top-1)");
