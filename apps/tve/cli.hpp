@@ -32,6 +32,7 @@ enum ExitCode : int {
   kDeviceError = 5,
   kInternalError = 6,
   kOutputError = 7,
+  kExpectationsFailed = 8,  // explain --expect: a result differs from the golden file (docs/ci.md)
 };
 
 int exit_code_for_error(const Error& error);

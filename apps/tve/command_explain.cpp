@@ -8,6 +8,7 @@
 #include "tve/atomic_file.hpp"
 #include "tve/benchmark.hpp"
 #include "tve/explain.hpp"
+#include "tve/golden.hpp"
 #include "tve/log.hpp"
 #include "tve/methods.hpp"
 #include "tve/runtime.hpp"
@@ -34,9 +35,46 @@ struct ExplainCliOptions {
   std::string progress = "auto";
   bool resume = false;
   std::optional<std::string> shard;
+  std::optional<std::string> record_file;  // --record: write a golden file
+  std::optional<std::string> expect_file;  // --expect: check against one
+  std::optional<std::string> junit_file;
+  GoldenTolerances tolerances;
 };
 
+// What a golden file records about the run as a whole: a check names any difference.
+nlohmann::json golden_identity(const Bundle& bundle, const Head& head, const AttributionMethod& method, const ExplainOptions& explain) {
+  return {{"model", bundle.manifest().name},
+          {"target_sha256", bundle.manifest().target.sha256},
+          {"head", head.spec.name},
+          {"head_sha256", head.spec.sha256},
+          {"explainer_sha256",
+           bundle.manifest().explainer ? nlohmann::json(bundle.manifest().explainer->sha256) : nlohmann::json(nullptr)},
+          {"method", method.name()},
+          {"parameters", method.parameters()},
+          {"top_k", explain.top_k},
+          {"class", explain.class_index ? nlohmann::json(*explain.class_index) : nlohmann::json(nullptr)}};
+}
+
+// --expect: the differences on stderr, JUnit XML if asked; exit 8 when any image differs.
+int check_expectations(const ExplainCliOptions& options, const nlohmann::json& golden, const nlohmann::json& identity,
+                       const std::vector<nlohmann::json>& records) {
+  const auto check = check_against_golden(golden, identity, records, options.tolerances);
+  for (const auto& note : check.run_notes) logger().warn("expect: {}", note);
+  for (const auto& image : check.images) {
+    for (const auto& problem : image.problems) logger().error("expect: {}: {}", image.input, problem);
+  }
+  if (options.junit_file) {
+    write_file_atomically(*options.junit_file, junit_xml(check, "tve explain " + identity["model"].get<std::string>() + " " +
+                                                                  identity["head"].get<std::string>()));
+  }
+  logger().info("expect: {} of {} image(s) as recorded in {}", check.images.size() - check.failed(), check.images.size(),
+                *options.expect_file);
+  return check.failed() ? kExpectationsFailed : kSuccess;
+}
+
 int run(const CommonOptions& common, ExplainCliOptions& options) {
+  // Read first: a golden file that cannot be used is a usage error before any model work.
+  const auto golden = options.expect_file ? read_golden(*options.expect_file) : nlohmann::json();
   ExplainOptions explain;
   explain.formats = parse_formats(options.formats);
   explain.overlay.colormap = parse_colormap(options.colormap);
@@ -71,11 +109,26 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
                 head.spec.name, head.spec.labels.size(),
                 explain.out_dir ? ", writing to " + explain.out_dir->string() : "");
   ProgressBar progress(options.progress);
+  std::vector<nlohmann::json> records;  // kept only for --record and --expect
+  const bool keep_records = options.record_file || options.expect_file;
   const auto summary = run_explain(bundle, head, *method, inputs, explain,
-                                   {print_json_line, [&](size_t done, size_t total) { progress.update(done, total); }});
+                                   {[&](const nlohmann::json& record) {
+                                      print_json_line(record);
+                                      if (keep_records) records.push_back(record);
+                                    },
+                                    [&](size_t done, size_t total) { progress.update(done, total); }});
   logger().info("{} image(s) explained{}, {} failed{}; peak memory {:.0f} MiB", summary.succeeded - summary.resumed,
                 summary.resumed ? " (" + std::to_string(summary.resumed) + " more done by an earlier run)" : "",
                 summary.failed, explain.out_dir ? "; outputs in " + explain.out_dir->string() : "", peak_rss_mib());
+  const auto identity = golden_identity(bundle, head, *method, explain);
+  if (options.record_file) {
+    write_file_atomically(*options.record_file, make_golden(identity, records).dump(1) + "\n");
+    logger().info("recorded {} image(s) in {}", summary.succeeded, *options.record_file);
+  }
+  if (options.expect_file) {
+    const int verdict = check_expectations(options, golden, identity, records);
+    if (verdict != kSuccess) return verdict;
+  }
   if (inputs.empty()) return kSuccess;  // an empty shard of a job array: nothing to do is not a failure
   return exit_code_for(summary.succeeded, summary.failed);
 }
@@ -111,6 +164,22 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("--shard", o.shard,
                       "Explain only part K of N of the inputs (K/N, K from 0), split by path; auto or auto/N "
                       "read SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX (docs/cluster.md)");
+  command->add_option("--record", o.record_file, "Write a golden file: each image's top-k and maps, for --expect (docs/ci.md)");
+  auto* expect = command->add_option("--expect", o.expect_file,
+                                     "Check the results against a golden file; exit 8 when an image differs (docs/ci.md)");
+  command->add_option("--prob-tolerance", o.tolerances.probability, "--expect: largest change of the top-1 probability")
+      ->check(kFinite & CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->needs(expect);
+  command->add_option("--map-tolerance", o.tolerances.map_spearman, "--expect: smallest Spearman correlation with the recorded map")
+      ->check(kFinite & CLI::Range(-1.0, 1.0))
+      ->capture_default_str()
+      ->needs(expect);
+  command->add_option("--peak-tolerance", o.tolerances.peak_cells, "--expect: how many cells the map's peak may move")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str()
+      ->needs(expect);
+  command->add_option("--junit", o.junit_file, "--expect: write the check as JUnit XML, one test case per image")->needs(expect);
   add_common_options(command, common);
   return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
 }

@@ -492,6 +492,70 @@ PY
   [[ ! -e "$WORK/d/results.jsonl" ]] || fail "results written with no input"
 }
 
+case_explain_expect_golden() {
+  mkdir -p "$WORK/s" && cp "$SAMPLES"/*.jpg "$SAMPLES"/*.png "$WORK/s/" && cd "$WORK" || fail "setup"
+  run explain s --model tiny-vit --record golden.json --threads 2; expect_rc 0
+  expect_in err "recorded 11 image(s) in golden.json"
+  # Another thread count and batch size: the same results within the default tolerances.
+  run explain s --model tiny-vit --expect golden.json --threads 1 --batch-size 3 --junit ok.xml; expect_rc 0
+  expect_in err "11 of 11 image(s) as recorded"
+  # Another model: exit 8, each changed image named with what changed, JUnit XML for CI.
+  run explain s --model tiny-resnet --expect golden.json --junit junit.xml; expect_rc 8
+  expect_in err "s/chelsea.jpg: top-1 changed"
+  expect_in err "model differs from the recorded one"
+  # A missing and an extra image are reported, not ignored.
+  mv s/chelsea.jpg s/renamed.jpg
+  run explain s --model tiny-vit --expect golden.json; expect_rc 8
+  expect_in err "s/chelsea.jpg: missing"
+  expect_in err "s/renamed.jpg: extra"
+  mv s/renamed.jpg s/chelsea.jpg
+  # A head with perturbed weights: the same bundle otherwise.
+  run explain s --model tiny-vit --head parity --record parity.json; expect_rc 0
+  cp -r "$TVE_SOURCE_DIR/models/tiny-vit" perturbed
+  /usr/bin/python3 - perturbed <<'PY' || fail "could not perturb the head"
+import hashlib, json, sys, torch
+from pathlib import Path
+bundle = Path(sys.argv[1])
+head = torch.jit.load(str(bundle / "heads/parity.pt"))
+torch.manual_seed(0)
+with torch.no_grad():
+    for p in head.parameters():
+        p.add_(torch.randn_like(p) * p.abs().mean())
+head.save(str(bundle / "heads/parity.pt"))
+manifest = json.loads((bundle / "manifest.json").read_text())
+manifest["heads"]["parity"]["sha256"] = hashlib.sha256((bundle / "heads/parity.pt").read_bytes()).hexdigest()
+(bundle / "manifest.json").write_text(json.dumps(manifest))
+PY
+  run explain s --model "$WORK/perturbed" --head parity --expect parity.json --junit junit.xml; expect_rc 8
+  expect_in err "head_sha256 differs"
+  /usr/bin/python3 - junit.xml <<'PY' || fail "JUnit XML"
+import sys
+import xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+assert root.tag == "testsuites"
+suite = root.find("testsuite")
+cases = suite.findall("testcase")
+assert int(suite.get("tests")) == len(cases) == 11, len(cases)
+failed = [c for c in cases if c.find("failure") is not None]
+assert int(suite.get("failures")) == len(failed) >= 1
+assert all(c.get("name").startswith("s/") and float(c.get("time")) >= 0 for c in cases)
+assert all(f.find("failure").get("message") for f in failed)
+PY
+  # An unusable golden file is a usage error naming it, before any model work.
+  echo '{"format": "something else"}' > bad.json
+  run explain s --model tiny-vit --expect bad.json; expect_rc 2; expect_in err "bad.json"
+  run explain s --model tiny-vit --expect nowhere.json; expect_rc 2; expect_in err "nowhere.json"
+}
+
+case_shipped_models_match_golden() {
+  # What the shipped models predict and where they look on data/samples (docs/ci.md): a change to a
+  # bundle that alters either fails here unless tests/golden/ is updated in the same commit.
+  cd "$TVE_SOURCE_DIR" || fail "no source dir"
+  for model in resnet vit swin; do
+    run explain data/samples --model "$model" --expect "tests/golden/$model.json" --threads 2; expect_rc 0
+  done
+}
+
 # malformed_bundle EDIT EXPECTED...: a copy of tiny-vit changed by the shell snippet EDIT (run in
 # the bundle's folder) must fail to load with exit 3, within a minute, with each EXPECTED on stderr.
 malformed_bundle() {
