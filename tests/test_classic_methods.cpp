@@ -63,6 +63,21 @@ TEST(ClassicMethods, KernelShapOfALinearModelIsExact) {
   expect_close(oracle.maps("kernelshap", settings), oracle.class_weights() * oracle.cells(), 1e-4);
 }
 
+TEST(ClassicMethods, KernelShapMeetsEfficiency) {
+  // The full and the empty coalition weigh 1e6 in the fit: the values add up to y(x) - y(0).
+  Bundle bundle = load(test::shipped_bundle("tiny-vit"));
+  Head& head = bundle.head("target");
+  const auto images = torch::randn({2, 3, 32, 32});
+  const auto classes = torch::tensor({int64_t{2}, int64_t{7}}).view({2, 1});
+  MethodSettings settings;
+  settings.samples = 300;
+  const auto maps = make_method("kernelshap", bundle, settings)->explain(bundle, head, images, classes).maps;
+  torch::NoGradGuard no_grad;
+  const auto full = head.logits(bundle.embed(images)).gather(1, classes).squeeze(1);
+  const auto empty = head.logits(bundle.embed(torch::zeros_like(images))).gather(1, classes).squeeze(1);
+  expect_close(maps.sum({1, 2, 3}), full - empty, 1e-3);
+}
+
 TEST(ClassicMethods, SaliencyAndSmoothGradOfALinearModelAreTheWeights) {
   Oracle oracle;
   // d logit / d x[ch,p] = w[c][k] / (3 channels * 16 pixels) for p in cell k; summed over the 16
@@ -135,6 +150,9 @@ TEST(ClassicMethods, EveryMethodRunsOnEveryFamilyAndHeadAndReportsItsCost) {
           EXPECT_EQ(cost.forward_passes, 40);
         } else if (name == "occlusion") {
           EXPECT_EQ(cost.forward_passes, 2 * 16);
+          MethodSettings removal_only;  // a term of weight 0 costs nothing
+          removal_only.lambda_pos = 0;
+          EXPECT_EQ(make_method(name, bundle, removal_only)->explain(bundle, head, images, classes).cost.forward_passes, 16);
         }
       }
     }

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <vector>
 
 #include "tve/error.hpp"
@@ -9,6 +10,8 @@
 
 namespace tve {
 namespace {
+
+constexpr double kEndpointWeight = 1e6;
 
 // Coalitions over `players` cells: all, none, then sizes k in 1..players-1 drawn with probability
 // proportional to the Shapley kernel's total weight of that size, (M - 1) / (k (M - k)), and the
@@ -59,9 +62,13 @@ Attribution KernelShap::compute_maps(Bundle& bundle, Head& head, const torch::Te
       scores[i].slice(0, from, to) = logits.index_select(1, classes[i]).to(torch::kCPU, torch::kFloat64);
     }
   });
-  // Least squares with an intercept: [1 | z] phi = y, all images and classes at once.
-  const auto design = torch::cat({torch::ones({samples, 1}, torch::kFloat64), coalitions_.to(torch::kFloat64)}, 1);
-  const auto targets = scores.permute({1, 0, 2}).reshape({samples, -1});  // [n, B*K]
+  // Least squares with an intercept: [1 | z] phi = y, all images and classes at once. The full and
+  // the empty coalition weigh 1e6 (as in Captum and the SHAP library), so the fit all but meets
+  // efficiency: sum_k phi_k = y(x) - y(baseline). Weights enter as sqrt(w) on both sides.
+  auto row_scale = torch::ones({samples, 1}, torch::kFloat64);
+  row_scale.slice(0, 0, std::min<int64_t>(2, samples)).fill_(std::sqrt(kEndpointWeight));
+  const auto design = torch::cat({torch::ones({samples, 1}, torch::kFloat64), coalitions_.to(torch::kFloat64)}, 1) * row_scale;
+  const auto targets = scores.permute({1, 0, 2}).reshape({samples, -1}) * row_scale;  // [n, B*K]
   const auto solution = std::get<0>(torch::linalg_lstsq(design, targets, c10::nullopt, "gelsd"));  // [1+M, B*K]
   const auto phi = solution.slice(0, 1).reshape({players, images.size(0), explained}).permute({1, 2, 0});  // [B,K,M]
   AttributionCost cost;

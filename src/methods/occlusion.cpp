@@ -32,23 +32,27 @@ Attribution WindowedOcclusion::compute_maps(Bundle& bundle, Head& head, const to
   const auto height = images.size(2), width = images.size(3);
   const auto masks = window_masks(grid, options_.radius, static_cast<int>(height), static_cast<int>(width), images.device());
   const int64_t cells = masks.size(0);
+  // A term with weight 0 is not computed: occlusion as Captum defines it (--lambda-pos 0) costs
+  // half the passes.
+  const bool with_kept = options_.lambda_pos != 0, with_removed = options_.lambda_neg != 0;
   std::vector<torch::Tensor> per_image;
   for (int64_t i = 0; i < images.size(0); ++i) {
     const auto image = images[i].unsqueeze(0);  // [1,3,H,W]
-    std::vector<torch::Tensor> kept, removed;
+    const auto c = classes[i];                  // [K]
+    auto scores = torch::zeros({c.size(0), cells}, images.options());  // [K,N]
     for (int64_t from = 0; from < cells; from += options_.batch_size) {
-      const auto m = masks.slice(0, from, std::min(cells, from + options_.batch_size));  // [n,1,H,W]
+      const int64_t to = std::min(cells, from + options_.batch_size);
+      const auto m = masks.slice(0, from, to);  // [n,1,H,W]
       // Baseline 0 in normalised space: multiplying by the mask removes what lies outside it.
-      kept.push_back(head.logits(bundle.embed(image * m)));
-      removed.push_back(head.logits(bundle.embed(image * (1 - m))));
+      if (with_kept) scores.slice(1, from, to) += options_.lambda_pos * head.logits(bundle.embed(image * m)).index_select(1, c).t();
+      if (with_removed) {
+        scores.slice(1, from, to) -= options_.lambda_neg * head.logits(bundle.embed(image * (1 - m))).index_select(1, c).t();
+      }
     }
-    const auto c = classes[i];  // [K]
-    auto pos = torch::cat(kept).index_select(1, c).t();     // [K,N]
-    auto neg = torch::cat(removed).index_select(1, c).t();  // [K,N]
-    per_image.push_back((options_.lambda_pos * pos - options_.lambda_neg * neg).reshape({c.size(0), grid, grid}));
+    per_image.push_back(scores.reshape({c.size(0), grid, grid}));
   }
   AttributionCost cost;
-  cost.forward_passes = 2 * cells;
+  cost.forward_passes = (int64_t{with_kept} + int64_t{with_removed}) * cells;
   return {torch::stack(per_image).contiguous(), cost, stopwatch.seconds()};
 }
 

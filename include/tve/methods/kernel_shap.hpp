@@ -2,8 +2,9 @@
 // Kernel SHAP (Lundberg and Lee 2017) with the G x G cells as players: the explained logit of many
 // coalitions (removed cells at the baseline, 0 in normalised space), then the least-squares linear
 // model of the logit in the coalition, whose coefficients estimate the cells' Shapley values.
-// Coalition sizes are drawn from the Shapley kernel, so every sample weighs the same in the fit;
-// the full and empty coalitions are always in. The same coalitions for every image (--seed).
+// Coalition sizes are drawn from the Shapley kernel, so every sample weighs the same in the fit but
+// the full and empty coalitions, always in and weighted 1e6 so that the values add up to
+// y(x) - y(baseline). The same coalitions for every image (--seed).
 // n forward passes per image, all classes from the same passes. docs/methods.md.
 
 #include <cstdint>
