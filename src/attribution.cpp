@@ -51,18 +51,25 @@ torch::Tensor cell_membership(int grid, int64_t size, const torch::Device& devic
   return (torch::arange(grid, torch::kLong).unsqueeze(1) == cell_of_pixel.unsqueeze(0)).to(device, torch::kFloat32);
 }
 
-torch::Tensor sum_over_cells(const torch::Tensor& pixel_maps, int grid) {
-  // rows [G,H] @ map [..,H,W] @ cols^T [W,G]: two small matrix products instead of G*G reductions.
-  const auto rows = cell_membership(grid, pixel_maps.size(-2), pixel_maps.device());
-  const auto cols = cell_membership(grid, pixel_maps.size(-1), pixel_maps.device());
+namespace {
+
+// rows [G,H] @ map [..,H,W] @ cols^T [W,G]: two small matrix products instead of G*G reductions.
+torch::Tensor pool_cells(const torch::Tensor& pixel_maps, const torch::Tensor& rows, const torch::Tensor& cols) {
   return torch::matmul(torch::matmul(rows, pixel_maps), cols.t());
+}
+
+}  // namespace
+
+torch::Tensor sum_over_cells(const torch::Tensor& pixel_maps, int grid) {
+  return pool_cells(pixel_maps, cell_membership(grid, pixel_maps.size(-2), pixel_maps.device()),
+                    cell_membership(grid, pixel_maps.size(-1), pixel_maps.device()));
 }
 
 torch::Tensor mean_over_cells(const torch::Tensor& pixel_maps, int grid) {
   const auto rows = cell_membership(grid, pixel_maps.size(-2), pixel_maps.device());
   const auto cols = cell_membership(grid, pixel_maps.size(-1), pixel_maps.device());
   const auto pixels_per_cell = torch::outer(rows.sum(1), cols.sum(1));  // [G,G]
-  return sum_over_cells(pixel_maps, grid) / pixels_per_cell;
+  return pool_cells(pixel_maps, rows, cols) / pixels_per_cell;
 }
 
 torch::Tensor cells_to_pixels(const torch::Tensor& cell_values, int64_t height, int64_t width) {

@@ -30,10 +30,12 @@ std::pair<std::vector<double>, std::vector<double>> deletion_insertion(Bundle& b
                                                                        const torch::Tensor& start) {
   const int grid = bundle.manifest().grid;
   const int64_t cells = int64_t{grid} * grid, steps = grid;
-  auto removed = torch::zeros({steps + 1, cells}, torch::kFloat32);
-  for (int64_t s = 1; s <= steps; ++s) {
-    for (int64_t j = 0; j < s * cells / steps; ++j) removed[s][order[static_cast<size_t>(j)]] = 1;
-  }
+  // Step s has removed the cells ranked below s * cells / steps in `order`.
+  std::vector<int64_t> rank_of_cell(order.size());
+  for (size_t r = 0; r < order.size(); ++r) rank_of_cell[static_cast<size_t>(order[r])] = static_cast<int64_t>(r);
+  const auto ranks = torch::tensor(rank_of_cell, torch::kLong);                                // [N]
+  const auto removed_counts = torch::div(torch::arange(steps + 1, torch::kLong) * cells, steps, "floor");  // [S+1]
+  const auto removed = (ranks.unsqueeze(0) < removed_counts.unsqueeze(1)).to(torch::kFloat32);  // [S+1,N]
   const auto removed_pixels =
       cells_to_pixels(removed.view({steps + 1, grid, grid}), image.size(1), image.size(2)).unsqueeze(1).to(image.device());
   const auto deleted = image.unsqueeze(0) * (1 - removed_pixels);

@@ -113,6 +113,12 @@ void add_method_settings(CLI::App* command, MethodSettings& settings) {
       ->check(CLI::Range(1, 1024));
 }
 
+void add_progress_option(CLI::App* command, std::string& mode) {
+  command->add_option("--progress", mode, "Progress bar on stderr: auto (when a terminal), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}))
+      ->capture_default_str();
+}
+
 void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool required) {
   auto* option = command->add_option("inputs", inputs, "Image files, folders (recursive), or - for paths on stdin");
   if (required) option->required();

@@ -74,6 +74,8 @@ std::string methods_help(const std::string& lead);
 // The settings methods read: --lambda-pos, --lambda-neg, --smooth, --radius, --steps, --samples,
 // --seed, --rise-cells.
 void add_method_settings(CLI::App* command, MethodSettings& settings);
+// --progress: auto (a bar when stderr is a terminal), always, never.
+void add_progress_option(CLI::App* command, std::string& mode);
 void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool required);
 
 std::optional<std::filesystem::path> as_path(const std::optional<std::string>& text);

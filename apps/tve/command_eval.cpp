@@ -115,9 +115,7 @@ Command add_eval_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("-o,--out", o.out_dir, "Output folder: results.jsonl, summary.json, table.md, curves.png")->required();
   add_batch_size_option(command, o.batch_size);
   add_max_pixels_option(command, o.max_pixels);
-  command->add_option("--progress", o.progress, "Progress bar on stderr: auto (when a terminal), always, never")
-      ->check(CLI::IsMember({"auto", "always", "never"}))
-      ->capture_default_str();
+  add_progress_option(command, o.progress);
   add_common_options(command, common);
   return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
 }

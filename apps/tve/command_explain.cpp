@@ -157,9 +157,7 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("--alpha", o.alpha, "Heatmap opacity in overlays")->check(kFinite & CLI::Range(0.0, 1.0))->capture_default_str();
   add_batch_size_option(command, o.batch_size);
   add_max_pixels_option(command, o.max_pixels);
-  command->add_option("--progress", o.progress, "Progress bar on stderr: auto (when a terminal), always, never")
-      ->check(CLI::IsMember({"auto", "always", "never"}))
-      ->capture_default_str();
+  add_progress_option(command, o.progress);
   command->add_flag("--resume", o.resume, "Skip inputs whose outputs under --out an earlier run completed with the same settings");
   command->add_option("--shard", o.shard,
                       "Explain only part K of N of the inputs (K/N, K from 0), split by path; auto or auto/N "
