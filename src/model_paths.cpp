@@ -91,17 +91,22 @@ std::vector<BundleListing> list_bundles(const std::vector<fs::path>& search_dirs
     }
     std::sort(bundle_dirs.begin(), bundle_dirs.end());
     for (const auto& bundle_dir : bundle_dirs) {
-      BundleListing listing{bundle_dir, std::nullopt, "", false};
-      try {
-        listing.manifest = read_manifest(bundle_dir);
-      } catch (const Error& e) {
-        listing.error = e.what();
-      }
+      BundleListing listing = list_bundle(bundle_dir);
       listing.shadowed = !seen.insert(bundle_dir.filename().string()).second;
       listings.push_back(std::move(listing));
     }
   }
   return listings;
+}
+
+BundleListing list_bundle(const fs::path& bundle_dir) {
+  BundleListing listing{bundle_dir, std::nullopt, "", false};
+  try {
+    listing.manifest = read_manifest(bundle_dir);
+  } catch (const Error& e) {
+    listing.error = e.what();
+  }
+  return listing;
 }
 
 nlohmann::json to_json(const BundleListing& listing) {

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "cli.hpp"
 #include "tve/log.hpp"
@@ -13,6 +15,7 @@ namespace {
 struct ModelsCliOptions {
   bool json = false;
   bool check = false;
+  std::vector<std::string> models;  // only these bundles (names or folders); empty: all found
 };
 
 void print_row(const BundleListing& listing) {
@@ -31,7 +34,14 @@ void print_row(const BundleListing& listing) {
 
 int run(const CommonOptions& common, const ModelsCliOptions& options) {
   const auto dirs = model_search_dirs(as_path(common.models_dir));
-  const auto listings = list_bundles(dirs);
+  std::vector<BundleListing> listings;
+  if (options.models.empty()) {
+    listings = list_bundles(dirs);
+  } else {
+    // A bundle asked for by name must exist: resolve_bundle's error (folders searched, names
+    // found) is the answer to a typo, and a missing folder is a failed check, not an empty list.
+    for (const auto& name : options.models) listings.push_back(list_bundle(resolve_bundle(name, dirs)));
+  }
   bool all_valid = true;
   for (auto listing : listings) {
     if (options.check && listing.manifest) {
@@ -64,6 +74,7 @@ Command add_models_command(CLI::App& tve, CommonOptions& common) {
   auto* command = tve.add_subcommand("models", "List the model bundles found");
   command->add_flag("--json", options->json, "One JSON line per bundle");
   command->add_flag("--check", options->check, "Load each bundle fully (hashes, shapes) instead of reading manifests");
+  command->add_option("-m,--model", options->models, "Only this bundle (name or folder; repeatable), e.g. one made by scripts/make_bundle.py");
   add_common_options(command, common);
   return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/false};
 }

@@ -35,6 +35,9 @@ struct BundleListing {
 // Every sub-folder with a manifest.json in `search_dirs`, sorted by name within each folder.
 std::vector<BundleListing> list_bundles(const std::vector<std::filesystem::path>& search_dirs);
 
+// One bundle folder's listing (its manifest read, or why it is invalid).
+BundleListing list_bundle(const std::filesystem::path& bundle_dir);
+
 // The record `tve models --json` prints for a bundle: name, path, architecture, input, grid,
 // classes, heads, explainer, provenance; or the error that makes it invalid.
 nlohmann::json to_json(const BundleListing& listing);

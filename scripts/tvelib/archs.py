@@ -30,6 +30,50 @@ from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 from torchvision.ops.misc import Conv2dNormActivation
 
+class PortableSelfAttention(nn.Module):
+    """nn.MultiheadAttention's self-attention (batch_first, query = key = value, as torchvision's
+    EncoderBlock calls it) written out as matrix products, with the same weights.
+
+    PyTorch 2.x scripts MultiheadAttention through aten::scaled_dot_product_attention, an operator
+    LibTorch 1.13 (Debian's, which tve builds on) does not know, so a ViT exported by current
+    torch would not load; with this module in its blocks it does, and computes the same function
+    (docs/own-model.md, "Current PyTorch")."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        if not (mha.batch_first and mha._qkv_same_embed_dim and mha.in_proj_bias is not None
+                and mha.bias_k is None and not mha.add_zero_attn):
+            raise ValueError("PortableSelfAttention covers torchvision's ViT attention only "
+                             "(batch_first, packed q/k/v projection with bias)")
+        e = mha.embed_dim
+        self.num_heads = mha.num_heads
+        self.head_dim = e // mha.num_heads
+        self.in_proj = nn.Linear(e, 3 * e)
+        self.out_proj = nn.Linear(e, e)
+        with torch.no_grad():
+            self.in_proj.weight.copy_(mha.in_proj_weight)
+            self.in_proj.bias.copy_(mha.in_proj_bias)
+            self.out_proj.weight.copy_(mha.out_proj.weight)
+            self.out_proj.bias.copy_(mha.out_proj.bias)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        b, n, e = query.shape  # key and value are query (self-attention)
+        qkv = self.in_proj(query).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B,heads,N,head_dim]
+        attention = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim ** -0.5), dim=-1)
+        out = torch.matmul(attention, v).transpose(1, 2).reshape(b, n, e)
+        return self.out_proj(out), None
+
+
+def use_portable_attention(vit: VisionTransformer) -> VisionTransformer:
+    """Replaces every encoder block's nn.MultiheadAttention by PortableSelfAttention (in place)."""
+    for block in vit.encoder.layers.children():
+        if isinstance(block.self_attention, nn.MultiheadAttention):
+            block.self_attention = PortableSelfAttention(block.self_attention)
+    return vit
+
+
 class VitTarget(nn.Module):
     """torchvision VisionTransformer; z is the class token after the final LayerNorm.
 
@@ -241,18 +285,24 @@ class Family:
     final_norm: Optional[Callable[[nn.Module], nn.Module]] = None
     # torchvision's paper-scale model: constructor and weights enum (build_models.py's paper export)
     paper: Tuple[str, str, str] = ("", "", "")
+    network: type = nn.Module  # torchvision's class the wrapper takes (make_bundle.py checks it)
+    # Attribution grid for a network at input size s: its stride-16 stage (ResNet, Swin) or its
+    # patch grid (ViT); radius 2 as the shipped models.
+    default_grid: Callable[[nn.Module, int], int] = lambda net, size: size // 16
 
 
 FAMILIES: Dict[str, Family] = {  # in this order the test bundles are made (their seeds follow it)
     "vit": Family("vit", VitTarget, "tokens", _build_vit, lambda t: t.hidden_dim,
-                  paper=("vit_b_16", "ViT_B_16_Weights", "IMAGENET1K_V1")),
+                  paper=("vit_b_16", "ViT_B_16_Weights", "IMAGENET1K_V1"), network=VisionTransformer,
+                  default_grid=lambda net, size: size // net.patch_size),
     "resnet": Family("resnet", ResNetTarget, "map", _build_resnet, lambda t: t.net.fc.in_features,
                      stages=lambda t: [t.net.conv1, t.net.bn1, t.net.relu, t.net.maxpool,
                                        t.net.layer1, t.net.layer2, t.net.layer3, t.net.layer4],
-                     paper=("resnet50", "ResNet50_Weights", "IMAGENET1K_V2")),
+                     paper=("resnet50", "ResNet50_Weights", "IMAGENET1K_V2"), network=ResNet),
     "swin": Family("swin", SwinTarget, "map", _build_swin, lambda t: t.net.head.in_features,
                    stages=lambda t: list(t.net.features.children()), channels_last=True,
-                   final_norm=lambda t: t.net.norm, paper=("swin_t", "Swin_T_Weights", "IMAGENET1K_V1")),
+                   final_norm=lambda t: t.net.norm, paper=("swin_t", "Swin_T_Weights", "IMAGENET1K_V1"),
+                   network=SwinTransformer),
 }
 
 
@@ -260,6 +310,40 @@ def family(name: str) -> Family:
     if name not in FAMILIES:
         raise ValueError(f"unknown architecture {name!r}; expected one of {list(FAMILIES)}")
     return FAMILIES[name]
+
+
+def family_of_network(net: nn.Module) -> Family:
+    """The family whose torchvision class `net` is (ValueError naming the class otherwise)."""
+    for fam in FAMILIES.values():
+        if isinstance(net, fam.network):
+            return fam
+    raise ValueError(f"{type(net).__name__} is none of the families tve wraps "
+                     f"({', '.join(f.network.__name__ for f in FAMILIES.values())})")
+
+
+def torchvision_network(name: str, num_classes: int, image_size: Optional[int] = None) -> nn.Module:
+    """torchvision.models.<name>(weights=None, num_classes=...), randomly initialised; ViTs take
+    image_size (their position embedding depends on it)."""
+    import torchvision.models as tvm
+    known = tvm.list_models(module=tvm)
+    if name not in known:
+        wrapped = sorted(n for n in known if isinstance(getattr(tvm, n), Callable) and
+                         n.startswith(("resnet", "resnext", "wide_resnet", "vit_", "swin_")))
+        raise ValueError(f"no torchvision classifier {name!r}; ResNet, ViT and Swin ones are: {', '.join(wrapped)}")
+    kwargs = {"weights": None, "num_classes": num_classes}
+    if image_size is not None and name.startswith("vit"):
+        kwargs["image_size"] = image_size
+    return tvm.get_model(name, **kwargs)
+
+
+def wrap_network(net: nn.Module) -> nn.Module:
+    """A torchvision ResNet / VisionTransformer / SwinTransformer -> its bundle-shaped target.
+    A ViT gets PortableSelfAttention so that its TorchScript loads in LibTorch 1.13 whatever torch
+    exports it."""
+    fam = family_of_network(net)
+    if fam.name == "vit":
+        use_portable_attention(net)
+    return fam.wrapper(net)
 
 
 def family_of(target: nn.Module) -> Family:

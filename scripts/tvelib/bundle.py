@@ -41,11 +41,14 @@ def write_bundle(out_dir: Path, *, name: str, architecture: str, target: nn.Modu
                  explainer: Optional[nn.Module] = None, explainer_defaults: Optional[dict] = None,
                  heads: Optional[Dict[str, dict]] = None, provenance: Optional[dict] = None,
                  description: str = "", mean: List[float] = IMAGENET_MEAN,
-                 std: List[float] = IMAGENET_STD) -> dict:
+                 std: List[float] = IMAGENET_STD, resize: str = "stretch", crop_fraction: float = 0.875,
+                 features_layout: Optional[str] = None) -> dict:
     """Writes a complete bundle and returns its manifest.
 
     heads: task name -> {"module": nn.Module, "labels": [...], "metrics": {...}}.
     explainer_defaults: lambda_pos, lambda_neg, smooth (transfer-rule defaults).
+    resize: "stretch" or "center_crop" (with crop_fraction); features_layout: "map" or "tokens",
+    needed only when the architecture is not vit, resnet or swin.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,8 @@ def write_bundle(out_dir: Path, *, name: str, architecture: str, target: nn.Modu
         "name": name,
         "description": description,
         "architecture": architecture,
-        "input": {"height": input_size, "width": input_size, "resize": "stretch",
+        "input": {"height": input_size, "width": input_size, "resize": resize,
+                  **({"crop_fraction": crop_fraction} if resize == "center_crop" else {}),
                   "mean": list(mean), "std": list(std)},
         "grid": grid,
         "radius": radius,
@@ -62,6 +66,8 @@ def write_bundle(out_dir: Path, *, name: str, architecture: str, target: nn.Modu
         "target": {"file": "target.pt", "sha256": save_script(target, out_dir / "target.pt"),
                    "task": task, "labels": list(labels)},
     }
+    if features_layout is not None:
+        manifest["features_layout"] = features_layout
     if explainer is not None:
         defaults = {"lambda_pos": 1.0, "lambda_neg": 1.0, "smooth": True}
         defaults.update(explainer_defaults or {})

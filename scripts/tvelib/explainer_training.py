@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -18,7 +18,39 @@ from torch import nn
 from . import data, threads
 from .explainer import ExplainerConfig, TrunkExplainer, build, freeze_norm_stats, use_scene_version
 from .occlusion import window_masks
-from .runs import resume_checkpoint, run_steps, save_checkpoint, warmup_cosine
+from .runs import Progress, resume_checkpoint, run_steps, save_checkpoint, warmup_cosine
+
+
+@dataclass
+class TrainingData:
+    """Where a run's images come from: batch(step) -> [B,3,S,S] normalised, a pure function of
+    the step (so a resumed run continues on the same images); a fixed calibration batch; and
+    what identifies the data in the checkpoint's config (a resume on other data is refused)."""
+    batch: Callable[[int], torch.Tensor]
+    calibration: Callable[[], torch.Tensor]
+    identity: dict
+
+
+def emoji_data(cfg: ExplainerConfig, image_size: int, rank: int = 0, world: int = 1) -> TrainingData:
+    """The built-in EmojiScenes training stream (the shipped explainers' data); rank r of a
+    distributed run of `world` processes takes scene batch step * world + r."""
+    use_scene_version(cfg.scene_version)
+    data.use_pretrain_classes(cfg.pretrain_classes)
+
+    def resized(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        return x
+
+    def batch(step: int) -> torch.Tensor:
+        index = step * world + rank
+        return resized(data.normalise(data.make_scenes("emoji", "train", cfg.data_seed, index, cfg.batch).images))
+
+    def calibration() -> torch.Tensor:
+        s = data.make_scenes("emoji", "train", cfg.data_seed + 7919, 0, cfg.calib_images, size=image_size)
+        return data.normalise(s.images)
+
+    return TrainingData(batch, calibration, {})
 
 
 def lr_at(cfg: ExplainerConfig, step: int) -> float:
@@ -52,11 +84,9 @@ def masked_targets(encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor, cen
 
 
 def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cfg: ExplainerConfig,
-              image_size: int) -> None:
-    """Sets the explainer's output mean/std from a fixed calibration batch (its own data seed)."""
-    s = data.make_scenes("emoji", "train", cfg.data_seed + 7919, 0, cfg.calib_images, size=image_size)
-    x = data.normalise(s.images)
-    c = draw_centres(cfg.seed + 7919, 0, len(x), masks.shape[0], min(8, masks.shape[0]))
+              x: torch.Tensor) -> None:
+    """Sets the explainer's output mean/std from a fixed calibration batch x (normalised)."""
+    c = draw_centres(cfg.seed + 7919, 0, len(x), masks.shape[0], min(8, masks.shape[0])).to(x.device)
     zp, zn = masked_targets(encoder, x, masks, c)  # [B,K,D] each
     if model.has_global:
         with torch.no_grad():
@@ -64,7 +94,7 @@ def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cf
     d = zp.shape[-1]
     zp, zn = zp.reshape(-1, d), zn.reshape(-1, d)
     # The global branch starts exact, so the learned change starts at zero mean.
-    model.mean.copy_(torch.cat([zp.mean(0), torch.zeros(d) if model.has_global else zn.mean(0)]))
+    model.mean.copy_(torch.cat([zp.mean(0), torch.zeros(d, device=zp.device) if model.has_global else zn.mean(0)]))
     model.std.copy_(torch.cat([zp.std(0), zn.std(0)]).clamp(min=1e-3))
 
 
@@ -82,12 +112,16 @@ def param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
 
 
 def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
-           centres: torch.Tensor, logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
-    """One training objective evaluation. Returns (loss, parts, seconds spent per phase)."""
+           centres: torch.Tensor, logit_weight: float,
+           forward: Optional[nn.Module] = None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
+    """One training objective evaluation. Returns (loss, parts, seconds spent per phase).
+    forward: what computes model(x) (a DistributedDataParallel wrapper of model, or model)."""
     t0 = time.perf_counter()
     z_pos, z_neg = masked_targets(encoder, x, masks, centres)  # [B,K,D] each
+    if x.is_cuda:
+        torch.cuda.synchronize()  # so the phase time is the encoder's, not queued kernels'
     t1 = time.perf_counter()
-    psi_pos, psi_neg = model(x)  # [B,N,D] each
+    psi_pos, psi_neg = (forward or model)(x)  # [B,N,D] each
     idx = centres.unsqueeze(-1).expand(-1, -1, psi_pos.shape[-1])  # [B,K,D]
     p_pos, p_neg = psi_pos.gather(1, idx), psi_neg.gather(1, idx)
     d = model.embedding_dim
@@ -99,7 +133,8 @@ def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: to
     parts = {"pos": float(l_pos), "neg": float(l_neg)}
     if logit_weight > 0:
         # The target head's logits on psi vs on the true embeddings, scaled by the logits' spread.
-        w = encoder.head(torch.eye(d)) - encoder.head(torch.zeros(1, d))  # [D,C] = W^T
+        eye = torch.eye(d, device=x.device)
+        w = encoder.head(eye) - encoder.head(torch.zeros(1, d, device=x.device))  # [D,C] = W^T
         w = w.detach()
         scale = (z_pos @ w).std().detach().clamp(min=1e-6) ** 2
         l_log = (((p_pos - z_pos) @ w).pow(2).mean() + ((p_neg - z_neg) @ w).pow(2).mean()) / scale
@@ -108,66 +143,90 @@ def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: to
     return loss, parts, {"targets": t1 - t0}
 
 
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed). Every rank
+    takes its own slice of each step's images; rank 0 alone logs and writes checkpoints."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
 def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig, run_dir: Path,
           log: Callable[[str], None], *, max_minutes: float = 85.0, checkpoint_minutes: float = 3.0,
           max_steps: Optional[int] = None, eval_fn: Optional[Callable[[TrunkExplainer, int], dict]] = None,
-          eval_every: int = 0) -> Tuple[TrunkExplainer, dict]:
-    """Trains (or resumes) an explainer against the frozen target encoder on the 'emoji' stream.
+          eval_every: int = 0, source: Optional[TrainingData] = None, device: str = "cpu",
+          dist: Distributed = Distributed(), progress: Optional[Progress] = None) -> Tuple[TrunkExplainer, dict]:
+    """Trains (or resumes) an explainer against the frozen target encoder on `source` (default:
+    the built-in EmojiScenes stream), on `device`, as one rank of `dist`.
 
-    Stops at cfg.steps, at max_steps (a smoke run), or after max_minutes (a stage); state["done"]
-    says whether cfg.steps was reached. A checkpoint (model, optimiser, step) is written every
-    checkpoint_minutes and at every stop, atomically, so a killed run continues from the last one.
+    Stops at cfg.steps, at max_steps (a smoke run), or after max_minutes (a stage or the user's
+    time budget); state["done"] says whether cfg.steps was reached. A checkpoint (model, optimiser,
+    step) is written every checkpoint_minutes and at every stop, atomically, so a killed run
+    continues from the last one.
     """
     torch.manual_seed(cfg.seed)
-    use_scene_version(cfg.scene_version)
-    data.use_pretrain_classes(cfg.pretrain_classes)
+    source = source or emoji_data(cfg, image_size, dist.rank, dist.world)
+    config = {**asdict(cfg), **({"data": source.identity} if source.identity else {})}
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "explainer.ckpt"
-    target = target.eval()
+    target = target.eval().to(device)
     for p in target.parameters():
         p.requires_grad_(False)
-    masks = window_masks(grid, radius, image_size, image_size)  # [N,1,H,W]
-    model = build(target, grid, radius, image_size, cfg)
+    masks = window_masks(grid, radius, image_size, image_size).to(device)  # [N,1,H,W]
+    model = build(target, grid, radius, image_size, cfg).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    state = resume_checkpoint(ckpt_path, model, opt, asdict(cfg), "delete it (or use another --run) to start over")
+    state = resume_checkpoint(ckpt_path, model, opt, config, "delete it (or use another --run) to start over",
+                              map_location=device)
     if state is not None:
         log(f"resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
-        state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "config": asdict(cfg),
+        state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "config": config,
                  "history": [], "evals": []}
-        calibrate(model, target, masks, cfg, image_size)
+        calibrate(model, target, masks, cfg, source.calibration().to(device))
         n_params = sum(p.numel() for p in model.parameters())
         log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
             f"in the copied trunk), {asdict(cfg)}")
+    forward: nn.Module = model
+    if dist.world > 1:
+        # Ranks start from the same weights (same seed, same calibration batch, or the same
+        # checkpoint); DDP averages the trained layers' gradients, the frozen copies have none.
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index]
+                                                      if device.startswith("cuda") else None)
     threads.record_threads(state)
-    log(f"this stage runs on {threads.describe_threads(torch.get_num_threads())}")
+    log(f"this stage runs on {device}, {threads.describe_threads(torch.get_num_threads())}"
+        + (f", rank {dist.rank} of {dist.world}" if dist.world > 1 else ""))
 
     def save() -> None:
-        save_checkpoint(ckpt_path, model, opt, state)
+        if dist.leader:
+            save_checkpoint(ckpt_path, model, opt, state)
 
     seg = {"t": time.time(), "n": 0, "pos": 0.0, "neg": 0.0, "logit": 0.0, "targets": 0.0}
-    stream = data.train_batches("emoji", cfg.batch, start=state["step"], seed=cfg.data_seed)
     model.train()
     freeze_norm_stats(model)
+    images_per_step = cfg.batch * dist.world
+    if progress is not None:
+        progress.start(state["step"], cfg.steps)
 
     def step() -> None:
         nonlocal seg
         t0 = time.time()
         index = state["step"]
-        scenes = next(stream)
-        x = data.normalise(scenes.images)  # [B,3,H,W] f32 normalised RGB
-        if x.shape[-1] != image_size:
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        centres = draw_centres(cfg.seed, index, len(x), masks.shape[0], min(cfg.centres, masks.shape[0]))
+        x = source.batch(index).to(device)  # [B,3,H,W] f32 normalised RGB, this rank's slice
+        centres = draw_centres(cfg.seed + 7919 * dist.rank, index, len(x), masks.shape[0],
+                               min(cfg.centres, masks.shape[0])).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, index)
-        loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight)
+        loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight, forward)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         state["step"] += 1
-        state["images"] += len(x)
+        state["images"] += images_per_step
         dt = time.time() - t0
         state["seconds"] += dt
         state["target_seconds"] += phases["targets"]
@@ -175,20 +234,26 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         seg["targets"] += phases["targets"]
         for k, v in parts.items():
             seg[k] += v
+        if progress is not None and dist.leader:
+            progress.update(state["step"], float(loss), images_per_step)
         if state["step"] % 25 == 0 or state["step"] == cfg.steps:
             el = time.time() - seg["t"]
             msg = (f"step {state['step']}/{cfg.steps} loss pos {seg['pos'] / seg['n']:.4f} "
                    f"neg {seg['neg'] / seg['n']:.4f}")
             if cfg.logit_weight > 0:
                 msg += f" logit {seg['logit'] / seg['n']:.4f}"
-            msg += (f" lr {lr_at(cfg, state['step'] - 1):.2e} {seg['n'] * cfg.batch / el:.1f} img/s "
-                    f"({seg['n'] * cfg.batch * cfg.centres / el:.0f} centres/s, "
+            msg += (f" lr {lr_at(cfg, state['step'] - 1):.2e} {seg['n'] * images_per_step / el:.1f} img/s "
+                    f"({seg['n'] * images_per_step * cfg.centres / el:.0f} centres/s, "
                     f"{100 * seg['targets'] / el:.0f}% of time in encoder targets)")
-            log(msg)
+            if dist.leader:
+                if progress is not None:
+                    progress.clear()
+                log(msg)
             state["history"].append({"step": state["step"], "pos": seg["pos"] / seg["n"],
-                                     "neg": seg["neg"] / seg["n"], "img_per_s": seg["n"] * cfg.batch / el})
+                                     "neg": seg["neg"] / seg["n"], "img_per_s": seg["n"] * images_per_step / el,
+                                     "target_share": seg["targets"] / el})
             seg = {"t": time.time(), "n": 0, "pos": 0.0, "neg": 0.0, "logit": 0.0, "targets": 0.0}
-        if eval_fn is not None and eval_every and state["step"] % eval_every == 0:
+        if eval_fn is not None and eval_every and state["step"] % eval_every == 0 and dist.leader:
             model.eval()
             result = eval_fn(model, state["step"])
             state["evals"].append({"step": state["step"], **result})
@@ -198,13 +263,38 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
 
     stopped = run_steps(state, cfg.steps, step, save, max_minutes=max_minutes,
                         checkpoint_minutes=checkpoint_minutes, max_steps=max_steps)
+    if progress is not None:
+        progress.clear()
     log(f"stopped at step {state['step']}/{cfg.steps}: {stopped}")
     return model.eval(), state
 
 
+def seconds_per_step(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig,
+                     source: TrainingData, device: str = "cpu", trials: int = 2) -> float:
+    """Measured seconds of one training step (targets, forward, backward, update) on a throwaway
+    explainer: what a --time-budget turns into a step count. The first step warms up and is not
+    counted."""
+    target = target.eval().to(device)
+    masks = window_masks(grid, radius, image_size, image_size).to(device)
+    model = build(target, grid, radius, image_size, cfg).to(device).train()
+    freeze_norm_stats(model)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+    times = []
+    for i in range(trials + 1):
+        t = time.perf_counter()
+        x = source.batch(i).to(device)
+        centres = draw_centres(cfg.seed, i, len(x), masks.shape[0], min(cfg.centres, masks.shape[0])).to(device)
+        loss, _, _ = losses(model, target, x, masks, centres, cfg.logit_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
 def load_checkpoint(target: nn.Module, grid: int, radius: int, image_size: int,
                     ckpt_path: Path) -> Tuple[TrunkExplainer, dict]:
-    ck = torch.load(ckpt_path)
+    ck = torch.load(ckpt_path, map_location="cpu")
     cfg = ExplainerConfig.from_dict(ck["state"]["config"])
     model = build(target, grid, radius, image_size, cfg)
     model.load_state_dict(ck["model"])

@@ -3,6 +3,7 @@ schedule, each a pure function of the step so that a resumed run continues exact
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -39,6 +40,71 @@ class Logger:
                 f.write(line + "\n")
 
 
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m', 95 -> '1m35s', 7 -> '7s'."""
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '45m', '2h', '1.5h' or plain seconds -> seconds. Raises ValueError naming the text."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise ValueError(f"time budget {text!r}: expected a number with s, m, h or d, e.g. 90m or 2h") from None
+    if not value > 0:
+        raise ValueError(f"time budget {text!r} is not positive")
+    return value
+
+
+class Progress:
+    """A progress line for a training run: step, percentage, loss, images/s and ETA.
+
+    On a terminal the line rewrites itself in place (at most 4 times a second); otherwise (a log
+    file, CI) a plain line every `every` seconds. Rates and ETA are over this stage's steps only,
+    so a resumed run does not count the time it was stopped."""
+
+    def __init__(self, every: float = 30.0, stream=sys.stderr):
+        self.stream, self.every = stream, every
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.shown = False
+
+    def start(self, step: int, total: int) -> None:
+        self.first, self.total, self.t0, self.last = step, total, time.time(), 0.0
+        self.images, self.loss = 0, None
+
+    def update(self, step: int, loss: float, images: int) -> None:
+        self.images += images
+        self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        now = time.time()
+        if now - self.last < (0.25 if self.tty else self.every) and step < self.total:
+            return
+        self.last = now
+        el = now - self.t0
+        done = step - self.first
+        eta = el / done * (self.total - step) if done else float("nan")
+        line = (f"step {step}/{self.total} {100 * step / max(1, self.total):3.0f}% | loss {self.loss:.4f} | "
+                f"{self.images / max(el, 1e-9):.1f} img/s | {format_duration(el)} elapsed, "
+                f"ETA {format_duration(eta) if eta == eta else '?'}")
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.shown = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Ends the in-place line before something else is printed."""
+        if self.tty and self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict,
                     extra: Optional[nn.Module] = None) -> None:
     """`extra`: a training-only module (a distillation projection) that must resume with the model."""
@@ -50,12 +116,12 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
 
 def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict,
                       restart_hint: str = "delete it to start over",
-                      extra: Optional[nn.Module] = None) -> Optional[dict]:
+                      extra: Optional[nn.Module] = None, map_location: str = "cpu") -> Optional[dict]:
     """Restores model and optimiser from `path` and returns the saved state, or None when there is
     no checkpoint. Refuses a checkpoint made with another configuration: resuming it would mix runs."""
     if not path.is_file():
         return None
-    ck = torch.load(path)
+    ck = torch.load(path, map_location=map_location)
     if ck["state"]["config"] != config:
         raise ValueError(f"{path} was made with {ck['state']['config']}, not {config}; {restart_hint}")
     model.load_state_dict(ck["model"])

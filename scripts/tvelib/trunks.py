@@ -26,6 +26,16 @@ def eager_target(b) -> nn.Module:
     size = b.input_size
     state = b.target.state_dict()
     num_classes = len(b.labels)
+    source = b.manifest.get("provenance", {}).get("source", {})
+    if "torchvision" in source:  # made by scripts/make_bundle.py from a torchvision model
+        net = archs.torchvision_network(source["torchvision"], num_classes, source.get("image_size", size))
+        return _checked(b, archs.wrap_network(net), state, f"torchvision {source['torchvision']}")
+    if "timm" in source:
+        from . import timm_archs
+        return _checked(b, timm_archs.eager_timm_target(source, num_classes), state, f"timm {source['timm']}")
+    if arch not in archs.CONFIGS:
+        raise ValueError(f"{b.path}: architecture {arch!r} with no record of how the target was made "
+                         f"(provenance.source); only the TorchScript file exists")
     for config in archs.CONFIGS[arch]:
         try:
             model = archs.build_target(arch, config, num_classes, image_size=size)
@@ -38,6 +48,19 @@ def eager_target(b) -> nn.Module:
                 continue
         return model.eval()
     raise ValueError(f"{b.path}: target.pt matches none of the {arch} configs {list(archs.CONFIGS[arch])}")
+
+
+def _checked(b, model: nn.Module, state: dict, what: str) -> nn.Module:
+    """model with the bundle target's weights, checked to compute the same embedding."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{b.path}: target.pt does not load into {what}: {str(e).splitlines()[0]}") from None
+    x = torch.randn(2, 3, b.input_size, b.input_size)
+    with torch.no_grad():
+        if not torch.allclose(model.eval().embed(x), b.target.embed(x), atol=1e-4, rtol=1e-4):
+            raise ValueError(f"{b.path}: {what} with target.pt's weights does not reproduce its embeddings")
+    return model.eval()
 
 
 class VitTrunk(nn.Module):

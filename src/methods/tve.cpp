@@ -25,7 +25,11 @@ nlohmann::json TveMethod::parameters() const {
 
 std::unique_ptr<AttributionMethod> TveMethod::create(const Bundle& bundle, const MethodSettings& settings) {
   if (!bundle.has_explainer()) {
-    throw BundleError(bundle.manifest().dir, "bundle has no explainer, so --method tve is unavailable; try --method occlusion");
+    throw BundleError(bundle.manifest().dir,
+                      "bundle has no explainer, so --method tve is unavailable. Train one on your own images (no labels "
+                      "needed): /usr/bin/python3 scripts/train_explainer.py --model " + bundle.manifest().dir.string() +
+                          " --images YOUR_IMAGES/ --time-budget 1h (docs/own-model.md). Meanwhile --method gradcam works "
+                          "in one pass, and --method occlusion is exact at 2*G*G passes per image");
   }
   TveOptions options = defaults_for(bundle.manifest());
   if (settings.lambda_pos) options.lambda_pos = *settings.lambda_pos;
