@@ -44,6 +44,7 @@ from tvelib.bundle import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RADIUS = 2  # windows of 5 x 5 cells, as the shipped models
+CROP_FRACTION = 0.875  # torchvision's classification transforms: resize 256, crop 224
 
 
 class BundleError(Exception):
@@ -76,10 +77,27 @@ def load_weights(path: Path) -> Dict[str, torch.Tensor] | nn.Module:
     prefix stripped) or a whole pickled nn.Module, from `path`."""
     if not path.is_file():
         raise BundleError(f"{path}: no such file")
+    if path.suffix == ".safetensors":  # how timm and Hugging Face publish weights
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise BundleError(f"{path}: reading .safetensors needs the safetensors package (the current-torch "
+                              f"venv has it: scripts/torch_env.py)") from None
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise BundleError(f"{path}: not a safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     try:
-        obj = torch.load(path, map_location="cpu")
-    except Exception as e:  # torch.load raises many types for a corrupt or foreign file
-        raise BundleError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {str(e)[:200]})") from None
+        # Tensors only first (no code runs while loading); a whole pickled model needs the full
+        # unpickler, which runs code from the file: acceptable for the user's own file, said in the log.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # torch.load raises many types for a corrupt or foreign file
+            raise BundleError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {str(e)[:200]})") from None
+        print(f"make_bundle.py: {path} holds more than tensors (a pickled model?); loaded with the full unpickler",
+              file=sys.stderr)
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):
@@ -124,6 +142,10 @@ def describe_mismatch(net: nn.Module, state: Dict[str, torch.Tensor], limit: int
 def torchvision_target(name: str, weights: Optional[Path], num_classes: Optional[int],
                        image_size: Optional[int], seed: int) -> Tuple[nn.Module, nn.Module, dict]:
     """(torchvision network with the user's weights, its bundle wrapper, source record)."""
+    try:
+        probe = archs.torchvision_network(name, 1000, image_size)
+    except ValueError as e:  # an unknown name: the message lists the known ones
+        raise BundleError(str(e)) from None
     loaded = load_weights(weights) if weights is not None else None
     if isinstance(loaded, nn.Module):
         net = loaded
@@ -131,13 +153,11 @@ def torchvision_target(name: str, weights: Optional[Path], num_classes: Optional
             fam = archs.family_of_network(net)
         except ValueError as e:
             raise BundleError(f"{weights}: the pickled model is a {e}") from None
-        expected = archs.torchvision_network(name, 1, image_size)
-        if type(expected) is not type(net):
+        if type(probe) is not type(net):
             raise BundleError(f"{weights}: a pickled {type(net).__name__}, not torchvision's {name}")
         state = net.state_dict()
     else:
         state = loaded
-        probe = archs.torchvision_network(name, 1000, image_size)
         shape = head_shape(state, probe) if state is not None else None
         if num_classes is None:
             num_classes = shape[0] if shape else 1000
@@ -259,6 +279,8 @@ def sha256_of(path: Path) -> str:
 
 def find_tve(given: Optional[Path]) -> Optional[Path]:
     if given is not None:
+        if not given.is_file():
+            raise SystemExit(f"{Path(sys.argv[0]).name}: error: --tve {given}: no such file")
         return given
     for candidate in (REPO / "build" / "tve", shutil.which("tve")):
         if candidate and Path(candidate).is_file():
@@ -299,9 +321,11 @@ def main() -> None:
     ap.add_argument("--std", help="per-channel std (default ImageNet's)")
     ap.add_argument("--resize", choices=["stretch", "center_crop"], default="center_crop",
                     help="how tve fits an image to the input (default center_crop, as torchvision's transforms)")
-    ap.add_argument("--crop-fraction", type=float, default=0.875, help="center_crop: input / resized shorter side")
+    ap.add_argument("--crop-fraction", type=float, default=CROP_FRACTION,
+                    help="center_crop: input / resized shorter side (default 0.875, timm: the model's crop_pct)")
     ap.add_argument("--grid", type=int, help="attribution grid G (default: stride-16 cells, or the ViT's patches)")
-    ap.add_argument("--radius", type=int, default=RADIUS, help="occlusion window radius in cells (default 2)")
+    ap.add_argument("--radius", type=int, help="occlusion window radius in cells (default 2 on grids of 12 or "
+                                               "more, as the shipped models; 1 on smaller grids, 0 below 4)")
     ap.add_argument("--seed", type=int, default=0, help="seed of random weights when --weights is not given")
     ap.add_argument("--tve", type=Path, help="tve binary for the final check (default build/tve or tve on PATH)")
     args = ap.parse_args()
@@ -340,6 +364,11 @@ def make(args: argparse.Namespace) -> None:
         name = args.torchvision or args.timm
         net, target, source = make_target(name, args.weights, args.num_classes, args.image_size, args.seed)
         size, classes = source["image_size"], source["num_classes"]
+        # timm records each model's own normalisation and crop (e.g. 0.5/0.5 for some ViTs)
+        mean = parse_floats(args.mean, "mean") or source.get("mean", mean)
+        std = parse_floats(args.std, "std") or source.get("std", std)
+        if "crop_fraction" in source and args.crop_fraction == CROP_FRACTION:
+            args.crop_fraction = float(source["crop_fraction"])
         fam = archs.family_of(target) if not args.timm else None
         architecture = fam.name if fam else source["architecture"]
         grid = args.grid or (fam.default_grid(net, size) if fam else source["grid"])
@@ -352,8 +381,9 @@ def make(args: argparse.Namespace) -> None:
         default_labels = _imagenet_labels(args.torchvision) if args.torchvision and classes == 1000 else None
     if grid < 1 or size % grid:
         raise BundleError(f"--grid {grid}: the input size {size} must be a multiple of it")
-    if not 0 <= args.radius < grid:
-        raise BundleError(f"--radius {args.radius}: must be in [0, grid)")
+    radius = args.radius if args.radius is not None else RADIUS if grid >= 12 else 1 if grid >= 4 else 0
+    if not 0 <= radius < grid:
+        raise BundleError(f"--radius {radius}: must be in [0, grid {grid})")
     labels = (read_labels(args.labels, classes) if args.labels is not None
               else default_labels or [f"class {i}" for i in range(classes)])
     heads = dict(read_head(spec, labels_for_heads, dim) for spec in args.head)
@@ -365,7 +395,7 @@ def make(args: argparse.Namespace) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     name = args.name or args.out.resolve().name
     bundle.write_bundle(tmp, name=name, architecture=architecture, target=target, labels=labels,
-                        task=f"{name} classes", input_size=size, grid=grid, radius=args.radius, embedding_dim=dim,
+                        task=f"{name} classes", input_size=size, grid=grid, radius=radius, embedding_dim=dim,
                         heads=heads, provenance=provenance, mean=mean, std=std,
                         description=f"{provenance['source'].get('torchvision') or provenance['source'].get('timm') or 'TorchScript'}"
                                     f" made by scripts/make_bundle.py", resize=args.resize,

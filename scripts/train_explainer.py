@@ -156,6 +156,8 @@ def deletion_auc_against_gradcam(tve: Optional[Path], bundle_dir: Path, held_out
 
 def find_tve(given: Optional[Path]) -> Optional[Path]:
     if given is not None:
+        if not given.is_file():
+            raise SystemExit(f"{Path(sys.argv[0]).name}: error: --tve {given}: no such file")
         return given
     for candidate in (REPO / "build" / "tve", shutil.which("tve")):
         if candidate and Path(candidate).is_file():
@@ -218,6 +220,9 @@ def main() -> None:
     m = b.manifest
     try:
         target = trunks.eager_target(b)
+    except ImportError as e:  # a timm bundle under Debian's python, which has no timm
+        fail(f"{b.path}: rebuilding its model needs {e.name or e}: run this script with the current-torch venv's "
+             f"python, $(/usr/bin/python3 scripts/torch_env.py python) scripts/train_explainer.py ...")
     except ValueError as e:
         fail(f"{e}\n  The explainer copies the encoder's first stages, so it needs the model as Python modules: "
              f"make the bundle with scripts/make_bundle.py --torchvision or --timm (docs/own-model.md).")

@@ -106,8 +106,9 @@ def normalise(rgb01: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 class ImageFolder:
     """The usable images of a folder, split once into training and held-out files.
 
-    The split is a seeded hash of each file's relative path, so adding images never moves an
-    existing one between the sets. Files that do not decode are found when first read and
+    The held-out files are the `holdout` ones with the smallest seeded hash of their relative
+    path: a function of the listing alone (not of file order or times). A run is tied to its
+    listing (train_explainer.py refuses to resume on another), so the sets never mix. Files that do not decode are found when first read and
     recorded in `bad` (path -> reason); a batch then takes the next good file instead.
     """
     root: Path

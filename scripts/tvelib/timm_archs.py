@@ -188,6 +188,16 @@ def use_portable_attention(net: nn.Module) -> nn.Module:
     return net
 
 
+def keep_buffers_in_state_dict(net: nn.Module) -> nn.Module:
+    """Makes every buffer persistent (in place). timm's Swin registers its relative position index
+    and shifted-window mask with persistent=False, but a scripted module's state_dict() has all
+    buffers, so target.pt's state dict would not load strictly into the eager wrapper
+    (trunks.eager_target does that). The values are fixed by the architecture either way."""
+    for m in net.modules():
+        m._non_persistent_buffers_set.clear()
+    return net
+
+
 def wrap_network(net: nn.Module) -> nn.Module:
     """A timm ResNet / VisionTransformer / SwinTransformer -> its archs wrapper (VitTarget,
     ResNetTarget or SwinTarget), sharing the network's modules. ValueError, naming the part, for
@@ -198,6 +208,7 @@ def wrap_network(net: nn.Module) -> nn.Module:
         _check_vit(net)
     _check_head(fam, net)
     use_portable_attention(net)
+    keep_buffers_in_state_dict(net)
     if fam == "vit":
         return archs.VitTarget(_VitParts(net))
     if fam == "resnet":
@@ -290,6 +301,11 @@ def timm_target(name: str, weights: Optional[Path], num_classes: Optional[int], 
     net = create_network(name, num_classes, image_size)
     at = f" at {image_size} px" if image_size is not None and fam != "resnet" else ""
     if state is not None:
+        # Swin checkpoints from before timm made them non-persistent carry the relative position
+        # index and window masks; they are fixed by the architecture, the network makes its own.
+        derived = {f"{prefix}{'.' if prefix else ''}{b}" for prefix, m in net.named_modules()
+                   for b in m._non_persistent_buffers_set}
+        state = {k: v for k, v in state.items() if k not in derived}
         problem = describe_mismatch(net, state)
         if problem:
             raise BundleError(f"{weights}: does not fit timm's {name}{at} with {num_classes} classes: {problem}")
