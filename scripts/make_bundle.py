@@ -408,8 +408,13 @@ def make(args: argparse.Namespace) -> None:
     if tve is not None:
         done = subprocess.run([str(tve), "models", "--check", "--model", str(args.out)], capture_output=True, text=True)
         if done.returncode != 0:
+            hint = ""
+            if "Unknown builtin op" in done.stdout + done.stderr:
+                hint = ("\n  The TorchScript uses an operator newer than tve's LibTorch 1.13 (PyTorch 2.x attention, "
+                        "most often): make the bundle with --torchvision or --timm, which export portable "
+                        "attention (docs/own-model.md, 'Current PyTorch').")
             raise BundleError(f"{args.out}: written, but `tve models --check` refused it (exit {done.returncode}):\n"
-                              f"{done.stdout}{done.stderr}")
+                              f"{done.stdout}{done.stderr}{hint}")
         print(done.stdout.strip())
     else:
         print("(no tve binary found: run `tve models --check --model " f"{args.out}` once tve is built)")

@@ -50,3 +50,8 @@ fi
 # against, pinned in scripts/requirements-reference.txt: a venv in $TVE_CACHE/venv over Debian's torch.
 # ctest runs pytest with its python (tests/CMakeLists.txt).
 /usr/bin/python3 "$(dirname "$0")/reference_env.py" install
+
+# Current PyTorch from PyPI (torch, torchvision, timm; scripts/requirements-torch.txt), isolated in
+# $TVE_CACHE/torch-venv: what users export their own models with. The tests check that tve, built on
+# Debian's LibTorch 1.13, loads what it exports (docs/own-model.md). About 5 GB.
+/usr/bin/python3 "$(dirname "$0")/torch_env.py" install

@@ -270,6 +270,8 @@ import json, sys
 m = json.load(open(sys.argv[1])); del m["explainer"]; json.dump(m, open(sys.argv[1], "w"))
 PY
   run explain "$SAMPLES/chelsea.jpg" --model "$WORK/noexp"; expect_rc 3; expect_in err "no explainer"
+  # ...and says how to get one, and what works meanwhile
+  expect_in err "scripts/train_explainer.py --model $WORK/noexp --images"; expect_in err "--method gradcam"
   run explain "$SAMPLES/chelsea.jpg" --model "$WORK/noexp" --method occlusion; expect_rc 0
 }
 
@@ -558,6 +560,62 @@ case_shipped_models_match_golden() {
 
 # malformed_bundle EDIT EXPECTED...: a copy of tiny-vit changed by the shell snippet EDIT (run in
 # the bundle's folder) must fail to load with exit 3, within a minute, with each EXPECTED on stderr.
+# README "Explain your own model", the four commands at small scale: a torchvision resnet18 with
+# seed-fixed random weights saved as a user's .pth, 40 images of several sizes and formats (plus a
+# corrupt one), a few training steps. The commands are the README's, with its placeholders filled
+# and its --time-budget swapped for --steps.
+case_own_model_readme() {
+  local photos="$WORK/my_photos"
+  /usr/bin/python3 "$TVE_SOURCE_DIR/scripts/export_eval_scenes.py" --split train --n 40 --no-masks --out "$photos" >/dev/null \
+    || fail "exporting scenes"
+  /usr/bin/python3 - "$WORK" "$photos" <<'PY' || fail "making the .pth and varied images"
+import sys, pathlib, torch, torchvision
+from PIL import Image
+work, photos = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+torch.manual_seed(0)
+torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), work / "my_resnet18.pth")
+(work / "my_labels.txt").write_text("cat\ndog\nbird\n")
+files = sorted(photos.glob("*.png"))
+(photos / "big").mkdir()
+for i, f in enumerate(files[:10]):  # other sizes, formats and modes, in a subfolder
+    im = Image.open(f).convert("RGB").resize((300 + 7 * i, 200 + 5 * i))
+    if i % 3 == 0:
+        im.save(photos / "big" / (f.stem + ".jpg"), quality=90)
+    elif i % 3 == 1:
+        im.convert("L").save(photos / "big" / (f.stem + "-gray.png"))
+    else:
+        im.convert("RGBA").save(photos / "big" / (f.stem + "-alpha.png"))
+    f.unlink()
+(photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+PY
+  local models="$WORK/models"; mkdir -p "$models"
+  (cd "$WORK" && /usr/bin/python3 "$TVE_SOURCE_DIR/scripts/make_bundle.py" --torchvision resnet18 --weights my_resnet18.pth \
+      --labels my_labels.txt --out "$models/mine" --tve "$TVE" >"$WORK/out" 2>"$WORK/err") \
+    || fail "make_bundle: $(cat "$WORK/err")"
+  expect_in out "train_explainer.py"
+  /usr/bin/python3 "$TVE_SOURCE_DIR/scripts/train_explainer.py" --model "$models/mine" --images "$photos" \
+      --steps 3 --batch 4 --centres 2 --calib-images 8 --holdout 3 --run "$WORK/run" --tve "$TVE" --no-progress \
+      >"$WORK/out" 2>"$WORK/err" \
+    || fail "train_explainer: $(tail -20 "$WORK/err")"
+  expect_in out "held-out images, against exact windowed occlusion"; expect_in out "deletion AUC (median"
+  /usr/bin/python3 - "$models/mine/manifest.json" <<'PY' || fail "manifest provenance"
+import json, sys
+m = json.load(open(sys.argv[1]))
+e = m["provenance"]["explainer"]
+assert m["explainer"]["target_sha256"] == m["target"]["sha256"]
+assert e["data"]["files"] == 41 and e["data"]["bad_files"] >= 0 and e["steps_done"] == 3
+f = e["fidelity"]
+assert 2 <= f["held_out_images"] <= 3 and -1 <= f["lneg1_raw"]["spearman"] <= 1, f
+assert set(f["tve_eval"]) == {"tve", "gradcam"}, f
+PY
+  run explain "$photos" --models-dir "$models" --model mine --out "$WORK/overlays"; expect_rc 3  # the broken file
+  [[ $(find "$WORK/overlays" -name '*.overlay.png' | wc -l) -eq 40 ]] || fail "expected 40 overlays: $(find "$WORK/overlays" | head)"
+  expect_in err "broken.jpg"
+  run eval "$photos/big" --models-dir "$models" --model mine --methods tve,gradcam --no-fidelity --out "$WORK/eval"
+  expect_rc 0; expect_in out "deletion"
+  [[ -s "$WORK/eval/summary.json" && -s "$WORK/eval/curves.png" ]] || fail "eval outputs missing"
+}
+
 malformed_bundle() {
   local edit=$1; shift
   rm -rf "$WORK/b"; cp -r "$TVE_SOURCE_DIR/models/tiny-vit" "$WORK/b"
