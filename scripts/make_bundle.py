@@ -27,7 +27,6 @@ loads in tve's LibTorch 1.13 either way (ViTs get portable attention; docs/own-m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import shutil
 import subprocess
@@ -39,10 +38,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import archs, bundle  # noqa: E402
+from tvelib import archs, bundle, files  # noqa: E402
 from tvelib.bundle import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RADIUS = 2  # windows of 5 x 5 cells, as the shipped models
 CROP_FRACTION = 0.875  # torchvision's classification transforms: resize 256, crop 224
 
@@ -273,21 +271,6 @@ def read_head(spec: str, labels_spec: Dict[str, Path], dim: int) -> Tuple[str, d
     return name, {"module": linear.eval(), "labels": labels, "task": name}
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def find_tve(given: Optional[Path]) -> Optional[Path]:
-    if given is not None:
-        if not given.is_file():
-            raise SystemExit(f"{Path(sys.argv[0]).name}: error: --tve {given}: no such file")
-        return given
-    for candidate in (REPO / "build" / "tve", shutil.which("tve")):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
 def parse_floats(text: Optional[str], what: str) -> Optional[List[float]]:
     if text is None:
         return None
@@ -336,6 +319,10 @@ def main() -> None:
 
 
 def make(args: argparse.Namespace) -> None:
+    try:
+        tve = files.find_tve(args.tve)
+    except ValueError as e:
+        raise BundleError(str(e)) from None
     if args.out.exists() and not args.force:
         raise BundleError(f"{args.out}: exists (choose another --out, or --force to replace it)")
     if args.image_size is not None and args.image_size < 16:
@@ -357,7 +344,7 @@ def make(args: argparse.Namespace) -> None:
         target, classes, dim, features_layout = torchscript_target(args.torchscript, size)
         architecture = args.architecture or "custom"
         grid = args.grid or size // 16
-        provenance["source"] = {"torchscript": str(args.torchscript), "sha256": sha256_of(args.torchscript)}
+        provenance["source"] = {"torchscript": str(args.torchscript), "sha256": bundle.sha256_of(args.torchscript)}
         default_labels = None
     else:
         make_target = torchvision_target if args.torchvision else timm_target
@@ -374,7 +361,7 @@ def make(args: argparse.Namespace) -> None:
         grid = args.grid or (fam.default_grid(net, size) if fam else source["grid"])
         dim = int(target.embed(torch.zeros(1, 3, size, size)).shape[1])
         if args.weights is not None:
-            source.update(weights=str(args.weights), weights_sha256=sha256_of(args.weights))
+            source.update(weights=str(args.weights), weights_sha256=bundle.sha256_of(args.weights))
         else:
             source.update(weights=f"random initialisation (torch.manual_seed({args.seed}))")
         provenance["source"] = source
@@ -404,7 +391,6 @@ def make(args: argparse.Namespace) -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     tmp.rename(args.out)
-    tve = find_tve(args.tve)
     if tve is not None:
         done = subprocess.run([str(tve), "models", "--check", "--model", str(args.out)], capture_output=True, text=True)
         if done.returncode != 0:

@@ -154,17 +154,6 @@ def deletion_auc_against_gradcam(tve: Optional[Path], bundle_dir: Path, held_out
                 if k in methods[m]} for m in ("tve", "gradcam") if m in methods}
 
 
-def find_tve(given: Optional[Path]) -> Optional[Path]:
-    if given is not None:
-        if not given.is_file():
-            raise SystemExit(f"{Path(sys.argv[0]).name}: error: --tve {given}: no such file")
-        return given
-    for candidate in (REPO / "build" / "tve", shutil.which("tve")):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="bundle folder or name under models/")
@@ -200,6 +189,10 @@ def main() -> None:
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                         help=f"ExplainerConfig.{f.name} (default {f.default})")
     args = ap.parse_args()
+    try:
+        args.tve = files.find_tve(args.tve)
+    except ValueError as e:
+        fail(str(e))
     threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = distributed(device)
@@ -343,7 +336,7 @@ def finish_folder_run(b, model, state, out_dir: Path, images: folder.ImageFolder
         extra["fidelity"] = {"held_out_images": len(paths), "reference": "exact windowed occlusion", **report}
     export(b, model, state, out_dir, defaults, log, record, extra)
     if report is not None:
-        auc = deletion_auc_against_gradcam(find_tve(args.tve), out_dir, paths, log)
+        auc = deletion_auc_against_gradcam(args.tve, out_dir, paths, log)
         if auc is not None:
             manifest = json.loads((out_dir / "manifest.json").read_text())
             manifest["provenance"]["explainer"]["fidelity"]["tve_eval"] = auc

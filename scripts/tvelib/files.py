@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -42,3 +43,16 @@ def write_json(path: Path, obj) -> None:
 
 def atomic_savez(path: Path, **arrays) -> None:
     replace_atomically(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
+
+
+def find_tve(given: Optional[Path]) -> Optional[Path]:
+    """The tve binary scripts call to check their results: `given` (ValueError when it is not a
+    file), else the source tree's build/tve, else tve on PATH, else None."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise ValueError(f"--tve {given}: no such file")
+        return Path(given)
+    for candidate in (Path(__file__).resolve().parents[2] / "build" / "tve", shutil.which("tve")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
