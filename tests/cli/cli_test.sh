@@ -608,7 +608,7 @@ f = e["fidelity"]
 assert 2 <= f["held_out_images"] <= 3 and -1 <= f["lneg1_raw"]["spearman"] <= 1, f
 assert set(f["tve_eval"]) == {"tve", "gradcam"}, f
 PY
-  run explain "$photos" --models-dir "$models" --model mine --out "$WORK/overlays"; expect_rc 3  # the broken file
+  run explain "$photos" --models-dir "$models" --model mine --out "$WORK/overlays"; expect_rc 1  # the broken file
   [[ $(find "$WORK/overlays" -name '*.overlay.png' | wc -l) -eq 40 ]] || fail "expected 40 overlays: $(find "$WORK/overlays" | head)"
   expect_in err "broken.jpg"
   run eval "$photos/big" --models-dir "$models" --model mine --methods tve,gradcam --no-fidelity --out "$WORK/eval"
