@@ -35,9 +35,14 @@ def loaded_openblas() -> Path | None:
 
 
 def _openblas() -> ctypes.CDLL | None:
-    """The loaded OpenBLAS, to call its control functions; None when it is not this process's BLAS."""
+    """The loaded OpenBLAS, to call its control functions; None when it is not this process's BLAS,
+    or one built with prefixed symbols (numpy's wheels bundle scipy_openblas64_, whose functions
+    are scipy_openblas_*: PyPI's torch brings no OpenBLAS of its own, so that one is not torch's)."""
     lib = loaded_openblas()
-    return None if lib is None else ctypes.CDLL(str(lib))
+    if lib is None:
+        return None
+    handle = ctypes.CDLL(str(lib))
+    return handle if hasattr(handle, "openblas_get_corename") else None
 
 
 # OpenBLAS's x86-64 kernel sets by vector width, as openblas_get_corename() names them (lower case):
