@@ -130,7 +130,7 @@ def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: to
     l_pos = ((p_pos - z_pos) / model.std[:d]).pow(2).mean()
     l_neg = ((p_neg - z_neg) / model.std[d:]).pow(2).mean()
     loss = l_pos + l_neg
-    parts = {"pos": float(l_pos), "neg": float(l_neg)}
+    parts = {"pos": float(l_pos.detach()), "neg": float(l_neg.detach())}
     if logit_weight > 0:
         # The target head's logits on psi vs on the true embeddings, scaled by the logits' spread.
         eye = torch.eye(d, device=x.device)
@@ -139,7 +139,7 @@ def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: to
         scale = (z_pos @ w).std().detach().clamp(min=1e-6) ** 2
         l_log = (((p_pos - z_pos) @ w).pow(2).mean() + ((p_neg - z_neg) @ w).pow(2).mean()) / scale
         loss = loss + logit_weight * l_log
-        parts["logit"] = float(l_log)
+        parts["logit"] = float(l_log.detach())
     return loss, parts, {"targets": t1 - t0}
 
 
@@ -235,7 +235,7 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         for k, v in parts.items():
             seg[k] += v
         if progress is not None and dist.leader:
-            progress.update(state["step"], float(loss), images_per_step)
+            progress.update(state["step"], float(loss.detach()), images_per_step)
         if state["step"] % 25 == 0 or state["step"] == cfg.steps:
             el = time.time() - seg["t"]
             msg = (f"step {state['step']}/{cfg.steps} loss pos {seg['pos'] / seg['n']:.4f} "
