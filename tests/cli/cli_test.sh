@@ -73,6 +73,11 @@ case_models_check_detects_corruption() {
   printf 'garbage' >> "$WORK/tiny-vit/target.pt"
   run models --check --models-dir "$WORK"; expect_rc 3
   expect_in out "INVALID"; expect_in out "target.pt: SHA-256 is"
+  # --model checks one bundle, by folder or name (what scripts/make_bundle.py runs)
+  run models --check --model "$WORK/tiny-vit"; expect_rc 3; expect_in out "INVALID"
+  run models --check --model tiny-resnet --json; expect_rc 0
+  json_check "len(lines) == 1 and lines[0]['name'] == 'tiny-resnet' and 'error' not in lines[0]"
+  run models --check --model "$WORK/no-such-bundle"; expect_rc 3; expect_in err "no-such-bundle"
 }
 
 case_predict_samples() {
