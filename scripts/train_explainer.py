@@ -259,7 +259,13 @@ def main() -> None:
         source = explainer_training.TrainingData(
             batch_fn, lambda: images.batch(overrides.get("seed", 0) + 7919, 0, calib_n),
             {k: record[k] for k in ("listing_sha256", "files", "held_out")})
-        if budget is not None and not (run / "explainer.ckpt").is_file():
+        if budget is not None and (run / "explainer.ckpt").is_file():
+            # Resuming a budgeted run: its step count was fixed when it started, and the budget
+            # is for the whole run, so only what the earlier calls left of it remains.
+            saved = torch.load(run / "explainer.ckpt", map_location="cpu")["state"]
+            overrides["steps"] = saved["config"]["steps"]
+            budget = max(60.0, budget - saved["seconds"])
+        elif budget is not None:
             trial = ex.ExplainerConfig(**overrides)
             t_step = explainer_training.seconds_per_step(target, grid, radius, size, trial, source, device)
             # The report's exact occlusion: 2 G^2 passes per held-out image, against the

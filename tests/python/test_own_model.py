@@ -271,8 +271,10 @@ def test_time_budget_and_bad_arguments(tmp_path):
         shutil.copy(FIXTURES / "rgb8.png", imgs / f"{i}.png")
     common = ["--model", b, "--images", imgs, "--batch", "2", "--centres", "2", "--width", "16", "--depth", "1",
               "--run", tmp_path / "run", "--no-progress", "--holdout", "2", "--no-export"]
-    done = run_script("train_explainer.py", *common, "--time-budget", "20s")
+    done = run_script("train_explainer.py", *common, "--time-budget", "20s", "--max-steps", "2")
     assert "time budget 20s" in done.stdout and "steps (the report" in done.stdout
+    again = run_script("train_explainer.py", *common, "--time-budget", "20s")  # resumes: same step count
+    assert "resumed at step 2/" in again.stdout
     bad = run_script("train_explainer.py", *common, "--time-budget", "soon", ok=False)
     assert bad.returncode == 2 and "'soon'" in bad.stderr
     both = run_script("train_explainer.py", *common, "--time-budget", "1m", "--steps", "3", ok=False)
