@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import List, NoReturn, Optional
@@ -189,6 +190,7 @@ def main() -> None:
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                         help=f"ExplainerConfig.{f.name} (default {f.default})")
     args = ap.parse_args()
+    started = time.time()
     try:
         args.tve = files.find_tve(args.tve)
     except ValueError as e:
@@ -267,12 +269,15 @@ def main() -> None:
             budget = max(60.0, budget - saved["seconds"])
         elif budget is not None:
             trial = ex.ExplainerConfig(**overrides)
-            t_step = explainer_training.seconds_per_step(target, grid, radius, size, trial, source, device)
-            # The report's exact occlusion: 2 G^2 passes per held-out image, against the
+            t_step = explainer_training.seconds_per_step(target, grid, radius, size, trial, source, device, trials=1)
+            # The budget counts from the start: loading and this trial are spent already. The
+            # report's exact occlusion costs 2 G^2 passes per held-out image, against the
             # 2 * batch * centres masked passes (about 80% of a step) that a step costs.
+            budget -= time.time() - started
             report_steps = len(images.held_out) * 2 * grid * grid / (2 * trial.batch * trial.centres) / 0.8
             overrides["steps"] = max(1, int(0.95 * budget / t_step - report_steps))
-            log(f"time budget {runs.format_duration(budget)}: {t_step:.2f} s per step measured -> "
+            log(f"time budget {args.time_budget} ({runs.format_duration(budget)} left after loading and a trial "
+                f"step): {t_step:.2f} s per step measured -> "
                 f"{overrides['steps']} steps (the report's occlusion counted as {report_steps:.0f} steps)")
     cfg = ex.ExplainerConfig(**overrides)
     max_minutes = args.stage_minutes if args.stage_minutes is not None else (85.0 if images is None else 1e9)
