@@ -275,10 +275,12 @@ def main() -> None:
             # 2 * batch * centres masked passes (about 80% of a step) that a step costs.
             budget -= time.time() - started
             report_steps = len(images.held_out) * 2 * grid * grid / (2 * trial.batch * trial.centres) / 0.8
+            # and calibration, 8 centres on each of calib_images, before the first step
+            report_steps += trial.calib_images * min(8, grid * grid) / (trial.batch * trial.centres) / 0.8
             overrides["steps"] = max(1, int(0.95 * budget / t_step - report_steps))
             log(f"time budget {args.time_budget} ({runs.format_duration(budget)} left after loading and a trial "
                 f"step): {t_step:.2f} s per step measured -> "
-                f"{overrides['steps']} steps (the report's occlusion counted as {report_steps:.0f} steps)")
+                f"{overrides['steps']} steps (calibration and the report's occlusion counted as {report_steps:.0f} steps)")
     cfg = ex.ExplainerConfig(**overrides)
     max_minutes = args.stage_minutes if args.stage_minutes is not None else (85.0 if images is None else 1e9)
     if budget is not None:

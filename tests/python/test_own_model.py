@@ -272,7 +272,7 @@ def test_time_budget_and_bad_arguments(tmp_path):
     common = ["--model", b, "--images", imgs, "--batch", "2", "--centres", "2", "--width", "16", "--depth", "1",
               "--run", tmp_path / "run", "--no-progress", "--holdout", "2", "--no-export"]
     done = run_script("train_explainer.py", *common, "--time-budget", "20s", "--max-steps", "2")
-    assert "time budget 20s" in done.stdout and "steps (the report" in done.stdout
+    assert "time budget 20s" in done.stdout and "report's occlusion counted as" in done.stdout
     again = run_script("train_explainer.py", *common, "--time-budget", "20s")  # resumes: same step count
     assert "resumed at step 2/" in again.stdout
     bad = run_script("train_explainer.py", *common, "--time-budget", "soon", ok=False)
