@@ -281,8 +281,17 @@ def main() -> None:
             log(f"time budget {args.time_budget} ({runs.format_duration(budget)} left after loading and a trial "
                 f"step): {t_step:.2f} s per step measured -> "
                 f"{overrides['steps']} steps (calibration and the report's occlusion counted as {report_steps:.0f} steps)")
+        if budget is not None and dist.world > 1:
+            # Every rank must run the same steps (DDP waits for all of them at each step): rank 0's
+            # count is the run's, and the ranks stop by step count, never each by its own clock.
+            import torch.distributed as tdist
+            shared = [overrides["steps"]]
+            tdist.broadcast_object_list(shared, src=0)
+            overrides["steps"], budget = shared[0], None
     cfg = ex.ExplainerConfig(**overrides)
     max_minutes = args.stage_minutes if args.stage_minutes is not None else (85.0 if images is None else 1e9)
+    if dist.world > 1:
+        max_minutes = 1e9
     if budget is not None:
         max_minutes = min(max_minutes, budget / 60)
 
