@@ -322,7 +322,7 @@ def main() -> None:
         return
     out_dir = args.export_to or b.path
     if images is not None:
-        finish_folder_run(b, model, state, out_dir, images, grid, radius, device, log, args, budget)
+        finish_folder_run(b, target, model, state, out_dir, images, grid, radius, device, log, args, budget)
         return
     if not (state["done"] or args.smoke or args.export_only):
         log("not exporting an unfinished run (use --export-only to export the checkpoint anyway)")
@@ -335,19 +335,19 @@ def main() -> None:
     export(b, model, state, out_dir, defaults, log, emoji_record(state["config"]))
 
 
-def finish_folder_run(b, model, state, out_dir: Path, images: folder.ImageFolder, grid: int, radius: int,
+def finish_folder_run(b, target, model, state, out_dir: Path, images: folder.ImageFolder, grid: int, radius: int,
                       device: str, log, args, budget: Optional[float]) -> None:
     """The end of a run on a folder: the fidelity report on the held-out images, the explainer
-    exported with the best transfer-rule setting, the deletion AUC against gradcam by tve eval."""
+    exported with the best transfer-rule setting, the deletion AUC against gradcam by tve eval.
+    target: the eager encoder the run trained against (frozen, so the report's occlusion uses it)."""
     if not (state["done"] or args.smoke or args.export_only or budget is not None):
         log("not exporting an unfinished run (run the same command again to continue, or --export-only)")
         return
     paths, held = images.held_out_images()
     report, defaults = None, {"lambda_pos": 1.0, "lambda_neg": args.lambda_neg, "smooth": args.smooth}
     if len(paths) >= 2:
-        target = trunks.eager_target(b).to(device)
         model = model.to(device)
-        report = fidelity.held_out_report(model, target, held.to(device), grid, radius, log)
+        report = fidelity.held_out_report(model, target.to(device), held.to(device), grid, radius, log)
         defaults = choose_defaults(report)
     else:
         log(f"fidelity report: skipped ({len(paths)} held-out images decode; --holdout N with a larger folder)")

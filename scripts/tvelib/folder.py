@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from . import bundle
+
 # Extensions tve explain also walks (docs/bundle-format.md "Inputs"); masks (*.mask.png) are not images.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a bad file, not a grey half-image
@@ -96,10 +98,8 @@ def _to_float_rgba(im: Image.Image) -> np.ndarray:
 
 
 def normalise(rgb01: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """[B,3,H,W] RGB in [0,1] -> (x - mean) / std."""
-    mean = torch.tensor(spec.mean, dtype=rgb01.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=rgb01.dtype).view(1, 3, 1, 1)
-    return (rgb01 - mean) / std
+    """[B,3,H,W] RGB in [0,1] -> (x - mean) / std with the spec's constants."""
+    return bundle.normalise(rgb01, spec.mean, spec.std)
 
 
 @dataclass
