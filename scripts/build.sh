@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${TVE_BUILD_DIR:-build}
+mkdir -p "$build_dir"
+# Two builds into one folder at once (two terminals, a test script while an editor builds) race in
+# Ninja's logs and rebuild each other's objects: the second waits for the first.
+exec 9>"$build_dir/.build-lock"
+flock 9
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DTVE_WARNINGS_AS_ERRORS="${TVE_WARNINGS_AS_ERRORS:-ON}" >/dev/null
 # Each LibTorch translation unit needs ~1 GB of RAM to compile; one job per core is safe here.
