@@ -97,7 +97,7 @@ def probe_stage(arch: str, cfg, run_dir: Path, sizes: dict, log) -> dict:
     for task in DOWNSTREAM:
         path = run_dir / f"probe-{task}.pt"
         if path.is_file():
-            results[task] = torch.load(path)
+            results[task] = files.load_data(path)  # tensors-only loading: no code from the file runs
             continue
         t0 = time.time()
         z_tr, y_tr = training.embed_set(model, task, "train", sizes["probe_train"])  # [N,D]
@@ -108,7 +108,7 @@ def probe_stage(arch: str, cfg, run_dir: Path, sizes: dict, log) -> dict:
                "heldout_n": sizes["probe_test"], "seconds": round(time.time() - t0, 1), **info}
         log(f"{arch}: probe {task}: held-out top-1 {res['heldout_top1']:.4f} "
             f"(train {res['train_top1']:.4f}, l2 {info['l2']}, {res['seconds']} s)")
-        torch.save(res, path)
+        files.save_data(res, path)
         results[task] = res
     return results
 

@@ -87,10 +87,17 @@ class TrunkExplainer(nn.Module):
     def _local(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Trunk features f, psi_pos, and psi_neg without the global term."""
         f = self.trunk(x)  # [B,C,G,G] (ViT: [B,1+G*G,C] tokens)
+        pos, neg = self.from_features(f)
+        return f, pos, neg
+
+    def from_features(self, f: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The trained part alone: trunk features f -> psi_pos and psi_neg without the global term.
+        The trunk is a frozen copy of the encoder's first stages, so training on a bank of stored
+        features (explainer_training.TargetBank) fits exactly what forward() computes."""
         h = self.blocks(self.inp(self.to_map(f)))  # [B,width,G,G]
         raw = self.out(F.gelu(self.norm(h)))  # [B,2D,G,G]
         psi = raw.flatten(2).transpose(1, 2) * self.std + self.mean  # [B,G*G,2D] row-major
-        return f, psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
+        return psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         f, pos, neg = self._local(x)
@@ -131,6 +138,11 @@ class ExplainerConfig:
     vit_depth: int = 1
     global_branch: bool = True  # psi_neg = copied encoder's E(x) + learned change
     logit_weight: float = 1.0  # weight of the loss on the target head's logits (0 = embedding only)
+    # How targets are made (explainer_training): "stream" draws fresh images and `centres` masked
+    # targets for every step; "bank" computes them once for `bank_images` images (and the frozen
+    # trunk's features of each), then fits the trained layers to that bank for `steps` steps.
+    scheme: str = "stream"
+    bank_images: int = 0
     seed: int = 0
     data_seed: int = data.TRAIN_SEED
     scene_version: int = 1  # tvelib.data.SCENE_VERSION the target was trained on (scene_version_of)

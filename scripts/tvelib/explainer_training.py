@@ -18,7 +18,9 @@ from torch import nn
 from . import data, threads
 from .explainer import ExplainerConfig, TrunkExplainer, build, freeze_norm_stats, use_scene_version
 from .occlusion import window_masks
-from .runs import Progress, resume_checkpoint, run_steps, save_checkpoint, warmup_cosine
+from .files import load_data, save_data
+from .runs import (Progress, raise_if_stop_requested, resume_checkpoint, run_steps, save_checkpoint, stop_requested,
+                   warmup_cosine)
 
 
 @dataclass
@@ -111,19 +113,10 @@ def param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
             {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
 
 
-def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
-           centres: torch.Tensor, logit_weight: float,
-           forward: Optional[nn.Module] = None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
-    """One training objective evaluation. Returns (loss, parts, seconds spent per phase).
-    forward: what computes model(x) (a DistributedDataParallel wrapper of model, or model)."""
-    t0 = time.perf_counter()
-    z_pos, z_neg = masked_targets(encoder, x, masks, centres)  # [B,K,D] each
-    if x.is_cuda:
-        torch.cuda.synchronize()  # so the phase time is the encoder's, not queued kernels'
-    t1 = time.perf_counter()
-    psi_pos, psi_neg = (forward or model)(x)  # [B,N,D] each
-    idx = centres.unsqueeze(-1).expand(-1, -1, psi_pos.shape[-1])  # [B,K,D]
-    p_pos, p_neg = psi_pos.gather(1, idx), psi_neg.gather(1, idx)
+def fit_loss(model: TrunkExplainer, encoder: nn.Module, p_pos: torch.Tensor, p_neg: torch.Tensor,
+             z_pos: torch.Tensor, z_neg: torch.Tensor, logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The regression of the explainer's outputs at the drawn cells (p_pos, p_neg [B,K,D]) onto
+    the exact masked embeddings (z_pos, z_neg [B,K,D]); both training schemes use it."""
     d = model.embedding_dim
     # MSE in units of each dimension's spread: dimensions with tiny variance count as much as
     # those with large variance, as a downstream linear head may weigh any of them.
@@ -133,14 +126,142 @@ def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: to
     parts = {"pos": float(l_pos.detach()), "neg": float(l_neg.detach())}
     if logit_weight > 0:
         # The target head's logits on psi vs on the true embeddings, scaled by the logits' spread.
-        eye = torch.eye(d, device=x.device)
-        w = encoder.head(eye) - encoder.head(torch.zeros(1, d, device=x.device))  # [D,C] = W^T
+        eye = torch.eye(d, device=p_pos.device)
+        w = encoder.head(eye) - encoder.head(torch.zeros(1, d, device=p_pos.device))  # [D,C] = W^T
         w = w.detach()
         scale = (z_pos @ w).std().detach().clamp(min=1e-6) ** 2
         l_log = (((p_pos - z_pos) @ w).pow(2).mean() + ((p_neg - z_neg) @ w).pow(2).mean()) / scale
         loss = loss + logit_weight * l_log
         parts["logit"] = float(l_log.detach())
+    return loss, parts
+
+
+def at_cells(psi: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """psi [B,N,D] at the cells centres [B,K] -> [B,K,D]."""
+    return psi.gather(1, centres.unsqueeze(-1).expand(-1, -1, psi.shape[-1]))
+
+
+def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
+           centres: torch.Tensor, logit_weight: float,
+           forward: Optional[nn.Module] = None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
+    """One objective evaluation of the stream scheme (fresh targets for every step). Returns
+    (loss, parts, seconds spent per phase).
+    forward: what computes model(x) (a DistributedDataParallel wrapper of model, or model)."""
+    t0 = time.perf_counter()
+    z_pos, z_neg = masked_targets(encoder, x, masks, centres)  # [B,K,D] each
+    if x.is_cuda:
+        torch.cuda.synchronize()  # so the phase time is the encoder's, not queued kernels'
+    t1 = time.perf_counter()
+    psi_pos, psi_neg = (forward or model)(x)  # [B,N,D] each
+    loss, parts = fit_loss(model, encoder, at_cells(psi_pos, centres), at_cells(psi_neg, centres),
+                           z_pos, z_neg, logit_weight)
     return loss, parts, {"targets": t1 - t0}
+
+
+class TargetBank:
+    """The bank scheme's training set: for each of n images, the frozen trunk's features f, the
+    encoder's embedding z = E(x), K centres and their exact masked embeddings (z_pos, z_neg).
+
+    Every encoder pass is spent once: the fitting steps that follow draw from the bank, and they
+    run only the explainer's trained layers (TrunkExplainer.from_features), since the trunk is a
+    frozen copy of the encoder's first stages and its output is stored. Filled in chunks of one
+    source batch, a pure function of the chunk index, and saved every few minutes: a killed run
+    continues where it stopped. Stored in `dtype` (bfloat16 halves the memory of real-size
+    encoders' features).
+    """
+
+    def __init__(self, path: Path, images: int, chunk: int, centres: int, seed: int, dtype: torch.dtype):
+        self.path, self.chunk, self.centres, self.seed, self.dtype = path, chunk, centres, seed, dtype
+        self.size = max(1, -(-images // chunk)) * chunk
+        self.filled = 0  # images
+        self.tensors: Dict[str, torch.Tensor] = {}
+        if path.is_file():
+            saved = load_data(path)
+            if saved["key"] != self.key:
+                raise ValueError(f"{path} holds a target bank made with {saved['key']}, not {self.key}; "
+                                 f"delete it, or pass --restart, to start over")
+            self.filled, self.tensors = saved["filled"], saved["tensors"]
+            self.size = min(self.size, saved.get("closed_at", self.size))
+
+    @property
+    def key(self) -> dict:
+        return {"chunk": self.chunk, "centres": self.centres, "seed": self.seed, "dtype": str(self.dtype)}
+
+    def save(self, closed: bool = False) -> None:
+        record = {"key": self.key, "filled": self.filled, "tensors": self.tensors}
+        if closed or self.size == self.filled:
+            record["closed_at"] = self.filled
+        save_data(record, self.path)
+
+    def close(self) -> None:
+        """Ends the bank at the images it has (a time budget ran out): it is never filled further."""
+        self.size = self.filled
+        self.tensors = {name: t[: self.filled].clone() for name, t in self.tensors.items()}
+        self.save(closed=True)
+
+    def training_mean_map(self, head, cells: int):
+        """The training images' mean occlusion map (fidelity.TrainingMeanMap) from the bank."""
+        from .fidelity import TrainingMeanMap
+        mean = TrainingMeanMap(cells)
+        t = self.tensors
+        for lo in range(0, self.filled, 64):
+            hi = min(self.filled, lo + 64)
+            mean.add(head, t["embedding"][lo:hi], t["centres"][lo:hi], t["z_pos"][lo:hi], t["z_neg"][lo:hi])
+        return mean.state()
+
+    def bytes_per_image(self, model: TrunkExplainer, x: torch.Tensor) -> int:
+        with torch.no_grad():
+            f = model.trunk(x[:1])
+        item = torch.tensor([], dtype=self.dtype).element_size()
+        return item * (f.numel() + model.embedding_dim * (1 + 2 * self.centres)) + 8 * self.centres
+
+    @torch.no_grad()
+    def fill(self, model: TrunkExplainer, encoder: nn.Module, source: TrainingData, masks: torch.Tensor,
+             device: str, log: Callable[[str], None], checkpoint_minutes: float,
+             stop: Callable[[], bool] = lambda: False, chunk: int = 256) -> int:
+        """Computes the missing chunks; returns the encoder passes spent in this call. Stops early
+        (saved) when stop() says so. chunk: images per encoder call (memory)."""
+        passes, last_save, t0, last_log = 0, time.time(), time.time(), 0.0
+        while self.filled < self.size and not stop():
+            index = self.filled // self.chunk
+            x = source.batch(index).to(device)[: self.chunk]
+            centres = draw_centres(self.seed, index, len(x), masks.shape[0], min(self.centres, masks.shape[0]))
+            z_pos, z_neg = masked_targets(encoder, x, masks, centres.to(device), chunk)
+            parts = {"features": model.trunk(x), "embedding": encoder.embed(x), "centres": centres,
+                     "z_pos": z_pos, "z_neg": z_neg}
+            for name, value in parts.items():
+                value = value.cpu() if name == "centres" else value.to("cpu", self.dtype)
+                if name not in self.tensors:
+                    self.tensors[name] = torch.empty((self.size, *value.shape[1:]), dtype=value.dtype)
+                self.tensors[name][self.filled:self.filled + len(x)] = value
+            self.filled += len(x)
+            passes += len(x) * (2 * centres.shape[1] + 1)
+            if time.time() - last_save > checkpoint_minutes * 60:
+                self.save()
+                last_save = time.time()
+            if time.time() - last_log > 30 or self.filled == self.size:
+                last_log = time.time()
+                log(f"target bank: {self.filled}/{self.size} images, {time.time() - t0:.0f} s")
+        self.save()
+        return passes
+
+    def batch(self, step: int, batch: int, device: str) -> Dict[str, torch.Tensor]:
+        """A training batch of bank entries, drawn uniformly (seeded by the step)."""
+        g = torch.Generator().manual_seed(_step_seed(self.seed + 104729, step))
+        idx = torch.randint(self.filled, (batch,), generator=g)
+        return {name: (t[idx].to(device) if name == "centres" else t[idx].to(device, torch.float32))
+                for name, t in self.tensors.items()}
+
+
+def bank_losses(model: TrunkExplainer, encoder: nn.Module, entries: Dict[str, torch.Tensor],
+                logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The bank scheme's objective on one batch of bank entries: the trained layers only."""
+    pos, neg = model.from_features(entries["features"])
+    if model.has_global:
+        neg = neg + entries["embedding"].unsqueeze(1)  # what forward_with_embedding adds
+    c = entries["centres"]
+    return fit_loss(model, encoder, at_cells(pos, c), at_cells(neg, c), entries["z_pos"], entries["z_neg"],
+                    logit_weight)
 
 
 @dataclass
@@ -155,11 +276,28 @@ class Distributed:
         return self.rank == 0
 
 
+def open_bank(run_dir: Path, cfg: ExplainerConfig, dist: Distributed = Distributed()) -> "TargetBank":
+    """This rank's target bank of a bank-scheme run (its share of cfg.bank_images)."""
+    return TargetBank(run_dir / f"bank-rank{dist.rank}.pt", -(-cfg.bank_images // dist.world), cfg.batch,
+                      cfg.centres, cfg.seed + 7919 * dist.rank, torch.float32)
+
+
+def average_gradients(model: nn.Module, world: int) -> None:
+    """What DistributedDataParallel does, for the bank scheme's steps (which run the trained
+    layers on stored features, not model.forward, so DDP's hooks would not see them)."""
+    import torch.distributed as tdist
+    for p in model.parameters():
+        if p.grad is not None:
+            tdist.all_reduce(p.grad)
+            p.grad /= world
+
+
 def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig, run_dir: Path,
           log: Callable[[str], None], *, max_minutes: float = 85.0, checkpoint_minutes: float = 3.0,
           max_steps: Optional[int] = None, eval_fn: Optional[Callable[[TrunkExplainer, int], dict]] = None,
           eval_every: int = 0, source: Optional[TrainingData] = None, device: str = "cpu",
-          dist: Distributed = Distributed(), progress: Optional[Progress] = None) -> Tuple[TrunkExplainer, dict]:
+          dist: Distributed = Distributed(), progress: Optional[Progress] = None,
+          fit_reserve_seconds: float = 0.0, chunk: int = 256) -> Tuple[TrunkExplainer, dict]:
     """Trains (or resumes) an explainer against the frozen target encoder on `source` (default:
     the built-in EmojiScenes stream), on `device`, as one rank of `dist`.
 
@@ -167,6 +305,11 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     time budget); state["done"] says whether cfg.steps was reached. A checkpoint (model, optimiser,
     step) is written every checkpoint_minutes and at every stop, atomically, so a killed run
     continues from the last one.
+
+    The bank scheme first fills its target bank; under a time limit the filling stops
+    fit_reserve_seconds before it, the bank closes at what it has, and the fitting gets the rest.
+    SIGINT/SIGTERM (runs.stop_on_signals) stop it at the next step or bank chunk, checkpointed,
+    with runs.Interrupted. chunk: images per encoder call (memory).
     """
     torch.manual_seed(cfg.seed)
     source = source or emoji_data(cfg, image_size, dist.rank, dist.world)
@@ -184,14 +327,36 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     if state is not None:
         log(f"resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
-        state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "config": config,
-                 "history": [], "evals": []}
+        state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "encoder_passes": 0,
+                 "config": config, "history": [], "evals": []}
         calibrate(model, target, masks, cfg, source.calibration().to(device))
         n_params = sum(p.numel() for p in model.parameters())
         log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
             f"in the copied trunk), {asdict(cfg)}")
+    state.setdefault("encoder_passes", 0)
+    bank = None
+    if cfg.scheme == "bank":
+        bank = open_bank(run_dir, cfg, dist)
+        if bank.filled < bank.size:
+            t0 = time.time()
+            deadline = t0 + max_minutes * 60 - fit_reserve_seconds
+            model.eval()
+            state["encoder_passes"] += bank.fill(model, target, source, masks, device, log, checkpoint_minutes,
+                                                 stop=lambda: time.time() > deadline or stop_requested(), chunk=chunk)
+            state["seconds"] += time.time() - t0
+            state["target_seconds"] += time.time() - t0
+            if bank.filled < bank.size:
+                if dist.leader:
+                    save_checkpoint(ckpt_path, model, opt, state)
+                raise_if_stop_requested()
+                if bank.filled == 0:
+                    raise ValueError("the time limit ended before the first chunk of the target bank was made")
+                log(f"time limit: the target bank closes at {bank.filled} of {bank.size} images")
+                bank.close()
+    elif cfg.scheme != "stream":
+        raise ValueError(f"unknown training scheme {cfg.scheme!r}: expected stream or bank")
     forward: nn.Module = model
-    if dist.world > 1:
+    if dist.world > 1 and bank is None:
         # Ranks start from the same weights (same seed, same calibration batch, or the same
         # checkpoint); DDP averages the trained layers' gradients, the frozen copies have none.
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index]
@@ -215,14 +380,21 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         nonlocal seg
         t0 = time.time()
         index = state["step"]
-        x = source.batch(index).to(device)  # [B,3,H,W] f32 normalised RGB, this rank's slice
-        centres = draw_centres(cfg.seed + 7919 * dist.rank, index, len(x), masks.shape[0],
-                               min(cfg.centres, masks.shape[0])).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, index)
-        loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight, forward)
+        if bank is None:
+            x = source.batch(index).to(device)  # [B,3,H,W] f32 normalised RGB, this rank's slice
+            centres = draw_centres(cfg.seed + 7919 * dist.rank, index, len(x), masks.shape[0],
+                                   min(cfg.centres, masks.shape[0])).to(device)
+            loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight, forward)
+            state["encoder_passes"] += 2 * centres.numel() * dist.world
+        else:
+            loss, parts = bank_losses(model, target, bank.batch(index, cfg.batch, device), cfg.logit_weight)
+            phases = {"targets": 0.0}
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if bank is not None and dist.world > 1:
+            average_gradients(model, dist.world)
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         state["step"] += 1
@@ -294,7 +466,7 @@ def seconds_per_step(target: nn.Module, grid: int, radius: int, image_size: int,
 
 def load_checkpoint(target: nn.Module, grid: int, radius: int, image_size: int,
                     ckpt_path: Path) -> Tuple[TrunkExplainer, dict]:
-    ck = torch.load(ckpt_path, map_location="cpu")
+    ck = load_data(ckpt_path)
     cfg = ExplainerConfig.from_dict(ck["state"]["config"])
     model = build(target, grid, radius, image_size, cfg)
     model.load_state_dict(ck["model"])

@@ -37,6 +37,57 @@ def atomic_save(obj, path: Path) -> None:
     replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
+def save_data(obj, path: Path) -> None:
+    """atomic_save for what load_data reads back without running code: tensors, and numbers,
+    strings, None, lists and dicts around them. The tensors are stored as tensors, the rest as
+    one JSON text (Debian's torch 1.13 refuses Python floats under weights_only=True)."""
+    tensors: list = []
+
+    def encode(v):
+        if isinstance(v, torch.Tensor):
+            tensors.append(v)
+            return {"__tensor__": len(tensors) - 1}
+        if isinstance(v, dict):
+            if all(isinstance(k, str) for k in v):
+                return {"__dict__": {k: encode(x) for k, x in v.items()}}
+            return {"__items__": [[encode(k), encode(x)] for k, x in v.items()]}
+        if isinstance(v, (list, tuple)):
+            return [encode(x) for x in v]
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"save_data: cannot store a {type(v).__name__}")
+
+    text = json.dumps(encode(obj))
+    atomic_save({"format": "tve-data-1", "json": text, "tensors": tensors}, path)
+
+
+def load_data(path: Path, map_location: str = "cpu"):
+    """What save_data stored, loaded with torch.load(weights_only=True): no code from the file
+    runs, whoever wrote it. Raises ValueError naming the file when it is damaged or not one."""
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+        if not (isinstance(raw, dict) and raw.get("format") == "tve-data-1"):
+            raise ValueError("not written by this version of the scripts")
+        tensors = raw["tensors"]
+
+        def decode(v):
+            if isinstance(v, dict):
+                if "__tensor__" in v:
+                    return tensors[v["__tensor__"]]
+                if "__dict__" in v:
+                    return {k: decode(x) for k, x in v["__dict__"].items()}
+                return {decode(k): decode(x) for k, x in v["__items__"]}
+            if isinstance(v, list):
+                return [decode(x) for x in v]
+            return v
+
+        return decode(json.loads(raw["json"]))
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
+        detail = str(e).splitlines()[0][:160] if str(e) else "no detail"
+        raise ValueError(f"{path} is damaged or not a file of this project's scripts "
+                         f"({type(e).__name__}: {detail})") from None
+
+
 def write_json(path: Path, obj) -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 

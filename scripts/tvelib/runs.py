@@ -3,6 +3,7 @@ schedule, each a pure function of the step so that a resumed run continues exact
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .files import atomic_save
+from .files import load_data, save_data
 
 
 def warmup_cosine(step: int, steps: int, peak: float, warmup: float, floor: float = 0.0) -> float:
@@ -111,7 +112,7 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
     ck = {"model": model.state_dict(), "opt": opt.state_dict(), "state": state}
     if extra is not None:
         ck["extra"] = extra.state_dict()
-    atomic_save(ck, path)
+    save_data(ck, path)
 
 
 def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict,
@@ -121,14 +122,55 @@ def resume_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, 
     no checkpoint. Refuses a checkpoint made with another configuration: resuming it would mix runs."""
     if not path.is_file():
         return None
-    ck = torch.load(path, map_location=map_location)
+    try:
+        ck = load_data(path, map_location)
+    except ValueError as e:
+        raise ValueError(f"{e}; {restart_hint}") from None
     if ck["state"]["config"] != config:
-        raise ValueError(f"{path} was made with {ck['state']['config']}, not {config}; {restart_hint}")
+        saved = ck["state"]["config"]
+        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise ValueError(f"{path} was made with other settings ("
+                         + ", ".join(f"{k}: {saved.get(k)!r} then, {config.get(k)!r} now" for k in changed)
+                         + f"); {restart_hint}")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     if extra is not None:
         extra.load_state_dict(ck["extra"])
     return ck["state"]
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM after saving its checkpoint; `code` is the exit code
+    (128 + the signal's number, as a shell reports a job it killed: 130, 143)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+_STOP_SIGNAL: list = []
+
+
+def stop_on_signals() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler preempting the job) no longer kill the process at
+    once: they ask the run to stop at the next safe point (after a step, an image of the report),
+    where it saves its checkpoint and raises Interrupted. A second signal of the same kind while
+    it saves is ignored, so a double Ctrl-C does not cut the checkpoint."""
+    def ask(signum, frame) -> None:
+        if not _STOP_SIGNAL:
+            _STOP_SIGNAL.append(signum)
+    signal.signal(signal.SIGINT, ask)
+    signal.signal(signal.SIGTERM, ask)
+
+
+def stop_requested() -> bool:
+    return bool(_STOP_SIGNAL)
+
+
+def raise_if_stop_requested() -> None:
+    if _STOP_SIGNAL:
+        raise Interrupted(_STOP_SIGNAL[0])
 
 
 def run_steps(state: dict, steps: int, step: Callable[[], None], save: Callable[[], None], *,
@@ -141,6 +183,10 @@ def run_steps(state: dict, steps: int, step: Callable[[], None], save: Callable[
     start_step, stage_start, last_checkpoint = state["step"], time.time(), time.time()
     stopped = "all steps done"
     while state["step"] < steps:
+        if stop_requested():
+            state["done"] = False
+            save()
+            raise_if_stop_requested()
         step()
         if time.time() - last_checkpoint > checkpoint_minutes * 60:
             save()

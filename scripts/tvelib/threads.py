@@ -177,3 +177,35 @@ def describe_threads(counts) -> str:
         return "an unrecorded number of threads"
     text = " and ".join(known) + (" thread" if known == ["1"] else " threads")
     return text + (" (earlier stages: not recorded)" if None in counts else "")
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (taskset, a batch scheduler's cpuset),
+    further limited by a cgroup CPU quota (a container's --cpus, Kubernetes limits), at least 1.
+    os.cpu_count() counts the machine's cores, which oversubscribes a job given fewer of them."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota + 0.5)))
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota (cgroup v2 cpu.max, or v1 cfs_quota_us / cfs_period_us),
+    None when unlimited or unknown."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None

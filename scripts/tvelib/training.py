@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import archs, data, threads
+from .files import load_data
 from .runs import Logger, resume_checkpoint, run_steps, save_checkpoint, warmup_cosine
 from .trunks import TokensToMap, VitTrunk
 
@@ -235,7 +236,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
 
 
 def load_pretrained(arch: str, cfg: PretrainConfig, run_dir: Path) -> Tuple[nn.Module, dict]:
-    ck = torch.load(run_dir / "pretrain.ckpt")
+    ck = load_data(run_dir / "pretrain.ckpt")
     data.use_pretrain_classes(cfg.classes)
     model = build_encoder(arch, data.num_classes("emoji"), cfg.seed)
     model.load_state_dict(ck["model"])

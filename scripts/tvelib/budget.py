@@ -1,0 +1,204 @@
+"""A training run's plan under a time budget and a memory cap (train_explainer.py --time-budget,
+--max-memory): what one encoder pass, one fitting step and the report cost on this machine,
+measured in the run's first seconds, turned into the bank size, the fitting steps, the held-out
+images of the report and the encoder's chunk size, so that the whole run (loading, calibration,
+targets, fitting, report, export) ends within the budget and its peak memory stays under the cap.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+
+from .runs import format_duration
+
+GIB = 1024 ** 3
+# The report: exact windowed occlusion (2 G^2 passes per held-out image) plus the baselines and
+# `tve eval`'s deletion/insertion curves of tve and gradcam (about 4 G + 8 passes per image).
+REPORT_SHARE = 0.2  # at most this share of the budget goes to the report
+MIN_REPORT_IMAGES = 4
+# The share of the training time that fitting (as opposed to computing the bank's targets) gets,
+# and the fewest bank images that made a useful explainer in docs/own-model.md's measurements.
+FIT_SHARE = 0.15
+MIN_BANK_IMAGES = 400
+MAX_EPOCHS = 40  # fitting steps beyond this many passes over the bank only overfit it
+FIXED_SECONDS = 15.0  # export: scripting, writing and checking the bundle
+
+
+def parse_memory(text: str) -> int:
+    """'12G', '12GiB', '800M', '16gb' or plain bytes -> bytes. Raises ValueError naming the text."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"--max-memory {text!r}: expected a positive size such as 12G or 800M")
+    return int(float(m.group(1)) * 1024 ** "bkmgt".index(m.group(2) or "b"))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (VmRSS), 0 where /proc is missing."""
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (VmHWM)."""
+    return _status_kib("VmHWM") * 1024
+
+
+def available_memory() -> Optional[int]:
+    """MemAvailable of the machine, or of the cgroup when its limit is lower; None when unknown."""
+    best = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                best = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        try:
+            value = int(limit.read_text())
+            best = value if best is None else min(best, value)
+        except (OSError, ValueError):
+            continue
+    return best
+
+
+def _status_kib(field_name: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def measured_peak(fn: Callable[[], object]) -> int:
+    """Bytes that fn() adds to the process's peak memory: the peak counter is reset (Linux's
+    /proc/self/clear_refs, 5) and read after the call. 0 when the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        fn()
+        return 0
+    before = rss_bytes()
+    fn()
+    return max(0, peak_rss_bytes() - before)
+
+
+@dataclass
+class Costs:
+    """What the run measured in its first seconds."""
+    seconds_per_pass: float  # one masked encoder pass, batched as the run batches them
+    seconds_per_fit_step: float  # one fitting step on the bank
+    pass_bytes_per_image: int  # the encoder's activation memory per image of a batched pass
+    bank_bytes_per_image: int
+    resident_bytes: int  # the process now: models, data, libraries
+
+
+@dataclass
+class Plan:
+    """What the run will do, and what it expects that to cost."""
+    bank_images: int
+    centres: int
+    steps: int
+    held_out: int
+    chunk: int  # images per encoder call
+    seconds: dict = field(default_factory=dict)  # by phase
+    peak_bytes: int = 0
+    warnings: List[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        phases = ", ".join(f"{k} {format_duration(v)}" for k, v in self.seconds.items())
+        return (f"plan: {self.bank_images} bank images x {self.centres} centres "
+                f"({self.bank_images * (2 * self.centres + 1)} encoder passes), {self.steps} fitting steps, "
+                f"report on {self.held_out} held-out images; expected {phases} "
+                f"(total {format_duration(sum(self.seconds.values()))}); peak memory about "
+                f"{self.peak_bytes / GIB:.1f} GiB, encoder chunks of {self.chunk} images")
+
+    def record(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def report_passes(grid: int) -> int:
+    """Encoder passes of the report for one held-out image (see REPORT_SHARE)."""
+    return 2 * grid * grid + 4 * grid + 8
+
+
+def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: int, batch: int,
+                calib_images: int, holdout_wanted: int, holdout_available: int, max_memory: int,
+                min_bank_images: int = MIN_BANK_IMAGES) -> Plan:
+    """Sizes a bank-scheme run to end within `budget` seconds, of which `spent` are gone.
+
+    The report gets at most REPORT_SHARE of the budget (fewer held-out images when they would
+    cost more); the rest, less calibration and export, is split between the bank's targets and
+    fitting (FIT_SHARE). Memory: the bank and one encoder chunk on top of what is resident now
+    stay under max_memory, the chunk shrinking first, then the bank. Warnings say when the
+    budget or the memory cap is too small for a useful explainer, and what would do.
+    """
+    t_pass = costs.seconds_per_pass
+    cells = grid * grid
+    k = min(centres, cells)
+    per_image = (2 * k + 1) * t_pass
+    left = budget - spent
+    warnings = []
+    per_report_image = report_passes(grid) * t_pass
+    held = min(holdout_wanted, holdout_available, int(REPORT_SHARE * budget / per_report_image))
+    if held < MIN_REPORT_IMAGES:
+        held = 0 if holdout_wanted else 0
+        if holdout_wanted:
+            warnings.append(f"no fidelity report: one held-out image costs {format_duration(per_report_image)} of "
+                            f"exact occlusion, and {MIN_REPORT_IMAGES} need more than {int(100 * REPORT_SHARE)}% "
+                            f"of the budget (give at least "
+                            f"{format_duration(MIN_REPORT_IMAGES * per_report_image / REPORT_SHARE)})")
+    seconds = {"loading and measuring": spent, "calibration": calib_images * (2 * min(8, cells) + 1) * t_pass}
+    seconds["report"] = held * per_report_image
+    seconds["export"] = FIXED_SECONDS
+    train = left - seconds["calibration"] - seconds["report"] - seconds["export"]
+    # Memory: resident + bank + one chunk of encoder activations <= max_memory.
+    free = max_memory - costs.resident_bytes
+    chunk = 256
+    while chunk > 1 and chunk * costs.pass_bytes_per_image > 0.5 * free:
+        chunk //= 2
+    bank_cap = max(0, int((free - chunk * costs.pass_bytes_per_image) / max(1, costs.bank_bytes_per_image)))
+    images = max(0, int((1 - FIT_SHARE) * train / per_image)) if train > 0 else 0
+    images = images // batch * batch
+    if images > bank_cap:
+        warnings.append(f"--max-memory {max_memory / GIB:.1f} GiB holds a bank of {bank_cap} images, not the "
+                        f"{images} the time budget allows: the run ends early (raise --max-memory to use the time)")
+        images = bank_cap // batch * batch
+    steps = int(FIT_SHARE * train / costs.seconds_per_fit_step) if train > 0 else 0
+    if images:
+        steps = min(steps, MAX_EPOCHS * images // batch)
+    seconds["bank targets"] = images * per_image
+    seconds["fitting"] = steps * costs.seconds_per_fit_step
+    if images < min_bank_images:
+        need = (spent + seconds["calibration"] + seconds["export"] + held * per_report_image
+                + min_bank_images * per_image / (1 - FIT_SHARE))
+        warnings.append(f"this budget allows a bank of {images} images; explainers from fewer than "
+                        f"{min_bank_images} were not useful in our measurements (docs/own-model.md): "
+                        f"give --time-budget {format_duration(math.ceil(need / 60) * 60)} or more")
+    peak = costs.resident_bytes + images * costs.bank_bytes_per_image + chunk * costs.pass_bytes_per_image
+    return Plan(images, k, max(steps, 0), held, chunk, seconds, peak, warnings)
+
+
+def measure_costs(model, encoder, x: torch.Tensor, masks: torch.Tensor, centres: int, batch: int,
+                  bank_bytes_per_image: int, fit_step: Callable[[], None]) -> Costs:
+    """Times one batched encoder call on masked copies of x (after a warm-up call) and one fitting
+    step, and measures the encoder's activation memory per image."""
+    import time
+    n = min(16, 2 * batch)
+    xs = (x[:1] * masks[:n]).contiguous()  # n masked images, as the bank makes them
+    with torch.no_grad():
+        encoder.embed(xs[:2])  # warm-up: allocator, kernels
+        t = time.perf_counter()
+        encoder.embed(xs)
+        t_pass = (time.perf_counter() - t) / n
+        peak = measured_peak(lambda: encoder.embed(xs))
+    fit_step()  # warm-up
+    t = time.perf_counter()
+    fit_step()
+    fit_s = time.perf_counter() - t
+    return Costs(t_pass, fit_s, int(1.25 * peak / n) if peak else int(64e6), bank_bytes_per_image, rss_bytes())
