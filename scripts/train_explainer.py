@@ -32,6 +32,10 @@ written it, or --lambda-neg/--smooth.
 """
 from __future__ import annotations
 
+import time
+
+STARTED = time.time()  # a --time-budget counts from here: loading torch is part of the run
+
 import argparse
 import json
 import os
@@ -39,15 +43,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tvelib import bundle, data, explainer as ex, explainer_training, fidelity, files, folder, runs, threads, trunks  # noqa: E402
+from tvelib import (bundle, budget, data, explainer as ex, explainer_training, fidelity, files, folder, occlusion,  # noqa: E402
+                    runs, threads, trunks)
 from tvelib.runs import Logger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,61 +159,147 @@ def deletion_auc_against_gradcam(tve: Optional[Path], bundle_dir: Path, held_out
                 if k in methods[m]} for m in ("tve", "gradcam") if m in methods}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def positive(kind, name: str):
+    """An argparse type: a number of `kind` that must be > 0, refused with the option's name."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: expected a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: must be greater than 0")
+        return value
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+# ExplainerConfig fields that are counts or rates and must be positive; the others take any value.
+POSITIVE_FIELDS = {"steps", "batch", "centres", "width", "depth", "vit_depth", "calib_images", "bank_images", "lr"}
+EXIT_INTERRUPTED_DOC = "130 after SIGINT (Ctrl-C), 143 after SIGTERM: checkpoint saved, run again to resume"
+# Bank-scheme defaults for runs sized by --steps (a --time-budget sizes both): the measurements
+# behind them are in docs/own-model.md ("Cheaper training").
+DEFAULT_BANK_IMAGES = 1760
+DEFAULT_BANK_CENTRES = 32
+DEFAULT_BANK_STEPS = 4400
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=f"Exit codes: 0 done (or nothing left to do), 1 an unexpected error, 2 bad "
+                                        f"arguments, files or settings (one line says which), "
+                                        f"{EXIT_INTERRUPTED_DOC}.")
     ap.add_argument("--model", required=True, help="bundle folder or name under models/")
     ap.add_argument("--images", type=Path, default=None,
                     help="train on this folder of your own images (recursive, no labels) instead of EmojiScenes")
     ap.add_argument("--size", choices=sorted(SIZES), default=None,
                     help="explainer size: " + ", ".join(f"{k} (width {v['width']}, depth {v['depth']})"
                                                         for k, v in SIZES.items()) + "; default medium")
+    ap.add_argument("--scheme", choices=["bank", "stream"], default=None,
+                    help="how targets are made: bank (computed once, then fitted; the default with --images) or "
+                         "stream (fresh targets every step; how the shipped explainers were trained)")
     ap.add_argument("--time-budget", default=None,
-                    help="with --images: pick --steps to end (report included) within this time, e.g. 45m, 2h")
-    ap.add_argument("--holdout", type=int, default=20, help="with --images: held-out images for the report")
+                    help="with --images: plan the run (bank size, fitting steps, held-out report) to end within "
+                         "this time, everything included, e.g. 45m, 2h")
+    ap.add_argument("--max-memory", default="12G",
+                    help="keep the run's peak memory under this (default 12G, for a 16 GB machine; lower when "
+                         "the machine has less free memory)")
+    ap.add_argument("--holdout", type=non_negative_int, default=20,
+                    help="with --images: held-out images for the report (a budget may use fewer)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK)")
     ap.add_argument("--tve", type=Path, default=None, help="tve binary for the deletion AUC report "
                                                              "(default build/tve or tve on PATH)")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                     help="progress line with loss, images/s and ETA on stderr")
-    ap.add_argument("--run", type=Path, default=None, help="run folder (checkpoint, log)")
-    ap.add_argument("--stage-minutes", type=float, default=None,
+    ap.add_argument("--run", type=Path, default=None, help="run folder (checkpoint, target bank, report cache, log)")
+    ap.add_argument("--restart", action="store_true", help="delete the run folder's checkpoint, bank and report "
+                                                           "cache first, and start over")
+    ap.add_argument("--replace-explainer", action="store_true",
+                    help="export into a bundle that already has an explainer made by another run (refused "
+                         "otherwise, so that a trained explainer is never replaced by accident)")
+    ap.add_argument("--stage-minutes", type=positive(float, "--stage-minutes"), default=None,
                     help="stop (and checkpoint) after this long; run again to continue (default: 85, "
                          "with --images none)")
-    ap.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    ap.add_argument("--checkpoint-minutes", type=positive(float, "--checkpoint-minutes"), default=3.0)
     ap.add_argument("--smoke", action="store_true", help="a few steps of a small configuration")
-    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
-    ap.add_argument("--eval-every", type=int, default=0, help="quick fidelity on 20 held-out emoji scenes")
+    ap.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None,
+                    help="stop after this many steps in this call")
+    ap.add_argument("--eval-every", type=non_negative_int, default=0,
+                    help="quick fidelity on 20 held-out emoji scenes")
     ap.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
                     help="export into the bundle once all steps are done (default: only with --images)")
     ap.add_argument("--export-only", action="store_true", help="export the current checkpoint, train nothing")
     ap.add_argument("--export-to", type=Path, default=None, help="export into this folder (a bundle copy)")
     ap.add_argument("--lambda-neg", type=float, default=1.0)
     ap.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive(int, "--threads"), default=None,
+                    help=f"CPU threads (default: the cores this process may use, {threads.usable_cores()} here: "
+                         f"its CPU affinity and cgroup quota)")
     for f in fields(ex.ExplainerConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+        if f.name == "scheme":
+            continue
+        kind = type(f.default)
+        ap.add_argument("--" + f.name.replace("_", "-"), default=None,
+                        type=positive(kind, "--" + f.name.replace("_", "-")) if f.name in POSITIVE_FIELDS else kind,
                         help=f"ExplainerConfig.{f.name} (default {f.default})")
     args = ap.parse_args()
-    started = time.time()
+    if args.time_budget is not None:
+        try:
+            args.time_budget_seconds = runs.parse_duration(args.time_budget)
+        except ValueError as e:
+            ap.error(f"--time-budget: {e}")
+    else:
+        args.time_budget_seconds = None
+    try:
+        args.max_memory_bytes = budget.parse_memory(args.max_memory)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.time_budget_seconds is not None and args.images is None:
+        ap.error("--time-budget needs --images (the built-in stream's runs are sized by --steps)")
+    if args.time_budget_seconds is not None and (args.steps is not None or args.bank_images is not None):
+        ap.error("give --steps/--bank-images or --time-budget, not both: the budget plans them")
+    if args.time_budget_seconds is not None and args.scheme == "stream":
+        ap.error("--time-budget plans a bank run; a --scheme stream run is sized by --steps")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    runs.stop_on_signals()
+    try:
+        run(args)
+    except runs.Interrupted as e:
+        print(f"train_explainer.py: stopped by {e}: checkpoint saved; run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(e.code)
+    except ValueError as e:  # damaged checkpoints, changed settings, folders without usable images...
+        fail(str(e))
+
+
+def run(args: argparse.Namespace) -> None:
+    started = STARTED
     try:
         args.tve = files.find_tve(args.tve)
     except ValueError as e:
         fail(str(e))
-    threads.configure_script(args.threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
+    n_threads = args.threads or threads.usable_cores()
+    threads.configure_script(n_threads)  # OpenBLAS kernels; LibTorch and OpenBLAS threads
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = distributed(device)
-    budget = None
-    try:
-        budget = runs.parse_duration(args.time_budget) if args.time_budget else None
-    except ValueError as e:
-        fail(str(e))
-    if budget is not None and args.images is None:
-        fail("--time-budget needs --images (the built-in stream's runs are sized by --steps)")
-    if budget is not None and args.steps is not None:
-        fail("give --steps or --time-budget, not both")
+    time_budget = args.time_budget_seconds
 
     try:
         b = bundle.Bundle(resolve_bundle(args.model))
+    except SystemExit as e:
+        fail(str(e))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         fail(f"{args.model}: not a loadable bundle: {e}")
     m = b.manifest
@@ -232,23 +322,45 @@ def main() -> None:
             images = folder.ImageFolder(args.images, folder.InputSpec.from_manifest(m), holdout=args.holdout)
         except ValueError as e:
             fail(str(e))
-    overrides = {f.name: getattr(args, f.name) for f in fields(ex.ExplainerConfig) if getattr(args, f.name) is not None}
+    run_dir = args.run or default_run(b, images)
+    want_export = args.export if args.export is not None else images is not None
+    out_dir = args.export_to or b.path
+    if (want_export or args.export_only) and dist.leader:
+        refuse_to_replace(b, out_dir, run_dir, args.replace_explainer)
+    if args.restart and dist.leader:
+        for name in ("explainer.ckpt", "report.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        for path in list(run_dir.glob("bank-rank*.pt")) + list(run_dir.glob("report-occlusion/*.pt")):
+            path.unlink()
+    ckpt_path = run_dir / "explainer.ckpt"
+    try:
+        saved_state = files.load_data(ckpt_path)["state"] if ckpt_path.is_file() else None
+    except ValueError as e:
+        fail(f"{e}; delete it, or pass --restart, to start over")
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(ex.ExplainerConfig)
+                 if f.name != "scheme" and getattr(args, f.name) is not None}
+    overrides["scheme"] = args.scheme or ("bank" if images is not None else "stream")
     for k, v in SIZES[args.size or "medium"].items():
         overrides.setdefault(k, v)
+    if overrides["scheme"] == "bank":
+        overrides.setdefault("centres", DEFAULT_BANK_CENTRES)
+        overrides.setdefault("steps", DEFAULT_BANK_STEPS)
+        overrides.setdefault("bank_images", DEFAULT_BANK_IMAGES)
     if args.smoke:
-        base = dict(steps=4, batch=4, centres=2, width=32, depth=1, calib_images=8)
-        base.update(overrides)
+        base = dict(steps=4, batch=4, centres=2, width=32, depth=1, calib_images=8, bank_images=8)
+        base.update({k: v for k, v in overrides.items() if k != "bank_images" or args.bank_images is not None})
         overrides = base
     if images is None:
         overrides.setdefault("scene_version", ex.scene_version_of(m))
         overrides.setdefault("pretrain_classes", ex.pretrain_classes_of(m))
     else:
         overrides.setdefault("calib_images", min(32, max(4, len(images.train))))
-    run = args.run or default_run(b, images)
-    log = Logger(run / "train.log") if dist.leader else (lambda msg: None)
+    log = Logger(run_dir / "train.log") if dist.leader else (lambda msg: None)
     progress = runs.Progress() if args.progress and dist.leader else None
 
     source = None
+    plan = None
     if images is not None:
         record = images.describe()
         log(f"images: {record['files']} files under {images.root} ({record['train']} for training, "
@@ -261,42 +373,47 @@ def main() -> None:
         source = explainer_training.TrainingData(
             batch_fn, lambda: images.batch(overrides.get("seed", 0) + 7919, 0, calib_n),
             {k: record[k] for k in ("listing_sha256", "files", "held_out")})
-        if budget is not None and (run / "explainer.ckpt").is_file():
-            # Resuming a budgeted run: its step count was fixed when it started, and the budget
-            # is for the whole run, so only what the earlier calls left of it remains.
-            saved = torch.load(run / "explainer.ckpt", map_location="cpu")["state"]
-            overrides["steps"] = saved["config"]["steps"]
-            budget = max(60.0, budget - saved["seconds"])
-        elif budget is not None:
-            trial = ex.ExplainerConfig(**overrides)
-            t_step = explainer_training.seconds_per_step(target, grid, radius, size, trial, source, device, trials=1)
-            # The budget counts from the start: loading and this trial are spent already. The
-            # report's exact occlusion costs 2 G^2 passes per held-out image, against the
-            # 2 * batch * centres masked passes (about 80% of a step) that a step costs.
-            budget -= time.time() - started
-            report_steps = len(images.held_out) * 2 * grid * grid / (2 * trial.batch * trial.centres) / 0.8
-            # and calibration, 8 centres on each of calib_images, before the first step
-            report_steps += trial.calib_images * min(8, grid * grid) / (trial.batch * trial.centres) / 0.8
-            overrides["steps"] = max(1, int(0.95 * budget / t_step - report_steps))
-            log(f"time budget {args.time_budget} ({runs.format_duration(budget)} left after loading and a trial "
-                f"step): {t_step:.2f} s per step measured -> "
-                f"{overrides['steps']} steps (calibration and the report's occlusion counted as {report_steps:.0f} steps)")
-        if budget is not None and dist.world > 1:
+        if time_budget is not None and saved_state is not None:
+            # Resuming a budgeted run: its plan was fixed when it started, and the budget is for
+            # the whole run, so only what the earlier calls left of it remains.
+            for k in ("steps", "bank_images"):
+                overrides[k] = saved_state["config"][k]
+            plan = saved_state.get("plan")
+            used = saved_state["seconds"] + (plan or {}).get("seconds", {}).get("loading and measuring", 0.0)
+            time_budget = max(60.0, time_budget - used)
+            log(f"time budget {args.time_budget}: resuming the planned run, {runs.format_duration(time_budget)} left")
+        elif time_budget is not None:
+            plan = plan_run(target, grid, radius, size, overrides, source, device, images, args, time.time() - started,
+                            log)
+            overrides["steps"], overrides["bank_images"] = plan["steps"], plan["bank_images"]
+        if time_budget is not None and dist.world > 1:
             # Every rank must run the same steps (DDP waits for all of them at each step): rank 0's
             # count is the run's, and the ranks stop by step count, never each by its own clock.
             import torch.distributed as tdist
-            shared = [overrides["steps"]]
+            shared = [overrides["steps"], overrides["bank_images"]]
             tdist.broadcast_object_list(shared, src=0)
-            overrides["steps"], budget = shared[0], None
+            overrides["steps"], overrides["bank_images"], time_budget = shared[0], shared[1], None
     cfg = ex.ExplainerConfig(**overrides)
+    if images is not None and saved_state is not None and saved_state.get("done") and not args.export_only \
+            and saved_state["config"] == {**asdict(cfg), "data": source.identity}:
+        finished = (run_dir / "report.json").is_file() and not (want_export and not exported_by(out_dir, run_dir))
+        if finished and len(images_report_names(run_dir)) >= min(args.holdout, len(images.held_out)):
+            report = json.loads((run_dir / "report.json").read_text())
+            log(f"{run_dir}: this run is finished and exported; its report (pass --restart to train again, or "
+                f"--holdout N for a larger report):")
+            print_report(report["fidelity"], report["defaults"], report.get("tve_eval"), report["held_out_images"], log)
+            return
     max_minutes = args.stage_minutes if args.stage_minutes is not None else (85.0 if images is None else 1e9)
     if dist.world > 1:
         max_minutes = 1e9
-    if budget is not None:
-        max_minutes = min(max_minutes, budget / 60)
+    report_seconds = 0.0
+    if time_budget is not None and plan is not None:
+        report_seconds = plan["seconds"].get("report", 0.0) + plan["seconds"].get("export", 0.0)
+        max_minutes = min(max_minutes, (time_budget - (time.time() - started) - report_seconds) / 60)
+    deadline = started + time_budget if time_budget is not None else None
 
     if args.export_only:
-        model, state = explainer_training.load_checkpoint(target, grid, radius, size, run / "explainer.ckpt")
+        model, state = explainer_training.load_checkpoint(target, grid, radius, size, ckpt_path)
     else:
         eval_fn = None
         if args.eval_every:
@@ -308,65 +425,175 @@ def main() -> None:
                         if isinstance(v, dict) else round(v, 3) for k, v in r.items() if k != "n"}
 
         log(f"bundle {b.path} (target {m['target']['sha256'][:12]}...), grid {grid}, radius {radius}, "
-            f"run {run}, threads {args.threads}")
-        model, state = explainer_training.train(target, grid, radius, size, cfg, run, log, max_minutes=max_minutes,
+            f"run {run_dir}, {threads.describe_threads(n_threads)}, scheme {cfg.scheme}")
+        fit_reserve = plan["seconds"].get("fitting", 0.0) if plan else 0.0
+        model, state = explainer_training.train(target, grid, radius, size, cfg, run_dir, log, max_minutes=max_minutes,
                                                 checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps,
                                                 eval_fn=eval_fn, eval_every=args.eval_every, source=source,
-                                                device=device, dist=dist, progress=progress)
+                                                device=device, dist=dist, progress=progress,
+                                                fit_reserve_seconds=fit_reserve,
+                                                chunk=plan["chunk"] if plan else 256,
+                                                new_state={"plan": plan} if plan else None)
         if not state["done"] and not args.smoke:
             log("not finished: run the same command again to continue")
     if not dist.leader:
         return
-    want_export = args.export if args.export is not None else images is not None
     if not (want_export or args.export_only or args.export_to):
         return
-    out_dir = args.export_to or b.path
     if images is not None:
-        finish_folder_run(b, target, model, state, out_dir, images, grid, radius, device, log, args, budget)
+        finish_folder_run(b, target, model, state, out_dir, images, grid, radius, device, log, args, time_budget,
+                          run_dir, cfg, deadline)
         return
     if not (state["done"] or args.smoke or args.export_only):
         log("not exporting an unfinished run (use --export-only to export the checkpoint anyway)")
         return
-    defaults_path = run / "defaults.json"
+    defaults_path = run_dir / "defaults.json"
     if defaults_path.is_file():
         defaults = json.loads(defaults_path.read_text())
     else:
         defaults = {"lambda_pos": 1.0, "lambda_neg": args.lambda_neg, "smooth": args.smooth}
-    export(b, model, state, out_dir, defaults, log, emoji_record(state["config"]))
+    export(b, model, state, out_dir, defaults, log, emoji_record(state["config"]), {"run": str(run_dir.resolve())})
+
+
+def exported_by(out_dir: Path, run_dir: Path) -> bool:
+    """Whether the explainer in out_dir (if any) was exported by this run folder."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("provenance", {}).get("explainer", {}).get("run") == str(run_dir.resolve())
+
+
+def refuse_to_replace(b: bundle.Bundle, out_dir: Path, run_dir: Path, replace: bool) -> None:
+    """Refuses, before any work, to export over an explainer that another run made."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    if "explainer" not in manifest or replace or exported_by(out_dir, run_dir):
+        return
+    made = manifest.get("provenance", {}).get("explainer", {})
+    what = f"trained for {made['steps_done']} steps" if "steps_done" in made else "made elsewhere"
+    fail(f"{out_dir} already has an explainer ({what}); this run would replace it: pass --replace-explainer to "
+         f"allow that, or --export-to DIR to write a copy of the bundle (--no-export keeps only the checkpoint)")
+
+
+def images_report_names(run_dir: Path) -> List[Path]:
+    return sorted((run_dir / "report-occlusion").glob("*.pt"))
+
+
+def plan_run(target, grid: int, radius: int, size: int, overrides: dict, source, device: str,
+             images: folder.ImageFolder, args, spent: float, log) -> dict:
+    """Measures this machine's costs (one batched encoder call, one fitting step, the encoder's
+    memory per image) and plans the bank, the fitting steps and the report within the budget."""
+    cfg = ex.ExplainerConfig(**{**overrides, "bank_images": overrides.get("bank_images") or 1})
+    t0 = time.time()
+    x = source.batch(0).to(device)
+    masks = occlusion.window_masks(grid, radius, size, size).to(device)
+    model = ex.build(target, grid, radius, size, cfg).to(device)
+    bank = explainer_training.TargetBank(Path(os.devnull), 1, cfg.batch, cfg.centres, 0, torch.float32)
+    step = explainer_training.fit_step_timer(model, target, x, cfg)
+    cells = grid * grid
+    k = min(cfg.centres, cells)
+
+    def bank_chunk() -> None:  # what the bank does per chunk: read the images, their targets, features
+        xb = source.batch(1).to(device)
+        c = explainer_training.draw_centres(cfg.seed, 1, len(xb), cells, k).to(device)
+        explainer_training.masked_targets(target, xb, masks, c, chunk=len(xb) * 2 * k)
+        with torch.no_grad():
+            model.trunk(xb), target.embed(xb)
+
+    costs = budget.measure_costs(model, target.to(device), x, masks, cfg.batch, k, bank.bytes_per_image(model, x),
+                                 step, bank_chunk)
+    max_memory = args.max_memory_bytes
+    available = budget.available_memory()
+    if available is not None and budget.rss_bytes() + available < max_memory:
+        log(f"--max-memory {args.max_memory}: this machine has {budget.GIB and (budget.rss_bytes() + available) / budget.GIB:.1f} "
+            f"GiB for this process; planning with that")
+        max_memory = budget.rss_bytes() + available
+    plan = budget.plan_budget(args.time_budget_seconds, spent + time.time() - t0, costs, grid, cfg.centres,
+                              cfg.batch, cfg.calib_images, args.holdout, len(images.held_out), max_memory)
+    log(f"time budget {args.time_budget}: measured {1e3 * costs.seconds_per_pass:.1f} ms per encoder pass, "
+        f"{1e3 * costs.seconds_per_fit_step:.0f} ms per fitting step, {costs.pass_bytes_per_image / 2**20:.0f} MiB "
+        f"per image in an encoder call; {costs.resident_bytes / budget.GIB:.1f} GiB resident")
+    log(plan.describe())
+    for warning in plan.warnings:
+        log(f"warning: {warning}")
+    if plan.bank_images < cfg.batch or plan.steps < 1:
+        fail(f"--time-budget {args.time_budget} leaves no time to train after loading and measuring; "
+             + (plan.warnings[-1] if plan.warnings else "give a larger budget"))
+    record = plan.record()
+    record["costs"] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vars(costs).items()}
+    return record
 
 
 def finish_folder_run(b, target, model, state, out_dir: Path, images: folder.ImageFolder, grid: int, radius: int,
-                      device: str, log, args, budget: Optional[float]) -> None:
-    """The end of a run on a folder: the fidelity report on the held-out images, the explainer
-    exported with the best transfer-rule setting, the deletion AUC against gradcam by tve eval.
-    target: the eager encoder the run trained against (frozen, so the report's occlusion uses it)."""
-    if not (state["done"] or args.smoke or args.export_only or budget is not None):
+                      device: str, log, args, time_budget: Optional[float], run_dir: Path, cfg: ex.ExplainerConfig,
+                      deadline: Optional[float]) -> None:
+    """The end of a run on a folder: the fidelity report on the held-out images next to trivial
+    baselines, the explainer exported with the best transfer-rule setting, the deletion AUC against
+    gradcam by tve eval. target: the eager encoder the run trained against (frozen, so the
+    report's occlusion uses it). The report's occlusion is cached per image in the run folder, so
+    a stopped report continues and a finished one is not computed again."""
+    if not (state["done"] or args.smoke or args.export_only or time_budget is not None):
         log("not exporting an unfinished run (run the same command again to continue, or --export-only)")
         return
     paths, held = images.held_out_images()
+    planned = (state.get("plan") or {}).get("held_out")
+    if planned is not None and planned < len(paths):
+        log(f"fidelity report: {planned} of the {len(paths)} held-out images fit the time budget")
+        paths, held = paths[:planned], held[:planned]
     report, defaults = None, {"lambda_pos": 1.0, "lambda_neg": args.lambda_neg, "smooth": args.smooth}
     if len(paths) >= 2:
         model = model.to(device)
-        report = fidelity.held_out_report(model, target.to(device), held.to(device), grid, radius, log)
-        defaults = choose_defaults(report)
+        training_map = None
+        if cfg.scheme == "bank":
+            training_map = explainer_training.open_bank(run_dir, cfg).training_mean_map(target.head, grid * grid)
+        export_reserve = budget.FIXED_SECONDS
+
+        def stop() -> bool:
+            return runs.stop_requested() or (deadline is not None and time.time() > deadline - export_reserve)
+
+        report = fidelity.held_out_report(model, target.to(device), held.to(device), grid, radius, log,
+                                          names=[str(p.relative_to(images.root)) for p in paths],
+                                          cache=run_dir / "report-occlusion", stop=stop, training_map=training_map)
+        runs.raise_if_stop_requested()
+        if report["n"] < 2:
+            log("fidelity report: skipped (the time budget ended before two held-out images were measured)")
+            report = None
+        else:
+            if report["n"] < len(paths):
+                log(f"fidelity report: on {report['n']} of {len(paths)} held-out images (the time budget ended)")
+            defaults = choose_defaults(report)
     else:
         log(f"fidelity report: skipped ({len(paths)} held-out images decode; --holdout N with a larger folder)")
     record = {**images.describe(), "bad_files": len(images.bad),
               "bad_examples": [f"{p}: {why}" for p, why in list(images.bad.items())[:5]]}
-    extra = {"device": device, "stopped_early": not state["done"]}
+    extra = {"device": device, "stopped_early": not state["done"], "run": str(run_dir.resolve()),
+             "encoder_passes": state.get("encoder_passes"), "peak_memory_bytes": budget.peak_rss_bytes()}
+    if state.get("plan"):
+        extra["plan"] = state["plan"]
+    setting = f"lneg{defaults['lambda_neg']:g}_{'smooth' if defaults['smooth'] else 'raw'}"
     if report is not None:
-        extra["fidelity"] = {"held_out_images": len(paths), "reference": "exact windowed occlusion", **report}
+        gain = fidelity.gain_over_baselines(report, setting)
+        extra["fidelity"] = {"held_out_images": report["n"], "reference": "exact windowed occlusion",
+                             **report, **({"gain_over_baselines": gain} if gain else {})}
     export(b, model, state, out_dir, defaults, log, record, extra)
+    auc = None
     if report is not None:
-        auc = deletion_auc_against_gradcam(args.tve, out_dir, paths, log)
+        if deadline is None or time.time() < deadline - 5:
+            auc = deletion_auc_against_gradcam(args.tve, out_dir, paths[:report["n"]], log)
         if auc is not None:
             manifest = json.loads((out_dir / "manifest.json").read_text())
             manifest["provenance"]["explainer"]["fidelity"]["tve_eval"] = auc
             files.write_json(out_dir / "manifest.json", manifest)
-        print_report(report, defaults, auc, len(paths), log)
+        files.write_json(run_dir / "report.json", {"fidelity": report, "defaults": defaults, "tve_eval": auc,
+                                                   "held_out_images": report["n"]})
+        print_report(report, defaults, auc, report["n"], log)
     if images.bad:
         log(f"{len(images.bad)} files did not decode and were skipped, e.g. "
             + "; ".join(f"{p}: {why}" for p, why in list(images.bad.items())[:3]))
+    log(f"peak memory {budget.peak_rss_bytes() / budget.GIB:.2f} GiB; encoder passes {state.get('encoder_passes')}")
     log(f"next: build/tve explain IMAGES --model {out_dir} --out overlays/")
 
 
@@ -376,6 +603,17 @@ def print_report(report: dict, defaults: dict, auc: Optional[dict], n: int, log)
     log(f"fidelity on {n} held-out images, against exact windowed occlusion (setting {key}, the exported "
         f"default): median Spearman {r['spearman']:.3f}, Pearson {r['pearson']:.3f}, top-10% IoU "
         f"{r['iou_top10']:.3f}; R^2 psi_pos {report['r2_pos']:.3f}, psi_neg {report['r2_neg']:.3f}")
+    base = report.get("baselines", {}).get(key)
+    if base:
+        log("baselines, median Spearman against the same occlusion maps: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in base.items()))
+        gain = fidelity.gain_over_baselines(report, key)
+        if gain["gain"] <= 0.05:
+            log(f"warning: the explainer does not clearly beat the best baseline ({gain['best_baseline']} "
+                f"{gain['best_baseline_spearman']:.3f} against {gain['tve']:.3f}): its maps say little beyond "
+                f"it; train longer (a larger --time-budget) or on more images")
+        else:
+            log(f"gain over the best baseline ({gain['best_baseline']}): {gain['gain']:+.3f}")
     if auc:
         log("deletion AUC (median, lower is better): " + ", ".join(
             f"{m} {v['deletion_auc']:.4f}" for m, v in auc.items() if "deletion_auc" in v))

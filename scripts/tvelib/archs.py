@@ -289,6 +289,9 @@ class Family:
     # Attribution grid for a network at input size s: its stride-16 stage (ResNet, Swin) or its
     # patch grid (ViT); radius 2 as the shipped models.
     default_grid: Callable[[nn.Module, int], int] = lambda net, size: size // 16
+    # For "map" families whose embedding is not the plain average of the last map: the module that
+    # turns the last stage's output into z (the wrapper route's `pool`); None: average pooling.
+    embed_tail: Optional[Callable[[nn.Module], nn.Module]] = None
 
 
 FAMILIES: Dict[str, Family] = {  # in this order the test bundles are made (their seeds follow it)
@@ -347,6 +350,9 @@ def wrap_network(net: nn.Module) -> nn.Module:
 
 
 def family_of(target: nn.Module) -> Family:
+    own = getattr(type(target), "FAMILY", None)  # a wrapper-route target (tvelib.wrapper_route) carries its own
+    if isinstance(own, Family):
+        return own
     for fam in FAMILIES.values():
         if isinstance(target, fam.wrapper):
             return fam

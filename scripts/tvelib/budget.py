@@ -26,7 +26,7 @@ MIN_REPORT_IMAGES = 4
 FIT_SHARE = 0.15
 MIN_BANK_IMAGES = 400
 MAX_EPOCHS = 40  # fitting steps beyond this many passes over the bank only overfit it
-FIXED_SECONDS = 15.0  # export: scripting, writing and checking the bundle
+FIXED_SECONDS = 5.0  # export: scripting, writing and checking the bundle
 
 
 def parse_memory(text: str) -> int:
@@ -109,6 +109,7 @@ class Plan:
     seconds: dict = field(default_factory=dict)  # by phase
     peak_bytes: int = 0
     warnings: List[str] = field(default_factory=list)
+    needed_seconds: Optional[float] = None  # the smallest useful budget, when this one is smaller
 
     def describe(self) -> str:
         phases = ", ".join(f"{k} {format_duration(v)}" for k, v in self.seconds.items())
@@ -146,9 +147,9 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
     warnings = []
     per_report_image = report_passes(grid) * t_pass
     held = min(holdout_wanted, holdout_available, int(REPORT_SHARE * budget / per_report_image))
-    if held < MIN_REPORT_IMAGES:
-        held = 0 if holdout_wanted else 0
-        if holdout_wanted:
+    if held < max(2, min(MIN_REPORT_IMAGES, holdout_wanted, holdout_available)):
+        held = 0
+        if holdout_wanted and holdout_available >= 2:
             warnings.append(f"no fidelity report: one held-out image costs {format_duration(per_report_image)} of "
                             f"exact occlusion, and {MIN_REPORT_IMAGES} need more than {int(100 * REPORT_SHARE)}% "
                             f"of the budget (give at least "
@@ -174,29 +175,32 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
         steps = min(steps, MAX_EPOCHS * images // batch)
     seconds["bank targets"] = images * per_image
     seconds["fitting"] = steps * costs.seconds_per_fit_step
+    need = None
     if images < min_bank_images:
         need = (spent + seconds["calibration"] + seconds["export"] + held * per_report_image
                 + min_bank_images * per_image / (1 - FIT_SHARE))
         warnings.append(f"this budget allows a bank of {images} images; explainers from fewer than "
-                        f"{min_bank_images} were not useful in our measurements (docs/own-model.md): "
-                        f"give --time-budget {format_duration(math.ceil(need / 60) * 60)} or more")
+                        f"{min_bank_images} were not useful in our measurements (docs/own-model.md), so "
+                        f"expect maps no better than the report's baselines: give --time-budget "
+                        f"{math.ceil(need / 60)}m or more")
     peak = costs.resident_bytes + images * costs.bank_bytes_per_image + chunk * costs.pass_bytes_per_image
-    return Plan(images, k, max(steps, 0), held, chunk, seconds, peak, warnings)
+    return Plan(images, k, max(steps, 0), held, chunk, seconds, peak, warnings, need)
 
 
-def measure_costs(model, encoder, x: torch.Tensor, masks: torch.Tensor, centres: int, batch: int,
-                  bank_bytes_per_image: int, fit_step: Callable[[], None]) -> Costs:
-    """Times one batched encoder call on masked copies of x (after a warm-up call) and one fitting
-    step, and measures the encoder's activation memory per image."""
+def measure_costs(model, encoder, x: torch.Tensor, masks: torch.Tensor, batch: int, centres: int,
+                  bank_bytes_per_image: int, fit_step: Callable[[], None], bank_chunk: Callable[[], None]) -> Costs:
+    """Times one chunk of the bank as the run makes it (images read and decoded, their masked
+    passes, features) and one fitting step, each after a warm-up call, and measures the encoder's
+    activation memory per image in a batched call."""
     import time
-    n = min(16, 2 * batch)
-    xs = (x[:1] * masks[:n]).contiguous()  # n masked images, as the bank makes them
+    n = min(16, masks.shape[0])
+    xs = (x[:1] * masks[:n]).contiguous()  # n masked images
     with torch.no_grad():
         encoder.embed(xs[:2])  # warm-up: allocator, kernels
-        t = time.perf_counter()
-        encoder.embed(xs)
-        t_pass = (time.perf_counter() - t) / n
         peak = measured_peak(lambda: encoder.embed(xs))
+    t = time.perf_counter()
+    bank_chunk()
+    t_pass = (time.perf_counter() - t) / (batch * (2 * centres + 1))
     fit_step()  # warm-up
     t = time.perf_counter()
     fit_step()

@@ -297,7 +297,8 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
           max_steps: Optional[int] = None, eval_fn: Optional[Callable[[TrunkExplainer, int], dict]] = None,
           eval_every: int = 0, source: Optional[TrainingData] = None, device: str = "cpu",
           dist: Distributed = Distributed(), progress: Optional[Progress] = None,
-          fit_reserve_seconds: float = 0.0, chunk: int = 256) -> Tuple[TrunkExplainer, dict]:
+          fit_reserve_seconds: float = 0.0, chunk: int = 256,
+          new_state: Optional[dict] = None) -> Tuple[TrunkExplainer, dict]:
     """Trains (or resumes) an explainer against the frozen target encoder on `source` (default:
     the built-in EmojiScenes stream), on `device`, as one rank of `dist`.
 
@@ -309,9 +310,11 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     The bank scheme first fills its target bank; under a time limit the filling stops
     fit_reserve_seconds before it, the bank closes at what it has, and the fitting gets the rest.
     SIGINT/SIGTERM (runs.stop_on_signals) stop it at the next step or bank chunk, checkpointed,
-    with runs.Interrupted. chunk: images per encoder call (memory).
+    with runs.Interrupted. chunk: images per encoder call (memory). new_state: entries of a new
+    run's state (its budget plan), kept in every checkpoint.
     """
     torch.manual_seed(cfg.seed)
+    deadline = time.time() + max_minutes * 60  # for the whole call: bank, then fitting
     source = source or emoji_data(cfg, image_size, dist.rank, dist.world)
     config = {**asdict(cfg), **({"data": source.identity} if source.identity else {})}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,13 +325,13 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     masks = window_masks(grid, radius, image_size, image_size).to(device)  # [N,1,H,W]
     model = build(target, grid, radius, image_size, cfg).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    state = resume_checkpoint(ckpt_path, model, opt, config, "delete it (or use another --run) to start over",
+    state = resume_checkpoint(ckpt_path, model, opt, config, "pass --restart (or another --run) to start over",
                               map_location=device)
     if state is not None:
         log(f"resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
         state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "encoder_passes": 0,
-                 "config": config, "history": [], "evals": []}
+                 "config": config, "history": [], "evals": [], **(new_state or {})}
         calibrate(model, target, masks, cfg, source.calibration().to(device))
         n_params = sum(p.numel() for p in model.parameters())
         log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
@@ -339,10 +342,10 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         bank = open_bank(run_dir, cfg, dist)
         if bank.filled < bank.size:
             t0 = time.time()
-            deadline = t0 + max_minutes * 60 - fit_reserve_seconds
             model.eval()
-            state["encoder_passes"] += bank.fill(model, target, source, masks, device, log, checkpoint_minutes,
-                                                 stop=lambda: time.time() > deadline or stop_requested(), chunk=chunk)
+            state["encoder_passes"] += bank.fill(
+                model, target, source, masks, device, log, checkpoint_minutes, chunk=chunk,
+                stop=lambda: time.time() > deadline - fit_reserve_seconds or stop_requested())
             state["seconds"] += time.time() - t0
             state["target_seconds"] += time.time() - t0
             if bank.filled < bank.size:
@@ -433,12 +436,33 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
             model.train()
             freeze_norm_stats(model)
 
-    stopped = run_steps(state, cfg.steps, step, save, max_minutes=max_minutes,
+    stopped = run_steps(state, cfg.steps, step, save, max_minutes=(deadline - time.time()) / 60,
                         checkpoint_minutes=checkpoint_minutes, max_steps=max_steps)
     if progress is not None:
         progress.clear()
     log(f"stopped at step {state['step']}/{cfg.steps}: {stopped}")
     return model.eval(), state
+
+
+def fit_step_timer(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor,
+                   cfg: ExplainerConfig) -> Callable[[], None]:
+    """One bank-scheme fitting step (what a --time-budget plan times) on a throwaway explainer:
+    stored features of x, stand-in targets, forward, backward, an update with learning rate 0."""
+    with torch.no_grad():
+        entries = {"features": model.trunk(x), "embedding": encoder.embed(x)}
+    d = model.embedding_dim
+    k = min(cfg.centres, model.grid * model.grid)
+    entries["centres"] = draw_centres(cfg.seed, 0, len(x), model.grid * model.grid, k).to(x.device)
+    entries["z_pos"] = torch.zeros(len(x), k, d, device=x.device)
+    entries["z_neg"] = torch.zeros(len(x), k, d, device=x.device)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=0.0)
+
+    def step() -> None:
+        loss, _ = bank_losses(model, encoder, entries, cfg.logit_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def seconds_per_step(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig,

@@ -28,6 +28,7 @@ def replace_atomically(path: Path, write: Callable[[Path], None], suffix: str = 
     """write(temporary) then rename the temporary to `path`. `suffix` ends the temporary's name
     (np.savez appends .npz to a name without it)."""
     tmp = path.with_name(path.name + suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write(tmp)
     os.replace(tmp, path)
 

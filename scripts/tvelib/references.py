@@ -219,9 +219,24 @@ def blocky_image(size: int, seed: int, dest: Path, block: int = 8) -> Path:
     return dest
 
 
+# tve turns 8-bit pixels into [0,1] with OpenCV's convertTo(CV_32F, 1.0 / 255.0) (src/image.cpp,
+# to_unit_float), which rounds the scale to float32 and multiplies: p * float32(1/255), one float32
+# rounding. Dividing by 255 instead rounds differently for 126 of the 256 values (by one unit in the
+# last place, up to 6e-8), so the references would explain a slightly different input.
+U8_TO_UNIT = np.float32(1.0 / 255.0)
+
+
+def unit_float(rgb8: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0,1], bit for bit as tve converts them."""
+    if rgb8.dtype != np.uint8:
+        raise TypeError(f"expected uint8 pixels, got {rgb8.dtype}")
+    return rgb8.astype(np.float32) * U8_TO_UNIT
+
+
 def load_input(b: Bundle, path: Path) -> torch.Tensor:
-    """A PNG at the input size -> [1,3,H,W] normalised, as tve preprocesses it."""
-    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    """A PNG at the input size -> [1,3,H,W] normalised, bit for bit as tve preprocesses it
+    (unit_float, then bundle.normalise's float32 (x - mean) / std, as src/image.cpp computes it)."""
+    rgb = unit_float(np.asarray(Image.open(path).convert("RGB")))
     if rgb.shape[:2] != (b.input_size, b.input_size):
         raise ValueError(f"{path}: {rgb.shape[:2]} is not the input size {b.input_size}")
     return b.normalise(torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0))

@@ -229,7 +229,8 @@ def timm_family(name: str) -> str:
     module = timm.models.model_entrypoint(name).__module__
     if module not in FAMILY_OF_TIMM_MODULE:
         raise ValueError(f"timm's {name} is a {module.rsplit('.', 1)[-1]} model; tve wraps timm's ViT, DeiT, "
-                         f"ResNet and Swin models, e.g. {', '.join(EXAMPLES)}")
+                         f"ResNet and Swin models, e.g. {', '.join(EXAMPLES)}; others through --wrapper "
+                         f"(docs/own-model.md, 'Other architectures: the wrapper route')")
     return FAMILY_OF_TIMM_MODULE[module]
 
 

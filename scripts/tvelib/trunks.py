@@ -33,6 +33,9 @@ def eager_target(b) -> nn.Module:
     if "timm" in source:
         from . import timm_archs
         return _checked(b, timm_archs.eager_timm_target(source, num_classes), state, f"timm {source['timm']}")
+    if "wrapper" in source:  # made by make_bundle.py --wrapper FILE.py (tvelib.wrapper_route)
+        from . import wrapper_route
+        return _checked(b, wrapper_route.eager_target(source, num_classes), state, f"the wrapper {source['wrapper']}")
     if arch not in archs.CONFIGS:
         raise ValueError(f"{b.path}: architecture {arch!r} with no record of how the target was made "
                          f"(provenance.source); only the TorchScript file exists")
@@ -153,7 +156,7 @@ def encoder_trunk(target: nn.Module, grid: int, image_size: int,
         if fam.channels_last:
             rest = SwinRest(stages[keep + 1:], fam.final_norm(target))
         else:
-            rest = nn.Sequential(*stages[keep + 1:], PoolFlatten())
+            rest = nn.Sequential(*stages[keep + 1:], fam.embed_tail(target) if fam.embed_tail else PoolFlatten())
     x = torch.randn(2, 3, image_size, image_size)
     with torch.no_grad():
         f = trunk.eval()(x)

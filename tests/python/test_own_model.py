@@ -118,7 +118,7 @@ def test_make_bundle_errors_name_file_and_mismatch(tmp_path, resnet18_weights, c
         net.fc = torch.nn.Sequential(torch.nn.Linear(512, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
         pickled = tmp_path / "whole.pth"
         torch.save(net, pickled)
-        args[3] = pickled
+        args[3:4] = [pickled, "--trust-pickle"]  # a whole pickled model runs code: the user's choice
         expect = [str(pickled), "Sequential", "not one nn.Linear"]
     elif case == "unknown_name":
         args[1] = "resnet19"
@@ -243,7 +243,7 @@ def test_train_on_a_folder_resumes_and_reports(tmp_path):
     (b / "manifest.json").write_text(json.dumps(m))
     (b / "explainer.pt").unlink()
     common = ["--model", b, "--images", imgs, "--batch", "2", "--centres", "2", "--width", "16", "--depth", "1",
-              "--holdout", "3", "--run", tmp_path / "run", "--no-progress"]
+              "--holdout", "3", "--run", tmp_path / "run", "--no-progress", "--bank-images", "6"]
     first = run_script("train_explainer.py", *common, "--steps", "5", "--max-steps", "3")
     assert "step 3/5" in first.stdout and "not finished" in first.stdout
     assert not (b / "explainer.pt").exists()
@@ -271,10 +271,10 @@ def test_time_budget_and_bad_arguments(tmp_path):
         shutil.copy(FIXTURES / "rgb8.png", imgs / f"{i}.png")
     common = ["--model", b, "--images", imgs, "--batch", "2", "--centres", "2", "--width", "16", "--depth", "1",
               "--run", tmp_path / "run", "--no-progress", "--holdout", "2", "--no-export"]
-    done = run_script("train_explainer.py", *common, "--time-budget", "20s", "--max-steps", "2")
-    assert "time budget 20s" in done.stdout and "report's occlusion counted as" in done.stdout
-    again = run_script("train_explainer.py", *common, "--time-budget", "20s")  # resumes: same step count
-    assert "resumed at step 2/" in again.stdout
+    done = run_script("train_explainer.py", *common, "--time-budget", "30s", "--max-steps", "2")
+    assert "time budget 30s" in done.stdout and "plan:" in done.stdout and "fitting steps" in done.stdout
+    again = run_script("train_explainer.py", *common, "--time-budget", "30s")  # resumes: same plan
+    assert "resumed at step 2/" in again.stdout and "resuming the planned run" in again.stdout
     bad = run_script("train_explainer.py", *common, "--time-budget", "soon", ok=False)
     assert bad.returncode == 2 and "'soon'" in bad.stderr
     both = run_script("train_explainer.py", *common, "--time-budget", "1m", "--steps", "3", ok=False)
