@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,13 +73,28 @@ def tree(path: Path) -> dict:
 # ---- the command ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [
+BAD_SETTINGS = [
     ["--steps", "0"], ["--steps", "-5"], ["--steps", "many"], ["--batch", "0"], ["--centres", "-1"],
     ["--bank-images", "0"], ["--time-budget", "0"], ["--time-budget", "-3m"], ["--time-budget", "soon"],
     ["--max-memory", "lots"], ["--max-memory", "0"], ["--size", "huge"], ["--holdout", "-1"], ["--threads", "0"],
-    ["--time-budget", "1m", "--steps", "3"], ["--time-budget", "1m", "--scheme", "stream"],
-])
-def test_bad_settings_are_refused_before_anything_is_touched(tmp_path, folder, bad):
+    ["--lr", "0"], ["--time-budget", "1m", "--steps", "3"], ["--time-budget", "1m", "--scheme", "stream"],
+]
+
+
+@pytest.mark.parametrize("bad", BAD_SETTINGS, ids=lambda b: " ".join(b))
+def test_bad_settings_are_refused_by_the_parser(monkeypatch, capsys, bad):
+    """Every bad value stops in argument parsing, before any file is read or written."""
+    import train_explainer
+    monkeypatch.setattr(sys, "argv", ["train_explainer.py", "--model", "tiny-resnet", "--images", "x", *bad])
+    with pytest.raises(SystemExit) as stopped:
+        train_explainer.parse_args()
+    assert stopped.value.code == 2
+    assert bad[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--time-budget", "0"]])
+def test_bad_settings_touch_nothing(tmp_path, folder, bad):
+    """The same end to end: the bundle and the run folder stay as they were."""
     b = tmp_path / "bundle"
     shutil.copytree(REPO / "models" / "tiny-resnet", b)
     before = tree(b)
