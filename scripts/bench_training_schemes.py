@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shipped", action="store_true", help="also measure the bundle's own explainer")
+    ap.add_argument("--precision-drift", type=int, default=0, metavar="N",
+                    help="also: exact occlusion of the first N held-out scenes of each task with the encoder under "
+                         "bf16 autocast against fp32 (median Spearman of the maps), the targets' precision lever")
     args = ap.parse_args()
     threads.configure_script(args.threads)
     path = Path(args.model) if Path(args.model).is_dir() else REPO / "models" / args.model
@@ -59,9 +62,12 @@ def main() -> None:
     log = Logger(None)
     caches = {t: fidelity.occlusion_cache(b, t, args.n, log=log) for t in args.tasks}
     target = trunks.eager_target(b)
+    if args.precision_drift:
+        drift(b, target, caches, args, log)
     done = set()
     if args.out.is_file():
-        done = {json.dumps(json.loads(line)["run"], sort_keys=True) for line in args.out.read_text().splitlines() if line}
+        done = {json.dumps(json.loads(line)["run"], sort_keys=True) for line in args.out.read_text().splitlines()
+                if line and "run" in json.loads(line)}
     if args.shipped:
         args.run.insert(0, {"scheme": "shipped"})
     for values in args.run:
@@ -92,6 +98,39 @@ def main() -> None:
                   "wall_seconds_this_call": round(time.time() - t, 1), "threads": torch.get_num_threads(),
                   "tasks": {}}
         evaluate(b, run, caches, args, result, log)
+
+
+def drift(b, target, caches, args, log) -> None:
+    """bf16-autocast exact occlusion against the cached fp32 one, per transfer setting."""
+    from tvelib.metrics import spearman
+    from tvelib.occlusion import occlusion_embeddings, rule
+    grid, radius = b.manifest["grid"], b.manifest["radius"]
+    out = {"precision_drift": {}, "bundle": b.manifest["name"], "n": args.precision_drift}
+    for task, occ in caches.items():
+        n = args.precision_drift
+        x = occ["images"][:n]
+        t = time.time()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            pos, neg = occlusion_embeddings(target.embed, x, grid, radius)
+        bf16_s = time.time() - t
+        t = time.time()
+        with torch.no_grad():
+            occlusion_embeddings(target.embed, x[:2], grid, radius)
+        fp32_s = (time.time() - t) * n / 2
+        head = target.head if task == "emoji" else b.heads[task]
+        cells = grid * grid
+        logits = lambda z: head(z.float().reshape(n * cells, -1)).view(n, cells, -1)  # noqa: E731
+        classes = head(occ["clean"][:n]).argmax(1)
+        row = {"bf16_seconds": round(bf16_s, 1), "fp32_seconds_estimated": round(fp32_s, 1)}
+        for lneg in (0.0, 1.0):
+            a = rule(logits(occ["pos"][:n]), logits(occ["neg"][:n]), classes, grid, 1.0, lneg, False, radius)
+            c = rule(logits(pos), logits(neg), classes, grid, 1.0, lneg, False, radius)
+            row[f"lneg{lneg:g}_raw_spearman_median"] = round(float(spearman(a.flatten(1), c.flatten(1)).median()), 4)
+            row[f"lneg{lneg:g}_raw_spearman_min"] = round(float(spearman(a.flatten(1), c.flatten(1)).min()), 4)
+        out["precision_drift"][task] = row
+        log(f"precision drift {task}: {row}")
+    with open(args.out, "a") as f:
+        f.write(json.dumps(out) + "\n")
 
 
 def evaluate(b, run, caches, args, result: dict, log) -> None:

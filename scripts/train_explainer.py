@@ -266,6 +266,8 @@ def parse_args() -> argparse.Namespace:
         ap.error("--time-budget needs --images (the built-in stream's runs are sized by --steps)")
     if args.time_budget_seconds is not None and (args.steps is not None or args.bank_images is not None):
         ap.error("give --steps/--bank-images or --time-budget, not both: the budget plans them")
+    if args.target_precision not in (None, "fp32", "bf16"):
+        ap.error(f"--target-precision {args.target_precision!r}: expected fp32 or bf16")
     if args.time_budget_seconds is not None and args.scheme == "stream":
         ap.error("--time-budget plans a bank run; a --scheme stream run is sized by --steps")
     return args
@@ -499,7 +501,8 @@ def plan_run(target, grid: int, radius: int, size: int, overrides: dict, source,
     def bank_chunk() -> None:  # what the bank does per chunk: read the images, their targets, features
         xb = source.batch(1).to(device)
         c = explainer_training.draw_centres(cfg.seed, 1, len(xb), cells, k).to(device)
-        explainer_training.masked_targets(target, xb, masks, c, chunk=len(xb) * 2 * k)
+        explainer_training.masked_targets(target, xb, masks, c, chunk=len(xb) * 2 * k,
+                                          precision=cfg.target_precision)
         with torch.no_grad():
             model.trunk(xb), target.embed(xb)
 

@@ -143,6 +143,7 @@ class ExplainerConfig:
     # trunk's features of each), then fits the trained layers to that bank for `steps` steps.
     scheme: str = "stream"
     bank_images: int = 0
+    target_precision: str = "fp32"  # or "bf16": the masked passes under bfloat16 autocast
     seed: int = 0
     data_seed: int = data.TRAIN_SEED
     scene_version: int = 1  # tvelib.data.SCENE_VERSION the target was trained on (scene_version_of)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -72,16 +73,19 @@ def draw_centres(seed: int, step: int, batch: int, cells: int, centres: int) -> 
 
 @torch.no_grad()
 def masked_targets(encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor,
-                   chunk: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+                   chunk: int = 256, precision: str = "fp32") -> Tuple[torch.Tensor, torch.Tensor]:
     """Frozen-encoder targets: x [B,3,H,W], masks [N,1,H,W], centres [B,K] -> (z_pos, z_neg) [B,K,D].
 
     All 2*B*K masked images go through the encoder in large batches: this is the expensive part.
+    precision "bf16" runs them under bfloat16 autocast (CPUs with AVX-512 BF16, GPUs), the
+    targets returned in float32 (docs/own-model.md measures what it changes).
     """
     b, k = centres.shape
     m = masks[centres.flatten()].view(b, k, 1, *masks.shape[2:])  # [B,K,1,H,W]
     xs = x.unsqueeze(1)  # [B,1,3,H,W]
     inputs = torch.cat([(xs * m).flatten(0, 1), (xs * (1 - m)).flatten(0, 1)])  # [2BK,3,H,W]
-    z = torch.cat([encoder.embed(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)])
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        z = torch.cat([encoder.embed(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)]).float()
     return z[: b * k].view(b, k, -1), z[b * k:].view(b, k, -1)
 
 
@@ -113,6 +117,21 @@ def param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
             {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
 
 
+_HEAD_MATRICES: "weakref.WeakKeyDictionary[nn.Module, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def head_matrix(encoder: nn.Module, d: int, device) -> torch.Tensor:
+    """The frozen target head's weight as a [D,C] matrix (W^T), read off the head once per encoder:
+    recomputing it every step cost a real-size model (D 2048, C 1000) more than the step itself."""
+    w = _HEAD_MATRICES.get(encoder)
+    if w is None or w.device != torch.device(device):
+        with torch.no_grad():
+            eye = torch.eye(d, device=device)
+            w = (encoder.head(eye) - encoder.head(torch.zeros(1, d, device=device))).detach()
+        _HEAD_MATRICES[encoder] = w
+    return w
+
+
 def fit_loss(model: TrunkExplainer, encoder: nn.Module, p_pos: torch.Tensor, p_neg: torch.Tensor,
              z_pos: torch.Tensor, z_neg: torch.Tensor, logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The regression of the explainer's outputs at the drawn cells (p_pos, p_neg [B,K,D]) onto
@@ -126,9 +145,7 @@ def fit_loss(model: TrunkExplainer, encoder: nn.Module, p_pos: torch.Tensor, p_n
     parts = {"pos": float(l_pos.detach()), "neg": float(l_neg.detach())}
     if logit_weight > 0:
         # The target head's logits on psi vs on the true embeddings, scaled by the logits' spread.
-        eye = torch.eye(d, device=p_pos.device)
-        w = encoder.head(eye) - encoder.head(torch.zeros(1, d, device=p_pos.device))  # [D,C] = W^T
-        w = w.detach()
+        w = head_matrix(encoder, d, p_pos.device)
         scale = (z_pos @ w).std().detach().clamp(min=1e-6) ** 2
         l_log = (((p_pos - z_pos) @ w).pow(2).mean() + ((p_neg - z_neg) @ w).pow(2).mean()) / scale
         loss = loss + logit_weight * l_log
@@ -142,13 +159,13 @@ def at_cells(psi: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
-           centres: torch.Tensor, logit_weight: float,
-           forward: Optional[nn.Module] = None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
+           centres: torch.Tensor, logit_weight: float, forward: Optional[nn.Module] = None,
+           precision: str = "fp32") -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
     """One objective evaluation of the stream scheme (fresh targets for every step). Returns
     (loss, parts, seconds spent per phase).
     forward: what computes model(x) (a DistributedDataParallel wrapper of model, or model)."""
     t0 = time.perf_counter()
-    z_pos, z_neg = masked_targets(encoder, x, masks, centres)  # [B,K,D] each
+    z_pos, z_neg = masked_targets(encoder, x, masks, centres, precision=precision)  # [B,K,D] each
     if x.is_cuda:
         torch.cuda.synchronize()  # so the phase time is the encoder's, not queued kernels'
     t1 = time.perf_counter()
@@ -218,7 +235,7 @@ class TargetBank:
     @torch.no_grad()
     def fill(self, model: TrunkExplainer, encoder: nn.Module, source: TrainingData, masks: torch.Tensor,
              device: str, log: Callable[[str], None], checkpoint_minutes: float,
-             stop: Callable[[], bool] = lambda: False, chunk: int = 256) -> int:
+             stop: Callable[[], bool] = lambda: False, chunk: int = 256, precision: str = "fp32") -> int:
         """Computes the missing chunks; returns the encoder passes spent in this call. Stops early
         (saved) when stop() says so. chunk: images per encoder call (memory)."""
         passes, last_save, t0, last_log = 0, time.time(), time.time(), 0.0
@@ -226,7 +243,7 @@ class TargetBank:
             index = self.filled // self.chunk
             x = source.batch(index).to(device)[: self.chunk]
             centres = draw_centres(self.seed, index, len(x), masks.shape[0], min(self.centres, masks.shape[0]))
-            z_pos, z_neg = masked_targets(encoder, x, masks, centres.to(device), chunk)
+            z_pos, z_neg = masked_targets(encoder, x, masks, centres.to(device), chunk, precision)
             parts = {"features": model.trunk(x), "embedding": encoder.embed(x), "centres": centres,
                      "z_pos": z_pos, "z_neg": z_neg}
             for name, value in parts.items():
@@ -345,6 +362,7 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
             model.eval()
             state["encoder_passes"] += bank.fill(
                 model, target, source, masks, device, log, checkpoint_minutes, chunk=chunk,
+                precision=cfg.target_precision,
                 stop=lambda: time.time() > deadline - fit_reserve_seconds or stop_requested())
             state["seconds"] += time.time() - t0
             state["target_seconds"] += time.time() - t0
@@ -389,7 +407,8 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
             x = source.batch(index).to(device)  # [B,3,H,W] f32 normalised RGB, this rank's slice
             centres = draw_centres(cfg.seed + 7919 * dist.rank, index, len(x), masks.shape[0],
                                    min(cfg.centres, masks.shape[0])).to(device)
-            loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight, forward)
+            loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight, forward,
+                                         cfg.target_precision)
             state["encoder_passes"] += 2 * centres.numel() * dist.world
         else:
             loss, parts = bank_losses(model, target, bank.batch(index, cfg.batch, device), cfg.logit_weight)
