@@ -1,0 +1,178 @@
+"""The wrapper route (docs/own-model.md, "Other architectures: the wrapper route"; issue #27 section
+6): a classifier outside the family table, described by a short wrapper file, becomes a bundle that
+tve loads, that the classic methods explain and that train_explainer.py trains an explainer for;
+wrong wrapper files and models outside the table get one clear line. torchvision's
+mobilenet_v3_small (2.5 M parameters) at 64 px keeps it fast; real files and the scripts as users
+run them."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from tvelib import archs, bundle, trunks
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "images"
+TVE = os.environ.get("TVE")
+
+WRAPPER = '''"""tve wrapper for torchvision's MobileNetV3."""
+import torchvision
+from torch import nn
+
+IMAGE_SIZE = 64
+
+
+def build(num_classes):
+    return torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+
+
+def parts(net):
+    # classifier: Linear, Hardswish, Dropout, Linear; all but the last Linear belong to the embedding
+    return {"stages": list(net.features),
+            "pool": nn.Sequential(net.avgpool, nn.Flatten(1), *list(net.classifier)[:-1]),
+            "head": net.classifier[-1]}
+'''
+
+
+def run_script(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)], capture_output=True,
+                          text=True)
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("make_bundle.py: error: ") and "Traceback" not in done.stderr, \
+        done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    """(wrapper file, weights file, the eager network) of a 5-class mobilenet_v3_small."""
+    folder = tmp_path_factory.mktemp("mobilenet")
+    wrapper = folder / "mobilenet_wrapper.py"
+    wrapper.write_text(WRAPPER)
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=5).eval()
+    weights = folder / "mobilenet.pth"
+    torch.save(net.state_dict(), weights)
+    return wrapper, weights, net
+
+
+def test_wrapper_bundle_loads_explains_and_trains(tmp_path, mobilenet):
+    wrapper, weights, net = mobilenet
+    out = tmp_path / "mobile"
+    done = run_script("make_bundle.py", "--wrapper", wrapper, "--weights", weights, "--out", out,
+                      *(["--tve", TVE] if TVE else []))
+    assert done.returncode == 0, done.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["architecture"] == "mobilenet_wrapper" and m["features_layout"] == "map"
+    assert m["input"]["height"] == 64 and m["grid"] == 4 and len(m["target"]["labels"]) == 5
+    assert m["provenance"]["source"]["wrapper"] == str(wrapper.resolve())
+    b = bundle.Bundle(out)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(b.target(x), net(x), atol=1e-5)
+    # the explainer's side: the eager model rebuilt from provenance.source, its trunk on the grid
+    eager = trunks.eager_target(b)
+    assert archs.family_of(eager).name == "wrapper"
+    trunk, to_map, rest = trunks.encoder_trunk(eager, 4, 64)
+    with torch.no_grad():
+        assert tuple(to_map(trunk(x)).shape[2:]) == (4, 4)
+    if TVE:
+        image = FIXTURES / "rgb8.png"
+        for method in ("gradcam", "occlusion"):
+            run = subprocess.run([TVE, "explain", str(image), "--model", str(out), "--method", method,
+                                  "--format", "none", "--threads", "1"], capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr
+            assert json.loads(run.stdout.splitlines()[0])["explained"][0]["values"]
+    # train_explainer trains and exports an explainer for it (a few steps: the wiring, not quality)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i, name in enumerate(["rgb8.png", "rgb8.jpg", "gray8.png", "palette.png"] * 2):
+        shutil.copy(FIXTURES / name, imgs / f"{i:02d}-{name}")
+    trained = run_script("train_explainer.py", "--model", out, "--images", imgs, "--steps", "2", "--batch", "2",
+                         "--centres", "2", "--width", "16", "--depth", "1", "--holdout", "2",
+                         "--scheme", "stream", "--run", tmp_path / "run", "--no-progress",
+                         *(["--tve", TVE] if TVE else []))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["explainer"]["target_sha256"] == m["target"]["sha256"] and (out / "explainer.pt").is_file()
+    if TVE:
+        run = subprocess.run([TVE, "explain", str(FIXTURES / "rgb8.png"), "--model", str(out), "--format", "none",
+                              "--threads", "1"], capture_output=True, text=True)
+        assert run.returncode == 0 and json.loads(run.stdout.splitlines()[0])["method"] == "tve", run.stderr
+
+
+def test_a_changed_wrapper_file_is_named(tmp_path, mobilenet):
+    wrapper, weights, _ = mobilenet
+    mine = tmp_path / "w.py"
+    shutil.copy(wrapper, mine)
+    out = tmp_path / "b"
+    assert run_script("make_bundle.py", "--wrapper", mine, "--out", out).returncode == 0
+    mine.write_text(mine.read_text() + "\n# edited\n")
+    with pytest.raises(ValueError, match=rf"{mine}: changed since the bundle was made"):
+        trunks.eager_target(bundle.Bundle(out))
+    mine.unlink()
+    with pytest.raises(ValueError, match=rf"{mine}: the wrapper file this bundle was made with is gone"):
+        trunks.eager_target(bundle.Bundle(out))
+
+
+@pytest.mark.parametrize("case", ["no_parts", "missing_layer", "head_not_linear", "raises", "weights_misfit",
+                                  "missing_file", "not_a_dict"])
+def test_wrong_wrapper_files_get_one_line(tmp_path, mobilenet, case):
+    wrapper, weights, _ = mobilenet
+    path = tmp_path / "w.py"
+    text = WRAPPER
+    args = ["--weights", weights]
+    expect = []
+    if case == "no_parts":
+        text = text.replace("def parts(", "def parts_of(")
+        expect = ["defines no parts()", "'Other architectures: the wrapper route'"]
+    elif case == "missing_layer":  # forgets the Hardswish between the two Linears
+        text = text.replace("*list(net.classifier)[:-1]", "net.classifier[0]")
+        expect = ["is not the network's output"]
+    elif case == "head_not_linear":
+        text = text.replace('"head": net.classifier[-1]', '"head": net.classifier')
+        expect = ["not one nn.Linear"]
+    elif case == "raises":
+        text = "import no_such_module_here\n" + text
+        expect = ["running it failed", "ModuleNotFoundError"]
+    elif case == "weights_misfit":
+        other = tmp_path / "r18.pth"
+        torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), other)
+        args = ["--weights", other]
+        expect = [str(other), "does not fit what", "keys missing"]
+    elif case == "missing_file":
+        path = tmp_path / "nowhere.py"
+        expect = ["no such wrapper file"]
+    else:
+        text = text.replace('return {"stages"', 'return [{"stages"').replace("net.classifier[-1]}", "net.classifier[-1]}]")
+        expect = ["must return a dict"]
+    if case != "missing_file":
+        path.write_text(text)
+    out = tmp_path / "b"
+    line = one_error_line(run_script("make_bundle.py", "--wrapper", path, *args, "--out", out))
+    assert not out.exists() and not (tmp_path / "b.partial").exists()
+    if case != "weights_misfit":
+        assert str(path) in line, line
+    for fragment in expect:
+        assert fragment in line, (fragment, line)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--torchvision", "mobilenet_v3_small"], "is a MobileNetV3, outside tve's family table"),
+    (["--torchvision", "mobilenet_v9"], "no torchvision classifier 'mobilenet_v9'"),
+])
+def test_models_outside_the_table_point_to_the_wrapper_route(tmp_path, args, expect):
+    line = one_error_line(run_script("make_bundle.py", *args, "--out", tmp_path / "b"))
+    assert expect in line and "--wrapper" in line and "'Other architectures: the wrapper route'" in line, line
