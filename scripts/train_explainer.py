@@ -345,6 +345,11 @@ def run(args: argparse.Namespace) -> None:
     overrides["scheme"] = args.scheme or ("bank" if images is not None else "stream")
     for k, v in SIZES[args.size or "medium"].items():
         overrides.setdefault(k, v)
+    if "target_precision" not in overrides:
+        if saved_state is not None:
+            overrides["target_precision"] = saved_state["config"].get("target_precision", "fp32")
+        elif overrides["scheme"] == "bank":
+            overrides["target_precision"] = auto_precision(target, size, device)
     if overrides["scheme"] == "bank":
         overrides.setdefault("centres", DEFAULT_BANK_CENTRES)
         overrides.setdefault("steps", DEFAULT_BANK_STEPS)
@@ -427,7 +432,8 @@ def run(args: argparse.Namespace) -> None:
                         if isinstance(v, dict) else round(v, 3) for k, v in r.items() if k != "n"}
 
         log(f"bundle {b.path} (target {m['target']['sha256'][:12]}...), grid {grid}, radius {radius}, "
-            f"run {run_dir}, {threads.describe_threads(n_threads)}, scheme {cfg.scheme}")
+            f"run {run_dir}, {threads.describe_threads(n_threads)}, scheme {cfg.scheme}, encoder passes in "
+            f"{cfg.target_precision}")
         fit_reserve = plan["seconds"].get("fitting", 0.0) if plan else 0.0
         model, state = explainer_training.train(target, grid, radius, size, cfg, run_dir, log, max_minutes=max_minutes,
                                                 checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps,
@@ -455,6 +461,20 @@ def run(args: argparse.Namespace) -> None:
     else:
         defaults = {"lambda_pos": 1.0, "lambda_neg": args.lambda_neg, "smooth": args.smooth}
     export(b, model, state, out_dir, defaults, log, emoji_record(state["config"]), {"run": str(run_dir.resolve())})
+
+
+def auto_precision(target, size: int, device: str) -> str:
+    """bf16 for the encoder's masked passes where the hardware computes it natively (a GPU, a CPU
+    with AVX-512 BF16) and this torch runs the encoder under bfloat16 autocast; fp32 otherwise.
+    The maps move by Spearman < 0.0005 (docs/own-model.md); --target-precision fp32 opts out."""
+    if not (device.startswith("cuda") or "avx512_bf16" in threads.cpu_flags()):
+        return "fp32"
+    try:
+        with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            target.to(device).embed(torch.zeros(1, 3, size, size, device=device))
+        return "bf16"
+    except Exception:  # Debian's torch 1.13 has no bf16 autocast for some attention layers (Swin, ViT)
+        return "fp32"
 
 
 def exported_by(out_dir: Path, run_dir: Path) -> bool:
@@ -495,19 +515,9 @@ def plan_run(target, grid: int, radius: int, size: int, overrides: dict, source,
     model = ex.build(target, grid, radius, size, cfg).to(device)
     bank = explainer_training.TargetBank(Path(os.devnull), 1, cfg.batch, cfg.centres, 0, torch.float32)
     step = explainer_training.fit_step_timer(model, target, x, cfg)
-    cells = grid * grid
-    k = min(cfg.centres, cells)
-
-    def bank_chunk() -> None:  # what the bank does per chunk: read the images, their targets, features
-        xb = source.batch(1).to(device)
-        c = explainer_training.draw_centres(cfg.seed, 1, len(xb), cells, k).to(device)
-        explainer_training.masked_targets(target, xb, masks, c, chunk=len(xb) * 2 * k,
-                                          precision=cfg.target_precision)
-        with torch.no_grad():
-            model.trunk(xb), target.embed(xb)
-
-    costs = budget.measure_costs(model, target.to(device), x, masks, cfg.batch, k, bank.bytes_per_image(model, x),
-                                 step, bank_chunk)
+    k = min(cfg.centres, grid * grid)
+    costs = budget.measure_costs(target.to(device), x, masks, cfg.batch, k, bank.bytes_per_image(model, x), step,
+                                 lambda: source.batch(1), precision=cfg.target_precision)
     max_memory = args.max_memory_bytes
     available = budget.available_memory()
     if available is not None and budget.rss_bytes() + available < max_memory:
@@ -559,7 +569,8 @@ def finish_folder_run(b, target, model, state, out_dir: Path, images: folder.Ima
 
         report = fidelity.held_out_report(model, target.to(device), held.to(device), grid, radius, log,
                                           names=[str(p.relative_to(images.root)) for p in paths],
-                                          cache=run_dir / "report-occlusion", stop=stop, training_map=training_map)
+                                          cache=run_dir / "report-occlusion", stop=stop, training_map=training_map,
+                                          precision=cfg.target_precision)
         runs.raise_if_stop_requested()
         if report["n"] < 2:
             log("fidelity report: skipped (the time budget ended before two held-out images were measured)")

@@ -19,7 +19,8 @@ from .runs import format_duration
 GIB = 1024 ** 3
 # The report: exact windowed occlusion (2 G^2 passes per held-out image) plus the baselines and
 # `tve eval`'s deletion/insertion curves of tve and gradcam (about 4 G + 8 passes per image).
-REPORT_SHARE = 0.2  # at most this share of the budget goes to the report
+REPORT_SHARE = 0.2  # the report's share of the budget...
+REPORT_SHARE_FOR_TWO = 0.35  # ...or up to this much when that is what two held-out images need
 MIN_REPORT_IMAGES = 4
 # The share of the training time that fitting (as opposed to computing the bank's targets) gets,
 # and the fewest bank images that made a useful explainer in docs/own-model.md's measurements.
@@ -147,17 +148,20 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
     warnings = []
     per_report_image = report_passes(grid) * t_pass
     held = min(holdout_wanted, holdout_available, int(REPORT_SHARE * budget / per_report_image))
-    if held < max(2, min(MIN_REPORT_IMAGES, holdout_wanted, holdout_available)):
+    if held < 2 and min(holdout_wanted, holdout_available) >= 2 and 2 * per_report_image <= REPORT_SHARE_FOR_TWO * budget:
+        held = 2  # a report on two images says more than none; the log says how few they are
+    if held < 2:
         held = 0
         if holdout_wanted and holdout_available >= 2:
             warnings.append(f"no fidelity report: one held-out image costs {format_duration(per_report_image)} of "
-                            f"exact occlusion, and {MIN_REPORT_IMAGES} need more than {int(100 * REPORT_SHARE)}% "
+                            f"exact occlusion, and two need more than {int(100 * REPORT_SHARE_FOR_TWO)}% "
                             f"of the budget (give at least "
-                            f"{format_duration(MIN_REPORT_IMAGES * per_report_image / REPORT_SHARE)})")
-    seconds = {"loading and measuring": spent, "calibration": calib_images * (2 * min(8, cells) + 1) * t_pass}
+                            f"{math.ceil(MIN_REPORT_IMAGES * per_report_image / REPORT_SHARE / 60)}m for a report on "
+                            f"{MIN_REPORT_IMAGES})")
+    seconds = {"loading and measuring": spent}  # the bank scheme calibrates on its bank
     seconds["report"] = held * per_report_image
     seconds["export"] = FIXED_SECONDS
-    train = left - seconds["calibration"] - seconds["report"] - seconds["export"]
+    train = left - seconds["report"] - seconds["export"]
     # Memory: resident + bank + one chunk of encoder activations <= max_memory.
     free = max_memory - costs.resident_bytes
     chunk = 256
@@ -177,8 +181,9 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
     seconds["fitting"] = steps * costs.seconds_per_fit_step
     need = None
     if images < min_bank_images:
-        need = (spent + seconds["calibration"] + seconds["export"] + held * per_report_image
-                + min_bank_images * per_image / (1 - FIT_SHARE))
+        # The report takes at most REPORT_SHARE of a larger budget too; one batch for the rounding.
+        need = (spent + seconds["export"] + (min_bank_images + batch) * per_image / (1 - FIT_SHARE)) \
+            / (1 - REPORT_SHARE)
         warnings.append(f"this budget allows a bank of {images} images; explainers from fewer than "
                         f"{min_bank_images} were not useful in our measurements (docs/own-model.md), so "
                         f"expect maps no better than the report's baselines: give --time-budget "
@@ -187,22 +192,28 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
     return Plan(images, k, max(steps, 0), held, chunk, seconds, peak, warnings, need)
 
 
-def measure_costs(model, encoder, x: torch.Tensor, masks: torch.Tensor, batch: int, centres: int,
-                  bank_bytes_per_image: int, fit_step: Callable[[], None], bank_chunk: Callable[[], None]) -> Costs:
-    """Times one chunk of the bank as the run makes it (images read and decoded, their masked
-    passes, features) and one fitting step, each after a warm-up call, and measures the encoder's
-    activation memory per image in a batched call."""
+def measure_costs(encoder, x: torch.Tensor, masks: torch.Tensor, batch: int, centres: int,
+                  bank_bytes_per_image: int, fit_step: Callable[[], None], load_batch: Callable[[], torch.Tensor],
+                  passes: int = 16, precision: str = "fp32") -> Costs:
+    """Measures, in seconds rather than minutes even for a real-size encoder: one batched encoder
+    call on `passes` masked copies of x (after a warm-up call), with the activation memory it
+    adds; reading and decoding one batch of images (load_batch); one fitting step. The cost of a
+    masked pass returned includes each bank image's share of reading and of its unmasked passes."""
     import time
-    n = min(16, masks.shape[0])
-    xs = (x[:1] * masks[:n]).contiguous()  # n masked images
-    with torch.no_grad():
+    n = min(passes, masks.shape[0])
+    xs = (x[:1] * masks[:n]).contiguous()  # n masked images, as the bank makes them
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         encoder.embed(xs[:2])  # warm-up: allocator, kernels
+        t = time.perf_counter()
         peak = measured_peak(lambda: encoder.embed(xs))
+        t_pass = (time.perf_counter() - t) / n
     t = time.perf_counter()
-    bank_chunk()
-    t_pass = (time.perf_counter() - t) / (batch * (2 * centres + 1))
+    load_batch()
+    t_load = (time.perf_counter() - t) / batch
+    per_image = t_load + (2 * centres + 2) * t_pass  # + E(x) and the trunk's features, about a pass
     fit_step()  # warm-up
     t = time.perf_counter()
     fit_step()
     fit_s = time.perf_counter() - t
-    return Costs(t_pass, fit_s, int(1.25 * peak / n) if peak else int(64e6), bank_bytes_per_image, rss_bytes())
+    return Costs(per_image / (2 * centres + 1), fit_s, int(1.25 * peak / n) if peak else int(64e6),
+                 bank_bytes_per_image, rss_bytes())

@@ -99,6 +99,18 @@ class TrunkExplainer(nn.Module):
         psi = raw.flatten(2).transpose(1, 2) * self.std + self.mean  # [B,G*G,2D] row-major
         return psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
 
+    @torch.jit.ignore
+    def from_features_at(self, f: torch.Tensor, cells: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """from_features(f) at the cells [B,K] only -> psi_pos, psi_neg (local) [B,K,D], equal to
+        gathering those cells from it. Training supervises K of the G*G cells, and the output
+        projection to 2D channels (D 2048 for a ResNet-50) is most of a fitting step's cost."""
+        h = self.blocks(self.inp(self.to_map(f)))  # [B,width,G,G]
+        h = F.gelu(self.norm(h)).flatten(2).transpose(1, 2)  # [B,G*G,width], norm over all cells
+        h = h.gather(1, cells.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [B,K,width]
+        raw = F.linear(h, self.out.weight.flatten(1), self.out.bias)  # the 1x1 conv at those cells
+        psi = raw * self.std + self.mean
+        return psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         f, pos, neg = self._local(x)
         if self.has_global:

@@ -93,10 +93,17 @@ def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cf
               x: torch.Tensor) -> None:
     """Sets the explainer's output mean/std from a fixed calibration batch x (normalised)."""
     c = draw_centres(cfg.seed + 7919, 0, len(x), masks.shape[0], min(8, masks.shape[0])).to(x.device)
-    zp, zn = masked_targets(encoder, x, masks, c)  # [B,K,D] each
+    zp, zn = masked_targets(encoder, x, masks, c, precision=cfg.target_precision)  # [B,K,D] each
+    with torch.no_grad():
+        calibrate_from(model, zp, zn, encoder.embed(x))
+
+
+def calibrate_from(model: TrunkExplainer, zp: torch.Tensor, zn: torch.Tensor, clean: torch.Tensor) -> None:
+    """Sets the explainer's output mean/std from targets zp, zn [B,K,D] and the embeddings
+    E(x) [B,D] of their images (the bank scheme uses its bank: no extra encoder passes)."""
+    zp, zn, clean = zp.float(), zn.float(), clean.float()
     if model.has_global:
-        with torch.no_grad():
-            zn = zn - encoder.embed(x).unsqueeze(1)  # the change that removing S_k makes
+        zn = zn - clean.unsqueeze(1)  # the change that removing S_k makes
     d = zp.shape[-1]
     zp, zn = zp.reshape(-1, d), zn.reshape(-1, d)
     # The global branch starts exact, so the learned change starts at zero mean.
@@ -273,12 +280,10 @@ class TargetBank:
 def bank_losses(model: TrunkExplainer, encoder: nn.Module, entries: Dict[str, torch.Tensor],
                 logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The bank scheme's objective on one batch of bank entries: the trained layers only."""
-    pos, neg = model.from_features(entries["features"])
+    pos, neg = model.from_features_at(entries["features"], entries["centres"])  # [B,K,D] each
     if model.has_global:
         neg = neg + entries["embedding"].unsqueeze(1)  # what forward_with_embedding adds
-    c = entries["centres"]
-    return fit_loss(model, encoder, at_cells(pos, c), at_cells(neg, c), entries["z_pos"], entries["z_neg"],
-                    logit_weight)
+    return fit_loss(model, encoder, pos, neg, entries["z_pos"], entries["z_neg"], logit_weight)
 
 
 @dataclass
@@ -348,8 +353,10 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         log(f"resumed at step {state['step']}/{cfg.steps} ({state['seconds'] / 60:.1f} min so far)")
     else:
         state = {"step": 0, "seconds": 0.0, "target_seconds": 0.0, "images": 0, "encoder_passes": 0,
-                 "config": config, "history": [], "evals": [], **(new_state or {})}
-        calibrate(model, target, masks, cfg, source.calibration().to(device))
+                 "config": config, "history": [], "evals": [], "calibrated": False, **(new_state or {})}
+        if cfg.scheme != "bank":  # the bank scheme calibrates on its bank, once it has one
+            calibrate(model, target, masks, cfg, source.calibration().to(device))
+            state["calibrated"] = True
         n_params = sum(p.numel() for p in model.parameters())
         log(f"start: {n_params / 1e6:.3f}M params ({sum(p.numel() for p in model.trunk.parameters()) / 1e6:.3f}M "
             f"in the copied trunk), {asdict(cfg)}")
@@ -374,6 +381,11 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
                     raise ValueError("the time limit ended before the first chunk of the target bank was made")
                 log(f"time limit: the target bank closes at {bank.filled} of {bank.size} images")
                 bank.close()
+        if not state.get("calibrated", True):
+            t = bank.tensors
+            n = min(bank.filled, 64)
+            calibrate_from(model, t["z_pos"][:n].to(device), t["z_neg"][:n].to(device), t["embedding"][:n].to(device))
+            state["calibrated"] = True
     elif cfg.scheme != "stream":
         raise ValueError(f"unknown training scheme {cfg.scheme!r}: expected stream or bank")
     forward: nn.Module = model

@@ -118,11 +118,11 @@ def fidelity(explainer: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tenso
 
 def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int, radius: int,
                        cache: Optional[Path], log: Callable[[str], None] = print,
-                       stop: Callable[[], bool] = lambda: False) -> Dict[str, torch.Tensor]:
+                       stop: Callable[[], bool] = lambda: False, precision: str = "fp32") -> Dict[str, torch.Tensor]:
     """Exact windowed occlusion of held-out images (2 G^2 passes each) for the report, one cached
     file per image under `cache` (keyed by its name), so that an interrupted or repeated report
     computes only what it lacks. Stops early when stop() says so: the result then covers the
-    first images only."""
+    first images only. precision "bf16": the passes under bfloat16 autocast, as the training's."""
     t = time.time()
     pos, neg, clean = [], [], []
     for i, name in enumerate(names):
@@ -138,9 +138,9 @@ def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int
             if stop():
                 break
             x = images[i:i + 1]
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 p, q = occlusion_embeddings(target.embed, x, grid, radius)
-                entry = {"pos": p.cpu(), "neg": q.cpu(), "clean": target.embed(x).cpu()}
+                entry = {"pos": p.float().cpu(), "neg": q.float().cpu(), "clean": target.embed(x).float().cpu()}
             if path is not None:
                 atomic_save(entry, path)
             log(f"fidelity report: exact occlusion {i + 1}/{len(names)} held-out images, {time.time() - t:.0f} s")
@@ -157,12 +157,12 @@ def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int
 def held_out_report(explainer: Callable, target, images: torch.Tensor, grid: int, radius: int,
                     log: Callable[[str], None] = print, names: Optional[List[str]] = None,
                     cache: Optional[Path] = None, stop: Callable[[], bool] = lambda: False,
-                    training_map: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, dict]:
+                    training_map: Optional[Dict[str, torch.Tensor]] = None, precision: str = "fp32") -> Dict[str, dict]:
     """fidelity() on held-out images without masks (a user's folder): exact windowed occlusion
     of `target` (eager or TorchScript, with embed and head) computed here (held_out_occlusion),
     and the same measure for the trivial baselines (baseline_maps) next to it."""
     names = names if names is not None else [str(i) for i in range(len(images))]
-    occ = held_out_occlusion(target, images, names, grid, radius, cache, log, stop)
+    occ = held_out_occlusion(target, images, names, grid, radius, cache, log, stop, precision)
     if len(occ["pos"]) == 0:
         return {"n": 0}
     results = fidelity(explainer, target.head, occ, grid, radius)

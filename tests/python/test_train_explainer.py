@@ -303,3 +303,22 @@ def test_bank_fill_resumes_where_it_stopped(tmp_path):
     c = whole.tensors["centres"][0]
     z = target.embed(images[:1] * masks[c])
     assert torch.allclose(whole.tensors["z_pos"][0], z, atol=1e-5)
+
+
+def test_outputs_at_the_drawn_cells_equal_the_full_map():
+    """The bank scheme's fitting computes the explainer's output at the supervised cells only;
+    that must be exactly what the full map holds there (and what tve runs)."""
+    from tvelib import bundle, trunks
+    b = bundle.Bundle(REPO / "models" / "tiny-resnet")
+    target = trunks.eager_target(b)
+    cfg = ex.ExplainerConfig(width=8, depth=1)
+    model = ex.build(target, b.manifest["grid"], b.manifest["radius"], b.input_size, cfg)
+    torch.nn.init.normal_(model.out.weight)
+    x = torch.randn(3, 3, b.input_size, b.input_size)
+    cells = torch.tensor([[0, 5, 15], [3, 3, 9], [1, 2, 4]])
+    with torch.no_grad():
+        f = model.trunk(x)
+        full_pos, full_neg = model.from_features(f)
+        pos, neg = model.from_features_at(f, cells)
+    assert torch.allclose(pos, explainer_training.at_cells(full_pos, cells), atol=1e-5)
+    assert torch.allclose(neg, explainer_training.at_cells(full_neg, cells), atol=1e-5)
