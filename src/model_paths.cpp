@@ -25,6 +25,22 @@ bool is_bundle_dir(const fs::path& dir) {
   return fs::is_regular_file(dir / "manifest.json", ec);
 }
 
+// --model given a model file (a scripted .pt, a .pth of weights) instead of a bundle is the
+// commonest first mistake; say what to do rather than "folder does not exist" or "no bundle named".
+bool looks_like_model_file(const fs::path& path) {
+  static const std::set<std::string> extensions{".pt", ".pth", ".pt2", ".ckpt", ".safetensors", ".onnx", ".bin", ".jit"};
+  std::error_code ec;
+  return extensions.count(path.extension().string()) > 0 || fs::is_regular_file(path, ec);
+}
+
+BundleError model_file_error(const fs::path& path) {
+  std::error_code ec;
+  return BundleError(path, std::string(fs::exists(path, ec) ? "is a file" : "does not exist") +
+                               ", not a bundle; --model takes a bundle folder (with manifest.json) or its name: make "
+                               "one from a model or weights file with scripts/make_bundle.py (docs/own-model.md; "
+                               "a scripted .pt: its section 'Scripted models')");
+}
+
 }  // namespace
 
 std::vector<fs::path> model_search_dirs(const std::optional<fs::path>& models_dir_option) {
@@ -51,12 +67,16 @@ fs::path resolve_bundle(const std::string& name_or_path, const std::vector<fs::p
   const fs::path as_path(name_or_path);
   std::error_code ec;
   if (name_or_path.find('/') != std::string::npos || fs::is_directory(as_path, ec)) {
-    if (!fs::is_directory(as_path, ec)) throw BundleError(as_path, "bundle folder does not exist");
+    if (!fs::is_directory(as_path, ec)) {
+      if (looks_like_model_file(as_path)) throw model_file_error(as_path);
+      throw BundleError(as_path, "bundle folder does not exist");
+    }
     return as_path;
   }
   for (const auto& dir : search_dirs) {
     if (is_bundle_dir(dir / name_or_path)) return dir / name_or_path;
   }
+  if (looks_like_model_file(as_path)) throw model_file_error(as_path);  // no bundle of that name either
   std::string searched;
   std::set<std::string> available;
   for (const auto& dir : search_dirs) {

@@ -176,3 +176,21 @@ def test_wrong_wrapper_files_get_one_line(tmp_path, mobilenet, case):
 def test_models_outside_the_table_point_to_the_wrapper_route(tmp_path, args, expect):
     line = one_error_line(run_script("make_bundle.py", *args, "--out", tmp_path / "b"))
     assert expect in line and "--wrapper" in line and "'Other architectures: the wrapper route'" in line, line
+
+
+@pytest.mark.skipif(not TVE, reason="set TVE to the built tve binary (ctest does)")
+@pytest.mark.parametrize("name", ["model.pt", "weights.pth", "missing.pth", "sub/model.pt"])
+def test_tve_model_given_a_model_file_says_to_make_a_bundle(tmp_path, name):
+    """`tve explain --model file.pt`: one line (exit 3, a bundle error) saying what --model takes and
+    how to make a bundle, whether the file exists or not."""
+    path = tmp_path / name
+    if not name.startswith("missing"):
+        path.parent.mkdir(exist_ok=True)
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    arg = name if "/" not in name else str(path)
+    run = subprocess.run([TVE, "explain", str(FIXTURES / "rgb8.png"), "--model", arg, "--format", "none"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 3, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a bundle" in lines[0] and "scripts/make_bundle.py" in lines[0] and \
+        "'Scripted models'" in lines[0], run.stderr
