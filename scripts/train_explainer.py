@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> None:
         elif time_budget is not None:
             plan = plan_run(target, grid, radius, size, overrides, source, device, images, args, time.time() - started,
                             log)
-            overrides["steps"], overrides["bank_images"] = plan["steps"], plan["bank_images"]
+            overrides["steps"], overrides["bank_images"] = plan["steps"], plan["bank_limit"]
         if time_budget is not None and dist.world > 1:
             # Every rank must run the same steps (DDP waits for all of them at each step): rank 0's
             # count is the run's, and the ranks stop by step count, never each by its own clock.
@@ -413,11 +413,11 @@ def run(args: argparse.Namespace) -> None:
     max_minutes = args.stage_minutes if args.stage_minutes is not None else (85.0 if images is None else 1e9)
     if dist.world > 1:
         max_minutes = 1e9
-    report_seconds = 0.0
-    if time_budget is not None and plan is not None:
-        report_seconds = plan["seconds"].get("report", 0.0) + plan["seconds"].get("export", 0.0)
-        max_minutes = min(max_minutes, (time_budget - (time.time() - started) - report_seconds) / 60)
     deadline = started + time_budget if time_budget is not None else None
+    fill_stop = fit_deadline = None
+    if deadline is not None and plan is not None:
+        max_minutes = min(max_minutes, (deadline - budget.FIXED_SECONDS - time.time()) / 60)
+        fill_stop, fit_deadline = replanning(plan, deadline, grid, cfg, args, images, log)
 
     if args.export_only:
         model, state = explainer_training.load_checkpoint(target, grid, radius, size, ckpt_path)
@@ -441,7 +441,8 @@ def run(args: argparse.Namespace) -> None:
                                                 device=device, dist=dist, progress=progress,
                                                 fit_reserve_seconds=fit_reserve,
                                                 chunk=plan["chunk"] if plan else 256,
-                                                new_state={"plan": plan} if plan else None)
+                                                new_state={"plan": plan} if plan else None,
+                                                fill_stop=fill_stop, fit_deadline=fit_deadline)
         if not state["done"] and not args.smoke:
             log("not finished: run the same command again to continue")
     if not dist.leader:
@@ -461,6 +462,32 @@ def run(args: argparse.Namespace) -> None:
     else:
         defaults = {"lambda_pos": 1.0, "lambda_neg": args.lambda_neg, "smooth": args.smooth}
     export(b, model, state, out_dir, defaults, log, emoji_record(state["config"]), {"run": str(run_dir.resolve())})
+
+
+def replanning(plan: dict, deadline: float, grid: int, cfg: ex.ExplainerConfig, args, images, log):
+    """Closes the bank by the speed it is actually filled at, not only the first seconds' probe:
+    after each chunk, the report's size and time are replanned from the observed cost of a pass,
+    and the bank closes when what is left is what fitting and that report need. Returns
+    (fill_stop, fit_deadline) for explainer_training.train; plan["held_out"] follows."""
+    k = min(cfg.centres, grid * grid)
+    end = deadline - budget.FIXED_SECONDS
+    fit_seconds = plan["seconds"].get("fitting", 0.0)
+    reserve = {"report": plan["seconds"].get("report", 0.0)}
+
+    def fill_stop(images_done: int, seconds: float) -> bool:
+        if images_done >= cfg.batch:
+            per_pass = seconds / (images_done * (2 * k + 1))
+            per_report_image = budget.report_passes(grid) * per_pass
+            held = budget.report_images(args.time_budget_seconds, per_report_image, args.holdout,
+                                        len(images.held_out))
+            if held != plan["held_out"]:
+                log(f"replanned from the observed speed ({1e3 * per_pass:.0f} ms per pass): report on {held} "
+                    f"held-out images")
+            plan["held_out"] = held
+            reserve["report"] = held * per_report_image
+        return time.time() > end - reserve["report"] - fit_seconds
+
+    return fill_stop, lambda: end - reserve["report"]
 
 
 def auto_precision(target, size: int, device: str) -> str:
@@ -553,7 +580,11 @@ def finish_folder_run(b, target, model, state, out_dir: Path, images: folder.Ima
         return
     paths, held = images.held_out_images()
     planned = (state.get("plan") or {}).get("held_out")
-    if planned is not None and planned < len(paths):
+    if planned == 0 and paths:
+        log("fidelity report: skipped (the time budget leaves no time for exact occlusion of two held-out "
+            "images; the plan said which budget would)")
+        paths, held = [], held[:0]
+    elif planned is not None and planned < len(paths):
         log(f"fidelity report: {planned} of the {len(paths)} held-out images fit the time budget")
         paths, held = paths[:planned], held[:planned]
     report, defaults = None, {"lambda_pos": 1.0, "lambda_neg": args.lambda_neg, "smooth": args.smooth}

@@ -102,7 +102,8 @@ class Costs:
 @dataclass
 class Plan:
     """What the run will do, and what it expects that to cost."""
-    bank_images: int
+    bank_images: int  # expected from the measured cost
+    bank_limit: int  # the bank's size in the run's settings: the budget closes it where it stands
     centres: int
     steps: int
     held_out: int
@@ -115,7 +116,8 @@ class Plan:
     def describe(self) -> str:
         phases = ", ".join(f"{k} {format_duration(v)}" for k, v in self.seconds.items())
         return (f"plan: {self.bank_images} bank images x {self.centres} centres "
-                f"({self.bank_images * (2 * self.centres + 1)} encoder passes), {self.steps} fitting steps, "
+                f"({self.bank_images * (2 * self.centres + 1)} encoder passes; the bank closes by the speed "
+                f"observed, at most {self.bank_limit} images), {self.steps} fitting steps, "
                 f"report on {self.held_out} held-out images; expected {phases} "
                 f"(total {format_duration(sum(self.seconds.values()))}); peak memory about "
                 f"{self.peak_bytes / GIB:.1f} GiB, encoder chunks of {self.chunk} images")
@@ -127,6 +129,15 @@ class Plan:
 def report_passes(grid: int) -> int:
     """Encoder passes of the report for one held-out image (see REPORT_SHARE)."""
     return 2 * grid * grid + 4 * grid + 8
+
+
+def report_images(budget: float, per_image: float, wanted: int, available: int) -> int:
+    """Held-out images the report can afford: REPORT_SHARE of the budget, or two within
+    REPORT_SHARE_FOR_TWO (a report on two images says more than none), else none."""
+    held = min(wanted, available, int(REPORT_SHARE * budget / per_image))
+    if held < 2 and min(wanted, available) >= 2 and 2 * per_image <= REPORT_SHARE_FOR_TWO * budget:
+        held = 2
+    return held if held >= 2 else 0
 
 
 def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: int, batch: int,
@@ -147,11 +158,8 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
     left = budget - spent
     warnings = []
     per_report_image = report_passes(grid) * t_pass
-    held = min(holdout_wanted, holdout_available, int(REPORT_SHARE * budget / per_report_image))
-    if held < 2 and min(holdout_wanted, holdout_available) >= 2 and 2 * per_report_image <= REPORT_SHARE_FOR_TWO * budget:
-        held = 2  # a report on two images says more than none; the log says how few they are
+    held = report_images(budget, per_report_image, holdout_wanted, holdout_available)
     if held < 2:
-        held = 0
         if holdout_wanted and holdout_available >= 2:
             warnings.append(f"no fidelity report: one held-out image costs {format_duration(per_report_image)} of "
                             f"exact occlusion, and two need more than {int(100 * REPORT_SHARE_FOR_TWO)}% "
@@ -189,7 +197,10 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
                         f"expect maps no better than the report's baselines: give --time-budget "
                         f"{math.ceil(need / 60)}m or more")
     peak = costs.resident_bytes + images * costs.bank_bytes_per_image + chunk * costs.pass_bytes_per_image
-    return Plan(images, k, max(steps, 0), held, chunk, seconds, peak, warnings, need)
+    # The cost probe takes seconds on a busy machine and can be off by 2x: the bank may grow to
+    # 4x the expected size (memory permitting) and closes when the observed speed says so.
+    limit = max(images, min(4 * images, bank_cap // batch * batch))
+    return Plan(images, limit, k, max(steps, 0), held, chunk, seconds, peak, warnings, need)
 
 
 def measure_costs(encoder, x: torch.Tensor, masks: torch.Tensor, batch: int, centres: int,

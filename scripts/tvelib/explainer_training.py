@@ -242,11 +242,14 @@ class TargetBank:
     @torch.no_grad()
     def fill(self, model: TrunkExplainer, encoder: nn.Module, source: TrainingData, masks: torch.Tensor,
              device: str, log: Callable[[str], None], checkpoint_minutes: float,
-             stop: Callable[[], bool] = lambda: False, chunk: int = 256, precision: str = "fp32") -> int:
+             stop: Callable[[int, float], bool] = lambda n, s: False, chunk: int = 256,
+             precision: str = "fp32") -> int:
         """Computes the missing chunks; returns the encoder passes spent in this call. Stops early
-        (saved) when stop() says so. chunk: images per encoder call (memory)."""
+        (saved) when stop(images filled in this call, seconds spent in it) says so.
+        chunk: images per encoder call (memory)."""
         passes, last_save, t0, last_log = 0, time.time(), time.time(), 0.0
-        while self.filled < self.size and not stop():
+        first = self.filled
+        while self.filled < self.size and not stop(self.filled - first, time.time() - t0):
             index = self.filled // self.chunk
             x = source.batch(index).to(device)[: self.chunk]
             centres = draw_centres(self.seed, index, len(x), masks.shape[0], min(self.centres, masks.shape[0]))
@@ -320,7 +323,8 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
           eval_every: int = 0, source: Optional[TrainingData] = None, device: str = "cpu",
           dist: Distributed = Distributed(), progress: Optional[Progress] = None,
           fit_reserve_seconds: float = 0.0, chunk: int = 256,
-          new_state: Optional[dict] = None) -> Tuple[TrunkExplainer, dict]:
+          new_state: Optional[dict] = None, fill_stop: Optional[Callable[[int, float], bool]] = None,
+          fit_deadline: Optional[Callable[[], float]] = None) -> Tuple[TrunkExplainer, dict]:
     """Trains (or resumes) an explainer against the frozen target encoder on `source` (default:
     the built-in EmojiScenes stream), on `device`, as one rank of `dist`.
 
@@ -333,7 +337,9 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     fit_reserve_seconds before it, the bank closes at what it has, and the fitting gets the rest.
     SIGINT/SIGTERM (runs.stop_on_signals) stop it at the next step or bank chunk, checkpointed,
     with runs.Interrupted. chunk: images per encoder call (memory). new_state: entries of a new
-    run's state (its budget plan), kept in every checkpoint.
+    run's state (its budget plan), kept in every checkpoint. fill_stop(images, seconds) may close
+    the bank earlier (a budget replanned from the observed speed); fit_deadline() gives the time
+    the fitting must end by, asked when it starts.
     """
     torch.manual_seed(cfg.seed)
     deadline = time.time() + max_minutes * 60  # for the whole call: bank, then fitting
@@ -370,7 +376,8 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
             state["encoder_passes"] += bank.fill(
                 model, target, source, masks, device, log, checkpoint_minutes, chunk=chunk,
                 precision=cfg.target_precision,
-                stop=lambda: time.time() > deadline - fit_reserve_seconds or stop_requested())
+                stop=lambda n, s: (time.time() > deadline - fit_reserve_seconds or stop_requested()
+                                   or (fill_stop is not None and fill_stop(n, s))))
             state["seconds"] += time.time() - t0
             state["target_seconds"] += time.time() - t0
             if bank.filled < bank.size:
@@ -467,7 +474,8 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
             model.train()
             freeze_norm_stats(model)
 
-    stopped = run_steps(state, cfg.steps, step, save, max_minutes=(deadline - time.time()) / 60,
+    end = min(deadline, fit_deadline()) if fit_deadline is not None else deadline
+    stopped = run_steps(state, cfg.steps, step, save, max_minutes=(end - time.time()) / 60,
                         checkpoint_minutes=checkpoint_minutes, max_steps=max_steps)
     if progress is not None:
         progress.clear()

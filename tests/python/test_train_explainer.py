@@ -291,8 +291,9 @@ def test_bank_fill_resumes_where_it_stopped(tmp_path):
     whole = explainer_training.TargetBank(tmp_path / "a.pt", 6, 2, 3, 0, torch.float32)
     whole.fill(model, target, source, masks, "cpu", lambda m: None, 60)
     part = explainer_training.TargetBank(tmp_path / "b.pt", 6, 2, 3, 0, torch.float32)
-    part.fill(model, target, source, masks, "cpu", lambda m: None, 60, stop=lambda: calls.append(1) or len(calls) > 1)
-    assert part.filled == 2
+    part.fill(model, target, source, masks, "cpu", lambda m: None, 60,
+              stop=lambda n, s: calls.append(n) or len(calls) > 1)
+    assert part.filled == 2 and calls == [0, 2]
     resumed = explainer_training.TargetBank(tmp_path / "b.pt", 6, 2, 3, 0, torch.float32)
     assert resumed.filled == 2
     passes = resumed.fill(model, target, source, masks, "cpu", lambda m: None, 60)
