@@ -364,12 +364,14 @@ def wrapper_target(path: Path, weights: Optional[Path], num_classes: Optional[in
         target = wrapper_route.wrap(module, path, net)
         size = image_size or int(getattr(module, "IMAGE_SIZE", 224))
         wrapper_route.check_against(path, net, target, size)
+        target = wrapper_route.for_bundle(target, size)
     except wrapper_route.WrapperError as e:
         raise BundleError(str(e)) from None
     source = {"wrapper": str(path.resolve()), "wrapper_sha256": wrapper_route.sha256_of_file(path),
               "num_classes": int(target.fc.out_features), "image_size": size,
               "architecture": str(getattr(module, "ARCHITECTURE", path.stem)),
-              "stage_grids": wrapper_route.stage_grids(target, size)}
+              "stage_grids": wrapper_route.stage_grids(target, size),
+              "features": isinstance(target, wrapper_route.StagesTarget)}
     return net, target.eval(), source
 
 
@@ -551,7 +553,13 @@ def make(args: argparse.Namespace) -> None:
         architecture = fam.name if fam else source["architecture"]
         grid = args.grid or (fam.default_grid(net, size) if fam else source.get("grid", size // 16))
         if args.wrapper:
-            features_layout = "map"
+            features_layout = "map" if source["features"] else None
+            if not source["features"]:
+                print(f"make_bundle.py: warning: the last map of {args.wrapper} is not as wide as the embedding "
+                      f"({target.fc.in_features}; 'pool' has layers with weights), and the bundle format's "
+                      f"features() must be [B,{target.fc.in_features},h,w]: the bundle has no features(), so "
+                      f"gradcam and gradcam++ are unavailable; the other methods and TVE work",
+                      file=sys.stderr)
             if grid not in source["stage_grids"]:  # the explainer's trunk ends at the stage on the grid
                 print(f"make_bundle.py: warning: no stage of {args.wrapper} gives a {grid} x {grid} map (their sides "
                       f"at {size} px: {source['stage_grids']}); the classic methods work, but train_explainer.py "

@@ -40,14 +40,32 @@ class WrapperError(ValueError):
     """A wrapper file that cannot describe a bundle; the message names the file and what is wrong."""
 
 
-class StagesTarget(nn.Module):
-    """A network given as stages (image -> [B,C,h,w]), pool ([B,C,h,w] -> z [B,D]) and a linear head."""
+class StagesEncoder(nn.Module):
+    """A network given as stages (image -> [B,C,h,w]), pool ([B,C,h,w] -> z [B,D]) and a linear
+    head, with the bundle's required methods only (embed, head, forward): what a network whose last
+    map is not D wide becomes (for_bundle), since the format's features() must give [B,D,h,w]."""
 
     def __init__(self, stages: List[nn.Module], pool: nn.Module, head: nn.Linear):
         super().__init__()
         self.stages = nn.Sequential(*stages)
         self.pool = pool
         self.fc = head
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(x))
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class StagesTarget(StagesEncoder):
+    """StagesEncoder with features() = the last map [B,D,h,w] (its width the embedding's), and
+    embed_features / classify, for the gradient methods."""
 
     @torch.jit.export
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,16 +79,17 @@ class StagesTarget(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed_features(features))
 
-    @torch.jit.export
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed_features(self.features(x))
 
-    @torch.jit.export
-    def head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+def for_bundle(target: StagesTarget, size: int) -> StagesEncoder:
+    """`target` when its last map is as wide as the embedding (the bundle format's features() is
+    [B,D,h,w]); else a StagesEncoder of the same modules: no features(), so tve's Grad-CAM and
+    Grad-CAM++ are unavailable, while the other methods and TVE work (MobileNetV3: 576 channels, a
+    1024-wide embedding after a Linear and Hardswish in `pool`)."""
+    with torch.no_grad():
+        channels = int(target.stages(torch.zeros(1, 3, size, size)).shape[1])
+    if channels == target.fc.in_features:
+        return target
+    return StagesEncoder(list(target.stages.children()), target.pool, target.fc).eval()
 
 
 def _no_build(*_args, **_kwargs):
@@ -79,8 +98,8 @@ def _no_build(*_args, **_kwargs):
 
 # Not in archs.FAMILIES (which lists the built-in families the test bundles and shipped models are
 # made of); archs.family_of() finds it on the target's class instead.
-StagesTarget.FAMILY = archs.Family(
-    "wrapper", StagesTarget, "map", _no_build, lambda t: int(t.fc.in_features),
+StagesEncoder.FAMILY = archs.Family(  # StagesTarget inherits it
+    "wrapper", StagesEncoder, "map", _no_build, lambda t: int(t.fc.in_features),
     stages=lambda t: list(t.stages.children()), embed_tail=lambda t: t.pool)
 
 
@@ -173,7 +192,7 @@ def stage_grids(target: StagesTarget, size: int) -> List[int]:
     return sides
 
 
-def eager_target(source: dict, num_classes: int) -> StagesTarget:
+def eager_target(source: dict, num_classes: int) -> StagesEncoder:
     """The eager target of a bundle made through the wrapper route, rebuilt from provenance.source
     by running the same wrapper file (random weights: the caller loads target.pt's into it)."""
     path = Path(source["wrapper"])
@@ -186,4 +205,4 @@ def eager_target(source: dict, num_classes: int) -> StagesTarget:
                            f"recorded {str(source.get('wrapper_sha256'))[:12]}...): remake the bundle with it")
     module = load(path)
     net = build_network(module, path, num_classes)
-    return wrap(module, path, net)
+    return for_bundle(wrap(module, path, net), int(source["image_size"]))

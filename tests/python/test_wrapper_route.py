@@ -2,7 +2,7 @@
 6): a classifier outside the family table, described by a short wrapper file, becomes a bundle that
 tve loads, that the classic methods explain and that train_explainer.py trains an explainer for;
 wrong wrapper files and models outside the table get one clear line. torchvision's
-mobilenet_v3_small (2.5 M parameters) at 64 px keeps it fast; real files and the scripts as users
+mobilenet_v2 and mobilenet_v3_small (3.5 and 2.5 M parameters) at 64 px keep it fast; real files and the scripts as users
 run them."""
 from __future__ import annotations
 
@@ -23,8 +23,26 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "images"
 TVE = os.environ.get("TVE")
 
-WRAPPER = '''"""tve wrapper for torchvision's MobileNetV3."""
+WRAPPER = '''"""tve wrapper for torchvision's MobileNetV2."""
 import torchvision
+from torch import nn
+
+IMAGE_SIZE = 64
+
+
+def build(num_classes):
+    return torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
+
+
+def parts(net):
+    # MobileNetV2 pools in forward() (adaptive average, flatten); classifier: Dropout, Linear
+    return {"stages": list(net.features),
+            "pool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), net.classifier[0]),
+            "head": net.classifier[1]}
+'''
+
+# MobileNetV3: its last map has 576 channels, its embedding 1024 (a Linear and Hardswish in `pool`)
+WRAPPER_V3 = '''import torchvision
 from torch import nn
 
 IMAGE_SIZE = 64
@@ -57,12 +75,12 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def mobilenet(tmp_path_factory):
-    """(wrapper file, weights file, the eager network) of a 5-class mobilenet_v3_small."""
+    """(wrapper file, weights file, the eager network) of a 5-class mobilenet_v2."""
     folder = tmp_path_factory.mktemp("mobilenet")
     wrapper = folder / "mobilenet_wrapper.py"
     wrapper.write_text(WRAPPER)
     torch.manual_seed(0)
-    net = torchvision.models.mobilenet_v3_small(num_classes=5).eval()
+    net = torchvision.models.mobilenet_v2(num_classes=5).eval()
     weights = folder / "mobilenet.pth"
     torch.save(net.state_dict(), weights)
     return wrapper, weights, net
@@ -76,6 +94,7 @@ def test_wrapper_bundle_loads_explains_and_trains(tmp_path, mobilenet):
     assert done.returncode == 0, done.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["architecture"] == "mobilenet_wrapper" and m["features_layout"] == "map"
+    assert "warning" not in done.stderr, done.stderr
     assert m["input"]["height"] == 64 and m["grid"] == 4 and len(m["target"]["labels"]) == 5
     assert m["provenance"]["source"]["wrapper"] == str(wrapper.resolve())
     b = bundle.Bundle(out)
@@ -113,6 +132,35 @@ def test_wrapper_bundle_loads_explains_and_trains(tmp_path, mobilenet):
         assert run.returncode == 0 and json.loads(run.stdout.splitlines()[0])["method"] == "tve", run.stderr
 
 
+def test_a_last_map_narrower_than_the_embedding_gives_a_bundle_without_features(tmp_path):
+    """MobileNetV3's map (576) is not its embedding's width (1024): no features(), said by a
+    warning; occlusion works in tve, gradcam is refused by tve in one line (it reads features());
+    the explainer's trunk still comes from the stages."""
+    wrapper = tmp_path / "v3.py"
+    wrapper.write_text(WRAPPER_V3)
+    out = tmp_path / "v3"
+    done = run_script("make_bundle.py", "--wrapper", wrapper, "--num-classes", "3", "--out", out,
+                      *(["--tve", TVE] if TVE else []))
+    assert done.returncode == 0, done.stderr
+    assert "gradcam and gradcam++ are unavailable; the other methods and TVE work" in done.stderr, done.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert "features_layout" not in m and m["embedding_dim"] == 1024
+    eager = trunks.eager_target(bundle.Bundle(out))
+    assert not hasattr(eager, "features")
+    trunk, to_map, _ = trunks.encoder_trunk(eager, 4, 64)
+    with torch.no_grad():
+        assert tuple(to_map(trunk(torch.randn(1, 3, 64, 64))).shape[2:]) == (4, 4)
+    if TVE:
+        image = str(FIXTURES / "rgb8.png")
+        ok = subprocess.run([TVE, "explain", image, "--model", str(out), "--method", "occlusion", "--format", "none"],
+                            capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        refused = subprocess.run([TVE, "explain", image, "--model", str(out), "--method", "gradcam", "--format",
+                                  "none"], capture_output=True, text=True)
+        errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+        assert refused.returncode != 0 and len(errors) == 1 and "no features()" in errors[0], refused.stderr
+
+
 def test_a_changed_wrapper_file_is_named(tmp_path, mobilenet):
     wrapper, weights, _ = mobilenet
     mine = tmp_path / "w.py"
@@ -127,7 +175,7 @@ def test_a_changed_wrapper_file_is_named(tmp_path, mobilenet):
         trunks.eager_target(bundle.Bundle(out))
 
 
-@pytest.mark.parametrize("case", ["no_parts", "missing_layer", "head_not_linear", "raises", "weights_misfit",
+@pytest.mark.parametrize("case", ["no_parts", "wrong_layer", "head_not_linear", "raises", "weights_misfit",
                                   "missing_file", "not_a_dict"])
 def test_wrong_wrapper_files_get_one_line(tmp_path, mobilenet, case):
     wrapper, weights, _ = mobilenet
@@ -138,11 +186,11 @@ def test_wrong_wrapper_files_get_one_line(tmp_path, mobilenet, case):
     if case == "no_parts":
         text = text.replace("def parts(", "def parts_of(")
         expect = ["defines no parts()", "'Other architectures: the wrapper route'"]
-    elif case == "missing_layer":  # forgets the Hardswish between the two Linears
-        text = text.replace("*list(net.classifier)[:-1]", "net.classifier[0]")
+    elif case == "wrong_layer":  # max instead of average pooling: runs, computes something else
+        text = text.replace("nn.AdaptiveAvgPool2d(1)", "nn.AdaptiveMaxPool2d(1)")
         expect = ["is not the network's output"]
     elif case == "head_not_linear":
-        text = text.replace('"head": net.classifier[-1]', '"head": net.classifier')
+        text = text.replace('"head": net.classifier[1]', '"head": net.classifier')
         expect = ["not one nn.Linear"]
     elif case == "raises":
         text = "import no_such_module_here\n" + text
@@ -156,7 +204,7 @@ def test_wrong_wrapper_files_get_one_line(tmp_path, mobilenet, case):
         path = tmp_path / "nowhere.py"
         expect = ["no such wrapper file"]
     else:
-        text = text.replace('return {"stages"', 'return [{"stages"').replace("net.classifier[-1]}", "net.classifier[-1]}]")
+        text = text.replace('return {"stages"', 'return [{"stages"').replace("net.classifier[1]}", "net.classifier[1]}]")
         expect = ["must return a dict"]
     if case != "missing_file":
         path.write_text(text)
@@ -170,7 +218,7 @@ def test_wrong_wrapper_files_get_one_line(tmp_path, mobilenet, case):
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--torchvision", "mobilenet_v3_small"], "is a MobileNetV3, outside tve's family table"),
+    (["--torchvision", "mobilenet_v2"], "is a MobileNetV2, outside tve's family table"),
     (["--torchvision", "mobilenet_v9"], "no torchvision classifier 'mobilenet_v9'"),
 ])
 def test_models_outside_the_table_point_to_the_wrapper_route(tmp_path, args, expect):
