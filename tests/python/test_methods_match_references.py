@@ -17,7 +17,10 @@ Needs the built binary (ctest sets TVE; run alone: `TVE=build/tve ~/.cache/tve/v
 pytest tests/python/test_methods_match_references.py`) and the reference venv (scripts/setup.sh).
 """
 import functools
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +43,16 @@ TVE = os.environ.get("TVE")
 pytestmark = pytest.mark.skipif(not TVE, reason="set TVE to the built tve binary (ctest does)")
 
 # Exact methods: largest difference relative to the map's largest magnitude (float32 sums in another
-# order, TorchScript against eager). A gradient can legitimately differ more where a max-pool window
-# holds two equal maxima: float32 rounding in another order picks the other one and moves that
-# gradient to other pixels (resnet on coffee.jpg: 7.6e-4 of the saliency map moved across a cell
-# border). The images here have no such tie that matters.
+# order, TorchScript against eager; measured 4e-8 to 6.6e-6). The input is bit-identical to tve's
+# (R.load_input, test_reference_input_is_bit_identical_to_tves): when it was not (x / 255 against
+# tve's x * float32(1/255)), one unit in the last place decided a near-tie in a max-pool window of
+# resnet on coffee.jpg and moved 7.6e-4 of the saliency map across a cell border.
 EXACT_TOLERANCE = 1e-4
 # gradcam, gradcam++: largest residual of the affine fit relative to the reference's range, and
 # Pearson correlation. Grad-CAM++'s alpha = g^2 / (2 g^2 + S g^3 + 1e-6) has a pole where S g^3 =
 # -(2 g^2 + 1e-6), reachable when a channel's activations sum to S < 0 (ViT tokens, Swin after its
 # LayerNorm): near one, float32 differences in g are magnified (vit, coffee.jpg: the denominator
-# 4.8e-8, alpha 326, residual 8.5e-4; vit, fashion-0-coat: 3.7e-5; about 1e-6 elsewhere).
+# 4.8e-8, alpha 326, residual 2.2e-4; vit, fashion-0-coat: 1.0e-4; about 1e-6 elsewhere).
 CAM_RESIDUAL = {"gradcam": 1e-4, "gradcam++": 2e-3}
 CAM_PEARSON = 0.9999
 IG_STEPS = 8
@@ -197,3 +200,50 @@ def test_sampled_methods_correlate_with_references(inputs, method, model, head, 
     pearson, spearman = R.pearson(ours, ref), R.spearman(ours, ref)
     print(f"{method} {model} {head} n={n}: pearson {pearson:.4f} spearman {spearman:.4f}")
     assert pearson > min_pearson and spearman > min_spearman
+
+
+class Echo(torch.nn.Module):
+    """A bundle target whose logits are its input: embed(x) = x flattened, head = identity. Through
+    `tve predict -k all` it shows the exact float32 tensor tve feeds a model."""
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    @torch.jit.export
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def test_reference_input_is_bit_identical_to_tves(tmp_path):
+    """R.load_input gives the same float32 input as tve, bit for bit: every 8-bit level on every
+    channel (16 x 16 x 3 = 768 values), ImageNet normalisation. Dividing by 255 instead (the
+    references' conversion before issue #28) differs for 126 of the 256 levels, so this fails on it."""
+    from PIL import Image
+    scripted = tmp_path / "echo.pt"
+    torch.jit.script(Echo().eval()).save(str(scripted))
+    out = tmp_path / "echo"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bundle.py"), "--torchscript", str(scripted),
+                           "--image-size", "16", "--grid", "4", "--resize", "stretch", "--out", str(out),
+                           "--tve", TVE], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rgb8 = (np.arange(16 * 16 * 3) % 256).astype(np.uint8).reshape(16, 16, 3)
+    png = tmp_path / "levels.png"
+    Image.fromarray(rgb8).save(png)
+    run = subprocess.run([TVE, "predict", str(png), "--model", str(out), "-k", str(rgb8.size), "--threads", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout.splitlines()[0])
+    theirs = np.zeros(rgb8.size, dtype=np.float32)
+    for entry in record["top_k"]:
+        theirs[entry["index"]] = np.float32(entry["logit"])  # JSON's double holds the float32 exactly
+    b = bundle.Bundle(out)
+    ours = R.load_input(b, png).flatten().numpy()
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32)), \
+        f"{int((ours != theirs).sum())} of {ours.size} values differ"
+    divided = b.normalise(torch.from_numpy(rgb8.astype(np.float32) / 255.0).permute(2, 0, 1)[None]).flatten().numpy()
+    assert not np.array_equal(divided, theirs)  # the test can tell the two conversions apart
