@@ -26,6 +26,14 @@ constexpr int kMaxInputSide = 4096;
 constexpr int kMaxGrid = 128;
 constexpr int kMaxEmbeddingDim = 65536;
 constexpr std::uintmax_t kMaxManifestBytes = 16u << 20;
+// Bounds on the manifest's real numbers: a value outside them is a typo or a broken export, and
+// would surface later as a numerical failure (a std of 1e-45 turns every pixel into infinity) or a
+// meaningless input (a crop fraction of 1e-6 shows the model one pixel). The ranges hold every
+// preprocessing in use: mean 0 and std 1/255 for models on 0..255 inputs, 0.5 and 0.5 for [-1,1].
+constexpr double kMinCropFraction = 0.1;
+constexpr double kMinStd = 1e-3;
+constexpr double kMaxStd = 100;
+constexpr double kMaxLambda = 1000;
 constexpr std::uintmax_t kMaxLabelsBytes = 16u << 20;
 
 // What kind of thing is at `file` when it is not the regular file the bundle needs; empty if it is one.
@@ -85,13 +93,19 @@ class ManifestReader {
     return static_cast<int>(value.get<long long>());
   }
 
-  double number(const json& object, const std::string& key, const std::string& where, double fallback) const {
+  // A number in [minimum, maximum]; `fallback` when the key is absent.
+  double number(const json& object, const std::string& key, const std::string& where, double fallback, double minimum,
+                double maximum) const {
     if (!object.contains(key)) return fallback;
     const json& value = object.at(key);
     if (!value.is_number() || !std::isfinite(value.get<double>())) {
       fail("'" + join(where, key) + "' must be a finite number, got " + value.dump());
     }
-    return value.get<double>();
+    const double given = value.get<double>();
+    if (!(given >= minimum && given <= maximum)) {
+      fail("'" + join(where, key) + "' is " + value.dump() + ", expected " + bound_text(minimum) + " to " + bound_text(maximum));
+    }
+    return given;
   }
 
   bool boolean(const json& object, const std::string& key, const std::string& where, bool fallback) const {
@@ -101,17 +115,23 @@ class ManifestReader {
     return value.get<bool>();
   }
 
-  std::array<float, 3> rgb_triple(const json& object, const std::string& key, const std::string& where,
-                                  bool must_be_positive) const {
+  // Three numbers, each in [minimum, maximum] (checked as written, before the cast to float).
+  std::array<float, 3> rgb_triple(const json& object, const std::string& key, const std::string& where, double minimum,
+                                  double maximum) const {
     const json& value = member(object, key, where);
     if (!value.is_array() || value.size() != 3) fail("'" + join(where, key) + "' must be a list of 3 numbers (R, G, B)");
     std::array<float, 3> out{};
+    static const char* const kChannels[] = {"R", "G", "B"};
     for (size_t i = 0; i < 3; ++i) {
-      if (!value[i].is_number() || !std::isfinite(value[i].get<float>())) {
+      if (!value[i].is_number() || !std::isfinite(value[i].get<double>())) {
         fail("'" + join(where, key) + "' must be a list of 3 finite numbers (R, G, B)");
       }
-      out[i] = value[i].get<float>();
-      if (must_be_positive && !(out[i] > 0.0f)) fail("'" + join(where, key) + "' must be positive");
+      const double given = value[i].get<double>();
+      if (!(given >= minimum && given <= maximum)) {
+        fail("'" + join(where, key) + "' has " + value[i].dump() + " for " + kChannels[i] + ", expected " + bound_text(minimum) +
+             " to " + bound_text(maximum));
+      }
+      out[i] = static_cast<float>(given);
     }
     return out;
   }
@@ -175,6 +195,12 @@ class ManifestReader {
   }
 
  private:
+  static std::string bound_text(double bound) {
+    std::ostringstream text;
+    text << bound;
+    return text.str();
+  }
+
   static std::string join(const std::string& where, const std::string& key) {
     return where.empty() ? key : where + "." + key;
   }
@@ -362,13 +388,13 @@ Manifest read_manifest(const fs::path& bundle_dir) {
     m.input.resize = ResizePolicy::Stretch;
   } else if (resize == "center_crop") {
     m.input.resize = ResizePolicy::CenterCrop;
-    m.input.crop_fraction = reader.number(input, "crop_fraction", "input", 0.875);
-    if (!(m.input.crop_fraction > 0.0 && m.input.crop_fraction <= 1.0)) reader.fail("'input.crop_fraction' must be in (0, 1]");
+    m.input.crop_fraction = reader.number(input, "crop_fraction", "input", 0.875, kMinCropFraction, 1.0);
   } else {
     reader.fail("'input.resize' is '" + resize + "', expected stretch or center_crop");
   }
-  m.input.mean = reader.rgb_triple(input, "mean", "input", false);
-  m.input.std = reader.rgb_triple(input, "std", "input", true);
+  // Pixels are in [0,1] before normalisation, so is their mean.
+  m.input.mean = reader.rgb_triple(input, "mean", "input", 0.0, 1.0);
+  m.input.std = reader.rgb_triple(input, "std", "input", kMinStd, kMaxStd);
 
   m.grid = reader.int_in_range(root, "grid", "", 1, kMaxGrid);
   m.radius = reader.int_in_range(root, "radius", "", 0, kMaxGrid);
@@ -383,8 +409,11 @@ Manifest read_manifest(const fs::path& bundle_dir) {
     spec.file = reader.bundle_file(e, "file", "explainer");
     spec.sha256 = reader.sha256(e, "explainer");
     spec.target_sha256 = reader.string(e, "target_sha256", "explainer");
-    spec.lambda_pos = reader.number(e, "lambda_pos", "explainer", 1.0);
-    spec.lambda_neg = reader.number(e, "lambda_neg", "explainer", 1.0);
+    spec.lambda_pos = reader.number(e, "lambda_pos", "explainer", 1.0, 0.0, kMaxLambda);
+    spec.lambda_neg = reader.number(e, "lambda_neg", "explainer", 1.0, 0.0, kMaxLambda);
+    if (spec.lambda_pos == 0 && spec.lambda_neg == 0) {
+      reader.fail("'explainer.lambda_pos' and 'explainer.lambda_neg' are both 0: every TVE map would be 0");
+    }
     spec.smooth = reader.boolean(e, "smooth", "explainer", true);
     m.explainer = spec;
   }
