@@ -9,11 +9,17 @@ On your own images (any classifier bundle, e.g. from scripts/make_bundle.py):
     torchrun --nproc_per_node 4 scripts/train_explainer.py --model my-bundle --images photos/ --device cuda
 
   The folder is read recursively (any sizes; the bundle's own preprocessing; files that do not
-  decode are skipped and counted). --holdout images (a seeded hash of their paths) are kept out of
-  training for the fidelity report at the end: TVE against exact windowed occlusion (and, with a
-  built tve, deletion AUC of tve against gradcam), printed and stored in the manifest's
-  provenance. The explainer is written into the bundle when the run ends (--no-export: keep only
-  the checkpoint). Run the same command again after a kill: it resumes from the last checkpoint.
+  decode are skipped and counted). Training fills a target bank (the encoder's exact masked
+  embeddings of --bank-images images, 32 centres each: the expensive part, each pass spent once)
+  and then fits the explainer to it for --steps steps; --time-budget plans both, and the report,
+  from costs measured in the first seconds, and holds the plan with deadlines. --holdout images (a
+  seeded hash of their paths) are kept out of training for the fidelity report at the end: TVE
+  against exact windowed occlusion next to trivial baselines (a centre map, the training images'
+  mean occlusion map, Grad-CAM) and, with a built tve, deletion AUC of tve against gradcam,
+  printed and stored in the manifest's provenance. The explainer is written into the bundle when
+  the run ends (--no-export: keep only the checkpoint; a bundle's explainer made by another run is
+  replaced only with --replace-explainer). Ctrl-C or SIGTERM: checkpoint, one line, exit 130/143;
+  run the same command again and it resumes. docs/own-model.md has the options and measurements.
 
 On the built-in EmojiScenes stream (how the shipped explainers were made, models/README.md):
 

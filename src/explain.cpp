@@ -154,7 +154,9 @@ json completed_record(const InputFile& input, const json& identity, const Explai
 OutputFormats parse_formats(const std::string& list) {
   OutputFormats formats{false, false, false};
   if (list == "none") return formats;
-  std::stringstream stream(list);
+  // An empty list or item ("", "npy,") would silently write less than asked: "none" says nothing.
+  if (list.empty()) throw InvalidArgument("--format is empty; expected overlay, npy, json (comma-separated) or none");
+  std::stringstream stream(list + ",");  // the extra comma makes a trailing empty item visible
   std::string item;
   while (std::getline(stream, item, ',')) {
     if (item == "overlay") formats.overlay = true;
@@ -246,6 +248,7 @@ json success_record(const ImageJob& job, const BatchResult& batch, int64_t row, 
   }
   record["model_evaluations"] = batch.cost.model_evaluations();
   record["cost"] = {{"forward_passes", batch.cost.forward_passes},
+    if (item.empty()) throw InvalidArgument("--format '" + list + "' has an empty item; expected overlay, npy, json (comma-separated) or none");
                     {"backward_passes", batch.cost.backward_passes},
                     {"explainer_passes", batch.cost.explainer_passes},
                     {"ms", batch.explain_ms}};

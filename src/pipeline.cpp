@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <future>
 #include <set>
@@ -160,7 +161,9 @@ std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std
       std::string line;
       while (std::getline(stdin_paths, line)) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (!line.empty()) collector.add(line);
+        // Blank and whitespace-only lines separate lists (a trailing newline, `echo`); no file is
+        // named only by spaces, so taking one as a path would only report a missing file.
+        if (line.find_first_not_of(" \t\v\f") != std::string::npos) collector.add(line);
       }
     } else {
       collector.add(input);
@@ -261,11 +264,14 @@ std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Sh
 
 fs::path mirrored_output_path(const fs::path& input) {
   fs::path out;
-  for (const auto& part : input.lexically_normal().relative_path()) {
+  const fs::path parts = input.lexically_normal().relative_path();
+  for (auto it = parts.begin(); it != parts.end(); ++it) {
+    const auto& part = *it;
     if (part == "..") {
       out /= "_parent_";
     } else if (part != "." && !part.empty()) {
-      out /= part;
+      // Folders exist under the same names; only the file's name grows a suffix.
+      out /= std::next(it) == parts.end() ? fs::path(output_base_name(part.string())) : part;
     }
   }
   return out;
@@ -292,6 +298,29 @@ bool decode(ImageJob& job, const InputSpec& spec, const BatchOptions& options) {
 // Decodes inputs from `cursor` on until the batch holds batch_size good images or inputs run out.
 // Failed and reused inputs ride along, up to a bound, so that a long run of them (a resumed run
 // skipping thousands of finished images) does not gather into one unbounded batch.
+std::string output_base_name(const std::string& name) {
+  if (name.size() <= kMaxOutputBaseBytes) return name;
+  // Outputs add up to 20 bytes to this name (".top1000.overlay.png") and a file system allows 255
+  // per name: a longer one keeps its first bytes, cut before a UTF-8 continuation byte, and a
+  // hash of the whole name (FNV-1a 64 and MurmurHash3's finaliser, as in_shard), so that distinct
+  // names stay distinct and every run names the same input alike.
+  uint64_t hash = 14695981039346656037ull;
+  for (const unsigned char byte : name) {
+    hash ^= byte;
+    hash *= 1099511628211ull;
+  }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdull;
+  hash ^= hash >> 33;
+  hash *= 0xc4ceb9fe1a85ec53ull;
+  hash ^= hash >> 33;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
+  size_t keep = kMaxOutputBaseBytes - 17;  // room for '~' and 16 hex digits
+  while (keep > 0 && (static_cast<unsigned char>(name[keep]) & 0xC0) == 0x80) --keep;
+  return name.substr(0, keep) + "~" + hex;
+}
+
 std::vector<ImageJob> decode_batch(const std::vector<InputFile>& inputs, size_t& cursor, const InputSpec& spec,
                                    const BatchOptions& options) {
   const size_t max_jobs = 4 * static_cast<size_t>(options.batch_size) + 64;

@@ -171,6 +171,10 @@ TEST(Explain, FormatsParse) {
   EXPECT_TRUE(formats.npy && formats.json);
   EXPECT_FALSE(parse_formats("none").npy);
   test::expect_error<InvalidArgument>([] { parse_formats("overlay,gif"); }, {"'gif'"});
+  // Nothing asked is not "none": an empty list or item is refused instead of writing less.
+  for (const char* list : {"", ",", "npy,", ",json", "overlay,,npy"}) {
+    test::expect_error<InvalidArgument>([&] { parse_formats(list); }, {"--format"});
+  }
 }
 
 }  // namespace

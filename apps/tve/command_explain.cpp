@@ -30,6 +30,7 @@ struct ExplainCliOptions {
   std::string formats = "overlay,npy,json";
   std::string colormap = "jet";
   double alpha = 0.5;
+  bool formats_given = false;  // --format on the command line, not the default
   int batch_size = 8;
   int64_t max_pixels = ImageLimits{}.max_pixels;
   std::string progress = "auto";
@@ -102,6 +103,10 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   if (options.class_spec) explain.class_index = resolve_class(head, *options.class_spec);
   explain.top_k = options.top_k;
   explain.batch.batch_size = options.batch_size;
+  if (options.formats_given && !options.out_dir && (explain.formats.overlay || explain.formats.npy || explain.formats.json)) {
+    // The files would go nowhere: say so instead of running and writing nothing.
+    throw InvalidArgument("--format " + options.formats + " writes files under --out, and no --out was given");
+  }
   explain.batch.limits.max_pixels = options.max_pixels;
   explain.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
 
@@ -150,7 +155,9 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
       ->excludes(class_option)
       ->capture_default_str();
   command->add_option("-o,--out", o.out_dir, "Output folder; mirrors the inputs' paths (nothing written without it)");
-  command->add_option("--format", o.formats, "What to write under --out: overlay,npy,json or none")->capture_default_str();
+  command->add_option("--format", o.formats, "What to write under --out: overlay,npy,json or none")
+      ->capture_default_str()
+      ->each([&o](const std::string&) { o.formats_given = true; });
   command->add_option("--colormap", o.colormap, "jet, turbo, inferno or viridis")
       ->check(CLI::IsMember({"jet", "turbo", "inferno", "viridis"}))
       ->capture_default_str();
