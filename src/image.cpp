@@ -4,10 +4,13 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "tve/error.hpp"
+#include "tve/log.hpp"
 
 namespace fs = std::filesystem;
 
@@ -95,6 +98,79 @@ ImageHeader webp_header(const std::vector<uint8_t>& b, const fs::path& file) {
   }
   if (starts_with(b, "VP8 ", 12)) return {ImageFormat::WebP, le16(b.data() + 26) & 0x3FFF, le16(b.data() + 28) & 0x3FFF};
   throw ImageError(file, "WebP has an unknown chunk layout");
+}
+
+// An animated WebP: OpenCV 4.6 decodes WebP with libwebp's still-image decoder, which refuses
+// animations (cv::imdecode returns nothing, and cv::imreadmulti has no WebP support before 4.11).
+// Its first frame is rebuilt here as a still WebP from the frame's own bitstream (an ANMF chunk
+// holds an optional ALPH chunk and a VP8 or VP8L one), decoded, and placed on the canvas at the
+// frame's offset; the canvas outside the frame is transparent, as before any frame is drawn.
+struct AnimatedWebP {
+  size_t frames = 0;
+  std::vector<uint8_t> first_frame;  // a still WebP file
+  int canvas_width = 0, canvas_height = 0, frame_x = 0, frame_y = 0;
+};
+
+std::optional<AnimatedWebP> animated_webp(const std::vector<uint8_t>& b, const fs::path& file) {
+  constexpr uint8_t kAnimationFlag = 0x02, kAlphaFlag = 0x10;
+  if (b.size() < 30 || !starts_with(b, "VP8X", 12) || !(b[20] & kAnimationFlag)) return std::nullopt;
+  AnimatedWebP out;
+  out.canvas_width = static_cast<int>(le24(b.data() + 24)) + 1;
+  out.canvas_height = static_cast<int>(le24(b.data() + 27)) + 1;
+  const size_t end = std::min<size_t>(b.size(), size_t{le32(b.data() + 4)} + 8);
+  for (size_t pos = 12; pos + 8 <= end;) {
+    const size_t size = le32(b.data() + pos + 4);
+    if (size > end - pos - 8) throw ImageError(file, "animated WebP is truncated (a chunk runs past the end of the file)");
+    if (std::memcmp(b.data() + pos, "ANMF", 4) == 0 && ++out.frames == 1) {
+      if (size < 16 + 8) throw ImageError(file, "animated WebP is corrupt (its first frame is empty)");
+      const uint8_t* frame = b.data() + pos + 8;
+      out.frame_x = 2 * static_cast<int>(le24(frame));
+      out.frame_y = 2 * static_cast<int>(le24(frame + 3));
+      std::vector<uint8_t> data(frame + 16, frame + size);  // ALPH? then VP8 or VP8L
+      const bool alpha = std::memcmp(data.data(), "ALPH", 4) == 0;
+      std::vector<uint8_t> still = {'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P'};
+      if (alpha) {  // a lossy frame with alpha needs the extended header
+        const uint32_t w = le24(frame + 6), h = le24(frame + 9);
+        const uint8_t vp8x[] = {'V', 'P', '8', 'X', 10, 0, 0, 0, kAlphaFlag, 0, 0, 0,
+                                static_cast<uint8_t>(w), static_cast<uint8_t>(w >> 8), static_cast<uint8_t>(w >> 16),
+                                static_cast<uint8_t>(h), static_cast<uint8_t>(h >> 8), static_cast<uint8_t>(h >> 16)};
+        still.insert(still.end(), std::begin(vp8x), std::end(vp8x));
+      }
+      still.insert(still.end(), data.begin(), data.end());
+      const auto riff_size = static_cast<uint32_t>(still.size() - 8);
+      for (int i = 0; i < 4; ++i) still[4 + static_cast<size_t>(i)] = static_cast<uint8_t>(riff_size >> (8 * i));
+      out.first_frame = std::move(still);
+    }
+    pos += 8 + size + (size & 1);  // chunks are padded to an even size
+  }
+  if (out.frames == 0) throw ImageError(file, "animated WebP has no frame");
+  return out;
+}
+
+cv::Mat decode_first_frame(const AnimatedWebP& animation, const fs::path& file) {
+  cv::Mat frame;
+  try {
+    frame = cv::imdecode(cv::_InputArray(animation.first_frame.data(), static_cast<int>(animation.first_frame.size())),
+                         cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    throw ImageError(file, "animated WebP: its first frame could not be decoded: " + e.msg);
+  }
+  if (frame.empty()) throw ImageError(file, "animated WebP: its first frame could not be decoded (corrupt or truncated data)");
+  const cv::Rect placed = cv::Rect(animation.frame_x, animation.frame_y, frame.cols, frame.rows) &
+                          cv::Rect(0, 0, animation.canvas_width, animation.canvas_height);
+  if (placed.x == 0 && placed.y == 0 && placed.width == animation.canvas_width && placed.height == animation.canvas_height &&
+      frame.cols == animation.canvas_width && frame.rows == animation.canvas_height) {
+    return frame;
+  }
+  cv::Mat bgra;
+  if (frame.channels() == 4) {
+    bgra = frame;
+  } else {
+    cv::cvtColor(frame, bgra, frame.channels() == 1 ? cv::COLOR_GRAY2BGRA : cv::COLOR_BGR2BGRA);
+  }
+  cv::Mat canvas = cv::Mat::zeros(animation.canvas_height, animation.canvas_width, CV_8UC4);
+  if (!placed.empty()) bgra(cv::Rect(0, 0, placed.width, placed.height)).copyTo(canvas(placed));
+  return canvas;
 }
 
 // Detects files cut short, which decoders often accept silently (libjpeg pads with grey).
@@ -221,12 +297,19 @@ Image load_image(const fs::path& file, const ImageLimits& limits) {
   // practice only JPEG carries; JPEG has no alpha, so it is read with flags that apply orientation.
   const int flags = header.format == ImageFormat::Jpeg ? (cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR) : cv::IMREAD_UNCHANGED;
   cv::Mat pixels;
-  try {
-    pixels = cv::imdecode(cv::_InputArray(bytes.data(), static_cast<int>(bytes.size())), flags);
-  } catch (const cv::Exception& e) {
-    throw ImageError(file, to_string(header.format) + " could not be decoded: " + e.msg);
+  if (const auto animation = header.format == ImageFormat::WebP ? animated_webp(bytes, file) : std::nullopt) {
+    pixels = decode_first_frame(*animation, file);
+    if (animation->frames > 1) {
+      logger().warn("{}: animated WebP of {} frames; only its first frame is used", file.string(), animation->frames);
+    }
+  } else {
+    try {
+      pixels = cv::imdecode(cv::_InputArray(bytes.data(), static_cast<int>(bytes.size())), flags);
+    } catch (const cv::Exception& e) {
+      throw ImageError(file, to_string(header.format) + " could not be decoded: " + e.msg);
+    }
+    if (pixels.empty()) throw ImageError(file, to_string(header.format) + " could not be decoded (corrupt or truncated data)");
   }
-  if (pixels.empty()) throw ImageError(file, to_string(header.format) + " could not be decoded (corrupt or truncated data)");
 
   if (pixels.channels() == 2) {  // gray + alpha, as some decoders return it
     cv::Mat channels[2];

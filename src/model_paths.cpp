@@ -8,6 +8,7 @@
 #include <set>
 
 #include "tve/error.hpp"
+#include "tve/log.hpp"
 
 namespace fs = std::filesystem;
 
@@ -45,8 +46,21 @@ BundleError model_file_error(const fs::path& path) {
 
 std::vector<fs::path> model_search_dirs(const std::optional<fs::path>& models_dir_option) {
   std::vector<fs::path> candidates;
-  if (models_dir_option) candidates.push_back(*models_dir_option);
-  if (const char* env = std::getenv(kModelsDirEnv); env && *env) candidates.emplace_back(env);
+  std::error_code checked;
+  if (models_dir_option) {
+    // A folder the user names must be there: skipping it would quietly load a bundle of the same
+    // name from another folder, or report a name as unknown without saying why.
+    if (models_dir_option->empty()) throw InvalidArgument("--models-dir is empty; give a folder of bundles");
+    if (!fs::is_directory(*models_dir_option, checked)) {
+      throw InvalidArgument("--models-dir " + models_dir_option->string() +
+                            (fs::exists(*models_dir_option, checked) ? ": not a folder" : ": folder does not exist"));
+    }
+    candidates.push_back(*models_dir_option);
+  }
+  if (const char* env = std::getenv(kModelsDirEnv); env && *env) {
+    if (!fs::is_directory(env, checked)) logger().warn("{}={} is not a folder; not searched for bundles", kModelsDirEnv, env);
+    candidates.emplace_back(env);
+  }
   if (const fs::path exe_dir = executable_dir(); !exe_dir.empty()) {
     candidates.push_back(exe_dir.parent_path() / TVE_INSTALL_MODELS_SUBDIR);
   }

@@ -6,8 +6,12 @@
 #include <torch/torch.h>
 
 #include <cctype>
+#include <cstring>
+#include <fstream>
+#include <opencv2/imgcodecs.hpp>
 
 #include "test_helpers.hpp"
+#include "tve/error.hpp"
 #include "tve/npy.hpp"
 
 namespace tve {
@@ -135,6 +139,97 @@ TEST(Display, EveryKindBecomesEightBitBgr) {
     EXPECT_EQ(display.type(), CV_8UC3) << name;
     EXPECT_EQ(display.size(), cv::Size(32, 32)) << name;
   }
+}
+
+
+// ---- animated WebP --------------------------------------------------------------------------
+
+void put24(std::vector<uint8_t>& out, uint32_t v) {
+  for (int i = 0; i < 3; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+void put32(std::vector<uint8_t>& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+void put_chunk(std::vector<uint8_t>& out, const char* fourcc, const std::vector<uint8_t>& payload) {
+  out.insert(out.end(), fourcc, fourcc + 4);
+  put32(out, static_cast<uint32_t>(payload.size()));
+  out.insert(out.end(), payload.begin(), payload.end());
+  if (payload.size() & 1) out.push_back(0);
+}
+
+// An animated WebP as the WebP container specification lays it out (VP8X with the animation flag,
+// ANIM, one ANMF per frame), each frame's bitstream made by OpenCV's still encoder. `offset` is
+// the first frame's position on the canvas (even numbers).
+std::vector<uint8_t> animated_webp(const std::vector<cv::Mat>& frames, cv::Size canvas, cv::Point offset, int quality) {
+  std::vector<uint8_t> file = {'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P'};
+  std::vector<uint8_t> vp8x = {0x02 | 0x10, 0, 0, 0};  // animation, alpha
+  put24(vp8x, static_cast<uint32_t>(canvas.width - 1));
+  put24(vp8x, static_cast<uint32_t>(canvas.height - 1));
+  put_chunk(file, "VP8X", vp8x);
+  put_chunk(file, "ANIM", {255, 255, 255, 255, 0, 0});
+  for (size_t f = 0; f < frames.size(); ++f) {
+    std::vector<uint8_t> still;
+    EXPECT_TRUE(cv::imencode(".webp", frames[f], still, {cv::IMWRITE_WEBP_QUALITY, quality}));
+    size_t from = 12;  // past RIFF and WEBP; an extended still header is the animation's to give
+    if (std::memcmp(still.data() + 12, "VP8X", 4) == 0) from += 8 + 10;
+    std::vector<uint8_t> anmf;
+    put24(anmf, static_cast<uint32_t>(f == 0 ? offset.x / 2 : 0));
+    put24(anmf, static_cast<uint32_t>(f == 0 ? offset.y / 2 : 0));
+    put24(anmf, static_cast<uint32_t>(frames[f].cols - 1));
+    put24(anmf, static_cast<uint32_t>(frames[f].rows - 1));
+    put24(anmf, 100);  // ms
+    anmf.push_back(0);
+    anmf.insert(anmf.end(), still.begin() + static_cast<std::ptrdiff_t>(from), still.end());
+    put_chunk(file, "ANMF", anmf);
+  }
+  const auto size = static_cast<uint32_t>(file.size() - 8);
+  for (int i = 0; i < 4; ++i) file[4 + static_cast<size_t>(i)] = static_cast<uint8_t>(size >> (8 * i));
+  return file;
+}
+
+void write_bytes(const std::filesystem::path& file, const std::vector<uint8_t>& bytes) {
+  std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+TEST(Decoding, AnimatedWebPGivesItsFirstFrame) {
+  test::TempDir tmp;
+  const cv::Mat red(12, 16, CV_8UC3, cv::Scalar(0, 0, 255)), blue(12, 16, CV_8UC3, cv::Scalar(255, 0, 0));
+  // Lossless (VP8L) and lossy (VP8) frames: both bitstreams a still WebP can hold.
+  for (const int quality : {101, 90}) {
+    const auto file = tmp / ("anim" + std::to_string(quality) + ".webp");
+    write_bytes(file, animated_webp({red, blue}, {16, 12}, {0, 0}, quality));
+    const Image image = load_image(file);
+    EXPECT_EQ(image.format, ImageFormat::WebP);
+    ASSERT_EQ(image.width(), 16);
+    ASSERT_EQ(image.height(), 12);
+    const cv::Scalar mean = cv::mean(image.pixels);
+    EXPECT_NEAR(mean[2], 255, 3) << quality;  // red: the first frame, not the blue second
+    EXPECT_NEAR(mean[0], 0, 3) << quality;
+  }
+}
+
+TEST(Decoding, AnimatedWebPFrameIsPlacedOnItsCanvas) {
+  test::TempDir tmp;
+  const cv::Mat red(6, 8, CV_8UC4, cv::Scalar(0, 0, 255, 255));
+  const auto file = tmp / "offset.webp";
+  write_bytes(file, animated_webp({red}, {16, 12}, {4, 2}, 101));
+  const Image image = load_image(file);
+  ASSERT_EQ(image.pixels.type(), CV_8UC4);
+  ASSERT_EQ(image.width(), 16);
+  EXPECT_EQ(image.pixels.at<cv::Vec4b>(0, 0)[3], 0);  // outside the frame: transparent
+  EXPECT_EQ(image.pixels.at<cv::Vec4b>(3, 6), cv::Vec4b(0, 0, 255, 255));
+  EXPECT_EQ(image.pixels.at<cv::Vec4b>(7, 11), cv::Vec4b(0, 0, 255, 255));
+  EXPECT_EQ(image.pixels.at<cv::Vec4b>(8, 12)[3], 0);
+}
+
+TEST(Decoding, AnimatedWebPCutShortNamesTheProblem) {
+  test::TempDir tmp;
+  const cv::Mat red(12, 16, CV_8UC3, cv::Scalar(0, 0, 255));
+  auto bytes = animated_webp({red, red}, {16, 12}, {0, 0}, 101);
+  bytes.resize(bytes.size() - 10);
+  const auto file = tmp / "cut.webp";
+  write_bytes(file, bytes);
+  test::expect_error<ImageError>([&] { load_image(file); }, {"cut.webp", "animated WebP is truncated"});
 }
 
 }  // namespace

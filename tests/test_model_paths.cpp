@@ -29,6 +29,14 @@ TEST(ModelPaths, EnvironmentVariableComesAfterTheOption) {
   EXPECT_EQ(dirs[1], fs::weakly_canonical(env.path()));
 }
 
+TEST(ModelPaths, AModelsDirThatIsNotAFolderIsRefused) {
+  TempDir tmp;
+  test::expect_error<InvalidArgument>([&] { model_search_dirs(tmp / "absent"); }, {"--models-dir", "absent", "does not exist"});
+  test::write_text(tmp / "file", "x");
+  test::expect_error<InvalidArgument>([&] { model_search_dirs(tmp / "file"); }, {"--models-dir", "not a folder"});
+  test::expect_error<InvalidArgument>([&] { model_search_dirs(fs::path()); }, {"--models-dir is empty"});
+}
+
 TEST(ModelPaths, NameFoundInTheFirstFolderThatHasIt) {
   TempDir tmp;
   test::copy_bundle("tiny-vit", tmp.path());

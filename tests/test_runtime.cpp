@@ -4,11 +4,13 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "test_helpers.hpp"
 #include "tve/bundle.hpp"
@@ -38,6 +40,15 @@ TEST(Threads, ForcedCountIsApplied) {
   test::expect_error<InvalidArgument>([] { choose_threads([] {}, 0); }, {"--threads"});
 }
 
+TEST(Threads, MoreThreadsThanCoresAreClamped) {
+  const int cores = available_cores();
+  const auto choice = choose_threads([] {}, 1000);
+  EXPECT_EQ(choice.settings, (ThreadSettings{cores, cores}));
+  EXPECT_EQ(at::get_num_threads(), cores);
+  EXPECT_NE(choice.reason.find("clamped"), std::string::npos) << choice.reason;
+  EXPECT_LE(cores, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+}
+
 TEST(Threads, MeasuredChoiceIsOneOfTheCandidatesAndApplied) {
   int calls = 0;
   const auto choice = choose_threads([&] { ++calls; }, std::nullopt);
@@ -50,7 +61,8 @@ TEST(Threads, DefaultForShortRunsIsAppliedWithoutMeasuring) {
   const auto choice = default_threads(std::nullopt);
   EXPECT_EQ(choice.settings, (ThreadSettings{1, available_cores()}));
   EXPECT_EQ(at::get_num_threads(), 1);
-  EXPECT_EQ(default_threads(2).settings, (ThreadSettings{2, 2}));  // --threads still wins
+  const int two = std::min(2, available_cores());
+  EXPECT_EQ(default_threads(2).settings, (ThreadSettings{two, two}));  // --threads still wins
 }
 
 TEST(Threads, CurrentSettingsAreTheAppliedOnes) {

@@ -14,7 +14,8 @@ namespace tve {
 
 inline constexpr const char* kModelsDirEnv = "TVE_MODELS_DIR";
 
-// The folders searched, in order, that exist.
+// The folders searched, in order, that exist. Throws InvalidArgument when `models_dir_option`
+// (--models-dir) is not an existing folder; warns when TVE_MODELS_DIR is not one.
 std::vector<std::filesystem::path> model_search_dirs(const std::optional<std::filesystem::path>& models_dir_option);
 
 // A path (contains a '/' or names an existing folder) is taken as is; a name is looked up in

@@ -66,7 +66,8 @@ struct ThreadChoice {
 // candidate and keeping the fastest. Two thread pools that both spin (LibTorch's OpenMP and
 // OpenBLAS's pthreads) can slow each other down: on 2 cores a ViT ran fastest with 1 LibTorch
 // thread and 2 BLAS threads, a ResNet with 2 and 2 (docs/performance.md). No single setting wins.
-// `forced` (--threads N) skips the measurement and uses N for both pools.
+// `forced` (--threads N) skips the measurement and uses N for both pools, at most one per usable
+// core (available_cores(); more is clamped, with a warning).
 ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced);
 
 // Without measuring: 1 LibTorch thread and one BLAS thread per core, the split that was fastest
@@ -74,6 +75,7 @@ ThreadChoice choose_threads(const std::function<void()>& workload, std::optional
 // run is too short for a measurement (a dozen forward passes) to pay for itself.
 ThreadChoice default_threads(std::optional<int> forced);
 
+// The cores this process may run on (its CPU affinity mask), at least 1.
 int available_cores();
 
 // Tells glibc's malloc to keep freed memory in the process: every block comes from its heap and
