@@ -295,9 +295,6 @@ bool decode(ImageJob& job, const InputSpec& spec, const BatchOptions& options) {
   return job.ok();
 }
 
-// Decodes inputs from `cursor` on until the batch holds batch_size good images or inputs run out.
-// Failed and reused inputs ride along, up to a bound, so that a long run of them (a resumed run
-// skipping thousands of finished images) does not gather into one unbounded batch.
 std::string output_base_name(const std::string& name) {
   if (name.size() <= kMaxOutputBaseBytes) return name;
   // Outputs add up to 20 bytes to this name (".top1000.overlay.png") and a file system allows 255
@@ -321,6 +318,9 @@ std::string output_base_name(const std::string& name) {
   return name.substr(0, keep) + "~" + hex;
 }
 
+// Decodes inputs from `cursor` on until the batch holds batch_size good images or inputs run out.
+// Failed and reused inputs ride along, up to a bound, so that a long run of them (a resumed run
+// skipping thousands of finished images) does not gather into one unbounded batch.
 std::vector<ImageJob> decode_batch(const std::vector<InputFile>& inputs, size_t& cursor, const InputSpec& spec,
                                    const BatchOptions& options) {
   const size_t max_jobs = 4 * static_cast<size_t>(options.batch_size) + 64;
