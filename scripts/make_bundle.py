@@ -5,6 +5,7 @@
     /usr/bin/python3 scripts/make_bundle.py --torchvision vit_b_16 --weights my.pth --head birds=birds.pth --out b
     /usr/bin/python3 scripts/make_bundle.py --timm deit_small_patch16_224 --weights my.pth --out b
     /usr/bin/python3 scripts/make_bundle.py --torchscript model.pt --labels labels.txt --image-size 224 --out b
+    /usr/bin/python3 scripts/make_bundle.py --wrapper convnext_wrapper.py --weights my.pth --out b
 
 --torchvision NAME: any torchvision ResNet, ViT or Swin classifier (resnet18..152, resnext, wide_resnet,
 vit_b_16..vit_h_14, swin_t/s/b, swin_v2_t/s/b). --timm NAME: timm's ResNet, ViT, DeiT and Swin models
@@ -14,6 +15,13 @@ a state dict saved with torch.save(model.state_dict()) (also inside {"state_dict
 seed-fixed random weights (--seed), for trying the pipeline. The encoder/head split, features()
 and its layout, input size, mean/std and resize policy come from the family; --image-size,
 --mean, --std, --resize, --crop-fraction, --grid and --radius override them.
+
+--wrapper FILE.py: any other classifier (ConvNeXt, EfficientNet, RegNet, MobileNet, timm CNNs):
+a Python file of yours with build(num_classes) and parts(net), which says where the network's
+stages, pooling and linear head are (docs/own-model.md, "Other architectures: the wrapper route").
+
+Weights files load as tensors only; a file that would run code when unpickled (a whole pickled
+model) is refused unless --trust-pickle (docs/bundle-format.md, "Trust model").
 
 --torchscript FILE: a scripted model that already has the bundle's methods (embed, head,
 forward; features, embed_features, classify for the gradient methods), copied as it is.
