@@ -262,6 +262,29 @@ std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Sh
   return out;
 }
 
+std::string output_base_name(const std::string& name) {
+  if (name.size() <= kMaxOutputBaseBytes) return name;
+  // Outputs add up to 20 bytes to this name (".top1000.overlay.png") and a file system allows 255
+  // per name: a longer one keeps its first bytes, cut before a UTF-8 continuation byte, and a
+  // hash of the whole name (FNV-1a 64 and MurmurHash3's finaliser, as in_shard), so that distinct
+  // names stay distinct and every run names the same input alike.
+  uint64_t hash = 14695981039346656037ull;
+  for (const unsigned char byte : name) {
+    hash ^= byte;
+    hash *= 1099511628211ull;
+  }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdull;
+  hash ^= hash >> 33;
+  hash *= 0xc4ceb9fe1a85ec53ull;
+  hash ^= hash >> 33;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
+  size_t keep = kMaxOutputBaseBytes - 17;  // room for '~' and 16 hex digits
+  while (keep > 0 && (static_cast<unsigned char>(name[keep]) & 0xC0) == 0x80) --keep;
+  return name.substr(0, keep) + "~" + hex;
+}
+
 fs::path mirrored_output_path(const fs::path& input) {
   fs::path out;
   const fs::path parts = input.lexically_normal().relative_path();
@@ -293,29 +316,6 @@ bool decode(ImageJob& job, const InputSpec& spec, const BatchOptions& options) {
   }
   job.decode_seconds = stopwatch.seconds();
   return job.ok();
-}
-
-std::string output_base_name(const std::string& name) {
-  if (name.size() <= kMaxOutputBaseBytes) return name;
-  // Outputs add up to 20 bytes to this name (".top1000.overlay.png") and a file system allows 255
-  // per name: a longer one keeps its first bytes, cut before a UTF-8 continuation byte, and a
-  // hash of the whole name (FNV-1a 64 and MurmurHash3's finaliser, as in_shard), so that distinct
-  // names stay distinct and every run names the same input alike.
-  uint64_t hash = 14695981039346656037ull;
-  for (const unsigned char byte : name) {
-    hash ^= byte;
-    hash *= 1099511628211ull;
-  }
-  hash ^= hash >> 33;
-  hash *= 0xff51afd7ed558ccdull;
-  hash ^= hash >> 33;
-  hash *= 0xc4ceb9fe1a85ec53ull;
-  hash ^= hash >> 33;
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
-  size_t keep = kMaxOutputBaseBytes - 17;  // room for '~' and 16 hex digits
-  while (keep > 0 && (static_cast<unsigned char>(name[keep]) & 0xC0) == 0x80) --keep;
-  return name.substr(0, keep) + "~" + hex;
 }
 
 // Decodes inputs from `cursor` on until the batch holds batch_size good images or inputs run out.
