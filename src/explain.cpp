@@ -159,6 +159,7 @@ OutputFormats parse_formats(const std::string& list) {
   std::stringstream stream(list + ",");  // the extra comma makes a trailing empty item visible
   std::string item;
   while (std::getline(stream, item, ',')) {
+    if (item.empty()) throw InvalidArgument("--format '" + list + "' has an empty item; expected overlay, npy, json (comma-separated) or none");
     if (item == "overlay") formats.overlay = true;
     else if (item == "npy") formats.npy = true;
     else if (item == "json") formats.json = true;
@@ -248,7 +249,6 @@ json success_record(const ImageJob& job, const BatchResult& batch, int64_t row, 
   }
   record["model_evaluations"] = batch.cost.model_evaluations();
   record["cost"] = {{"forward_passes", batch.cost.forward_passes},
-    if (item.empty()) throw InvalidArgument("--format '" + list + "' has an empty item; expected overlay, npy, json (comma-separated) or none");
                     {"backward_passes", batch.cost.backward_passes},
                     {"explainer_passes", batch.cost.explainer_passes},
                     {"ms", batch.explain_ms}};

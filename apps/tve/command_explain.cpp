@@ -78,6 +78,10 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   const auto golden = options.expect_file ? read_golden(*options.expect_file) : nlohmann::json();
   ExplainOptions explain;
   explain.formats = parse_formats(options.formats);
+  if (options.formats_given && !options.out_dir && (explain.formats.overlay || explain.formats.npy || explain.formats.json)) {
+    // The files would go nowhere: say so instead of running and writing nothing.
+    throw InvalidArgument("--format " + options.formats + " writes files under --out, and no --out was given");
+  }
   explain.overlay.colormap = parse_colormap(options.colormap);
   explain.overlay.alpha = options.alpha;
   explain.resume = options.resume;
@@ -103,10 +107,6 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   if (options.class_spec) explain.class_index = resolve_class(head, *options.class_spec);
   explain.top_k = options.top_k;
   explain.batch.batch_size = options.batch_size;
-  if (options.formats_given && !options.out_dir && (explain.formats.overlay || explain.formats.npy || explain.formats.json)) {
-    // The files would go nowhere: say so instead of running and writing nothing.
-    throw InvalidArgument("--format " + options.formats + " writes files under --out, and no --out was given");
-  }
   explain.batch.limits.max_pixels = options.max_pixels;
   explain.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
 

@@ -56,23 +56,23 @@ std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Sh
 // Where an input's outputs go under an output folder: the input path as given, made relative
 // (a leading '/' dropped, '..' spelt "_parent_"). Distinct inputs never share outputs, so equal
 // file names in different folders do not collide, and the tree under --out mirrors the inputs.
+// The file name is kept when it has at most kMaxOutputBaseBytes bytes; a longer one becomes
+// output_base_name(name), so that every output name (the name plus a suffix such as
+// ".top1000.overlay.png") and its temporary fit the file system's 255 bytes.
 std::filesystem::path mirrored_output_path(const std::filesystem::path& input);
+
+// A longer file name's first bytes (at most 183, cut at a UTF-8 character boundary), '~' and 16
+// hex digits of a 64-bit hash of the whole name; at most kMaxOutputBaseBytes bytes. Deterministic.
+constexpr size_t kMaxOutputBaseBytes = 200;
+std::string output_base_name(const std::string& name);
 
 bool has_image_extension(const std::filesystem::path& file);
 
 struct ImageJob {
   InputFile input;
   nlohmann::json previous;     // the record of an earlier run that already did this input (BatchOptions::reuse); null otherwise
-// The file name is kept when it has at most kMaxOutputBaseBytes bytes; a longer one becomes
-// output_base_name(name), so that every output name (the name plus a suffix such as
-// ".top1000.overlay.png") and its temporary fit the file system's 255 bytes.
   std::optional<Image> image;  // the decoded image, kept only when asked for (overlays)
   torch::Tensor tensor;        // [3,H,W] f32 RGB normalised; undefined when the image failed
-// A longer file name's first bytes (at most 183, cut at a UTF-8 character boundary), '~' and 16
-// hex digits of a 64-bit hash of the whole name; at most kMaxOutputBaseBytes bytes. Deterministic.
-constexpr size_t kMaxOutputBaseBytes = 200;
-std::string output_base_name(const std::string& name);
-
   std::string error;           // why it failed; empty on success
   double decode_seconds = 0;
 
