@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <tuple>
+#include <vector>
 
 #include "test_helpers.hpp"
 #include "tve/error.hpp"
@@ -34,6 +36,23 @@ TEST(Methods, MakeMethodByNameWithTheBundlesDefaults) {
   EXPECT_EQ(make_method("occlusion", bundle, settings)->parameters()["lambda_neg"], 0.25);
   EXPECT_EQ(make_method("occlusion", bundle)->parameters()["radius"], bundle.manifest().radius);
   test::expect_error<InvalidArgument>([&] { make_method("gradcam++-typo", bundle); }, {"unknown attribution method", "tve"});
+}
+
+// The cost a record states is the passes made: G*G per term of non-zero lambda (docs/methods.md).
+TEST(Methods, OcclusionCostsGSquaredPassesPerTermOfNonZeroLambda) {
+  Bundle bundle = tiny();
+  const int grid = bundle.manifest().grid;
+  Head& head = bundle.head("target");
+  const auto& input = bundle.manifest().input;
+  const auto images = torch::rand({2, 3, input.height, input.width});
+  const auto classes = torch::zeros({2, 1}, torch::kLong);
+  for (const auto& [lambda_pos, lambda_neg, terms] : std::vector<std::tuple<double, double, int>>{{1, 1, 2}, {1, 0, 1}, {0, 0.5, 1}}) {
+    MethodSettings settings;
+    settings.lambda_pos = lambda_pos;
+    settings.lambda_neg = lambda_neg;
+    const auto attribution = make_method("occlusion", bundle, settings)->explain(bundle, head, images, classes);
+    EXPECT_EQ(attribution.cost.forward_passes, terms * grid * grid) << lambda_pos << " " << lambda_neg;
+  }
 }
 
 TEST(Methods, TveNeedsAnExplainer) {

@@ -18,7 +18,7 @@ namespace tve {
 const std::vector<MethodEntry>& attribution_methods() {
   static const std::vector<MethodEntry> methods{
       {"tve", "one pass of the bundle's pre-trained explainer (the default)", &TveMethod::create},
-      {"occlusion", "windowed occlusion, exact: 2*G*G model passes per image", &WindowedOcclusion::create},
+      {"occlusion", "windowed occlusion, exact: G*G model passes per image and non-zero lambda", &WindowedOcclusion::create},
       {"gradcam", "Grad-CAM on the target's features(): 1 forward, 1 backward pass", &GradCam::create},
       {"gradcam++", "Grad-CAM++ on the target's features(): 1 forward, 1 backward pass", &GradCamPlusPlus::create},
       {"saliency", "input-gradient magnitude, summed per cell: 1 forward, 1 backward pass", &Saliency::create},

@@ -29,7 +29,7 @@ std::unique_ptr<AttributionMethod> TveMethod::create(const Bundle& bundle, const
                       "bundle has no explainer, so --method tve is unavailable. Train one on your own images (no labels "
                       "needed): /usr/bin/python3 scripts/train_explainer.py --model " + bundle.manifest().dir.string() +
                           " --images YOUR_IMAGES/ --time-budget 1h (docs/own-model.md). Meanwhile --method gradcam works "
-                          "in one pass, and --method occlusion is exact at 2*G*G passes per image");
+                          "in one pass, and --method occlusion is exact at G*G passes per image and non-zero lambda");
   }
   TveOptions options = defaults_for(bundle.manifest());
   if (settings.lambda_pos) options.lambda_pos = *settings.lambda_pos;

@@ -3,7 +3,8 @@
 // each cell k, e[k] = lambda_pos * h(E(x with only S_k kept))[c] - lambda_neg * h(E(x with S_k
 // removed))[c], where S_k is the (2r+1) x (2r+1) block of cells around k (clipped at the border)
 // and removed pixels take the baseline value 0 in normalised space (the mean colour).
-// 2 * G * G forward passes per image.
+// G * G forward passes per image for each term whose lambda is not 0 (a term weighted 0 is skipped):
+// 2 * G * G with both.
 
 #include <memory>
 
