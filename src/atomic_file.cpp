@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "tve/error.hpp"
 #include "tve/log.hpp"
@@ -41,6 +43,7 @@ const std::string& host_tag() {
     char name[256] = {};
     if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return std::string("host");
     std::string out(name);
+    out.resize(std::min<size_t>(out.size(), 64));  // leaves room for the file's name in 255 bytes
     for (auto& c : out) {
       if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
     }
@@ -112,9 +115,18 @@ AtomicFileWriter::AtomicFileWriter(fs::path file) : file_(std::move(file)) {
   // same folder (a job array on a shared file system) never share a temporary file and
   // half-written files are never mistaken for results.
   static thread_local std::mt19937_64 random{std::random_device{}()};
-  temporary_ = (file_.parent_path() / ("." + file_.filename().string() + "." + host_tag() + "-" + std::to_string(getpid()) +
-                                       "-" + std::to_string(random() % 1000000000) + std::string(kTemporarySuffix)))
-                   .string();
+  const std::string tag = "." + host_tag() + "-" + std::to_string(getpid()) + "-" + std::to_string(random() % 1000000000) +
+                          std::string(kTemporarySuffix);
+  // A name allows 255 bytes: the destination's name is cut to fit beside the tag (at a UTF-8
+  // character boundary); the tag alone identifies the temporary.
+  std::string name = file_.filename().string();
+  constexpr size_t kMaxNameBytes = 255;
+  if (1 + name.size() + tag.size() > kMaxNameBytes) {
+    size_t keep = kMaxNameBytes - 1 - tag.size();
+    while (keep > 0 && (static_cast<unsigned char>(name[keep]) & 0xC0) == 0x80) --keep;
+    name.resize(keep);
+  }
+  temporary_ = (file_.parent_path() / ("." + name + tag)).string();
   auto& registry = temporaries();
   std::lock_guard<std::mutex> lock(registry.mutex);
   fd_ = open(temporary_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
@@ -167,6 +179,23 @@ void write_file_atomically(const fs::path& file, std::string_view bytes) {
   AtomicFileWriter writer(file);
   writer.append(bytes);
   writer.commit();
+}
+
+std::vector<fs::path> stale_temporaries_of(const fs::path& file) {
+  std::vector<fs::path> found;
+  const std::string prefix = "." + file.filename().string() + ".";
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(file.parent_path().empty() ? fs::path(".") : file.parent_path(), ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::string host;
+    long pid = 0;
+    if (name.compare(0, prefix.size(), prefix) != 0 || !parse_temporary_name(name, host, pid)) continue;
+    std::error_code ignored;
+    if (host == host_tag() && !process_is_running(pid) && it->is_regular_file(ignored)) found.push_back(it->path());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
 }
 
 size_t remove_stale_temporaries(const fs::path& folder) {

@@ -6,9 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <set>
 
 #include "tve/error.hpp"
 #include "tve/image.hpp"
+#include "tve/log.hpp"
 #include "tve/stopwatch.hpp"
 
 namespace fs = std::filesystem;
@@ -59,10 +64,81 @@ torch::Tensor blurred(const torch::Tensor& image) {
   return x.squeeze(1);
 }
 
-json cost_record(const AttributionCost& cost, double ms, double forward_ms) {
+// The passes are per image; the time is the batch's, divided by its images (a method runs on the
+// whole batch at once), with the batch named so that it is counted once in the summary.
+json cost_record(const AttributionCost& cost, double ms, double forward_ms, const json& batch) {
   return {{"forward_passes", cost.forward_passes}, {"backward_passes", cost.backward_passes},
           {"explainer_passes", cost.explainer_passes}, {"ms", ms},
-          {"forward_equivalents", forward_ms > 0 ? ms / forward_ms : 0.0}};
+          {"forward_equivalents", forward_ms > 0 ? ms / forward_ms : 0.0}, {"batch", batch}};
+}
+
+// Adds one record of an image and method to its method's totals. Time and cost enter once per
+// batch, from the first record of that batch: copies of one measurement are not independent
+// samples, and a bootstrap over them would give intervals far too narrow.
+void add_to_totals(EvaluationReport& report, const json& record, std::set<std::string>& timed_batches) {
+  const auto& name = record.at("method").get_ref<const std::string&>();
+  auto& totals = report.totals[name];
+  auto& metrics = totals.metrics;
+  metrics["deletion_auc"].push_back(record.at("deletion_auc").get<double>());
+  metrics["insertion_auc"].push_back(record.at("insertion_auc").get<double>());
+  const auto& cost = record.at("cost");
+  const auto& batch = cost.at("batch");
+  if (timed_batches.insert(name + "/" + batch.at("run").get<std::string>() + "/" + batch.at("index").dump()).second) {
+    metrics["ms"].push_back(cost.at("ms").get<double>());
+    metrics["forward_equivalents"].push_back(cost.at("forward_equivalents").get<double>());
+  }
+  if (const auto fidelity = record.find("fidelity"); fidelity != record.end()) {
+    for (const char* key : {"spearman", "pearson", "top10_iou"}) metrics[key].push_back(fidelity->at(key).get<double>());
+  }
+  const auto& mask = record.at("mask");
+  if (mask.is_object() && mask.contains("pointing_hit")) {
+    metrics["pointing_game"].push_back(mask.at("pointing_hit").get<bool>() ? 1.0 : 0.0);
+    const auto& share = mask.at("above_median_share_on_object");
+    if (!share.is_null()) metrics["above_median_share_on_object"].push_back(share.get<double>());
+  }
+  const auto deletion = record.at("deletion_curve").get<std::vector<double>>();
+  const auto insertion = record.at("insertion_curve").get<std::vector<double>>();
+  if (totals.deletion_curve_sum.empty()) {
+    totals.deletion_curve_sum.assign(deletion.size(), 0.0);
+    totals.insertion_curve_sum.assign(insertion.size(), 0.0);
+  }
+  if (deletion.size() == totals.deletion_curve_sum.size() && insertion.size() == totals.insertion_curve_sum.size()) {
+    for (size_t s = 0; s < deletion.size(); ++s) {
+      totals.deletion_curve_sum[s] += deletion[s];
+      totals.insertion_curve_sum[s] += insertion[s];
+    }
+    ++totals.curves;
+  }
+}
+
+// An earlier run's records of one input, one per method asked in that order, when they are
+// complete and were made with these settings and parameters; null otherwise. A record with an
+// error (the image, its map or its mask) makes the input run again: the file may have been mended.
+json reusable_records(const std::vector<json>& records, const std::vector<std::string>& methods,
+                      const std::vector<json>& parameters, const json& settings) {
+  json out = json::array();
+  for (size_t m = 0; m < methods.size(); ++m) {
+    const json* found = nullptr;
+    for (const auto& record : records) {
+      if (record.contains("error") || record.value("method", "") != methods[m] || record.value("settings", json()) != settings ||
+          record.value("parameters", json()) != parameters[m] || !record.contains("deletion_auc")) {
+        continue;
+      }
+      const auto mask = record.value("mask", json());
+      if (mask.is_object() && mask.contains("error")) return nullptr;
+      found = &record;
+    }
+    if (found == nullptr) return nullptr;
+    out.push_back(*found);
+  }
+  return out;
+}
+
+std::string random_run_id() {
+  std::random_device source;
+  char text[17];
+  std::snprintf(text, sizeof text, "%08x%08x", source(), source());
+  return text;
 }
 
 }  // namespace
@@ -97,6 +173,21 @@ torch::Tensor object_share_per_cell(const fs::path& mask, int image_width, int i
   return mean_over_cells(pixels, grid);
 }
 
+std::map<std::string, std::vector<json>> read_previous_records(const std::vector<fs::path>& files) {
+  std::map<std::string, std::vector<json>> out;
+  for (const auto& file : files) {
+    std::ifstream in(file, std::ios::binary);
+    std::string line;
+    while (std::getline(in, line)) {
+      // A killed run may have left its last line cut: it does not parse and is skipped.
+      const json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!record.is_object() || !record.contains("input") || !record["input"].is_string()) continue;
+      out[record["input"].get<std::string>()].push_back(record);
+    }
+  }
+  return out;
+}
+
 EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<InputFile>& inputs,
                                 const EvaluationOptions& options, const EvaluationCallbacks& callbacks) {
   const Manifest& manifest = bundle.manifest();
@@ -105,18 +196,46 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
   report.methods = options.methods;
   report.curve_points = grid + 1;
   std::vector<std::unique_ptr<AttributionMethod>> methods;
-  for (const auto& name : options.methods) methods.push_back(make_method(name, bundle, options.method_settings));
+  std::vector<json> parameters;
+  for (const auto& name : options.methods) {
+    methods.push_back(make_method(name, bundle, options.method_settings));
+    parameters.push_back(methods.back()->parameters());
+  }
   // The reference maps: occlusion with the bundle's window and lambdas (TVE's target quantity),
   // shared with the "occlusion" entry when that is one of the methods and left at its defaults.
   std::unique_ptr<AttributionMethod> reference;
   if (options.fidelity) reference = make_method("occlusion", bundle);
   const auto reference_parameters = reference ? reference->parameters() : json();
+  std::optional<size_t> reference_index;
+  for (size_t m = 0; m < methods.size() && reference; ++m) {
+    if (methods[m]->name() == "occlusion" && parameters[m] == reference_parameters) reference_index = m;
+  }
 
+  const std::string run_id = random_run_id();
+  std::set<std::string> timed_batches;
+  int64_t batch_index = 0;
+  bool warmed_up = false;
   BatchOptions batch_options = options.batch;
   batch_options.keep_images = true;  // masks are matched to the image's own size and crop
+  if (!options.previous.empty()) {
+    batch_options.reuse = [&](const InputFile& input) {
+      const auto found = options.previous.find(input.path.string());
+      return found == options.previous.end() ? json() : reusable_records(found->second, options.methods, parameters, options.settings);
+    };
+  }
   size_t done = 0;
   read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
     for (const auto& job : jobs) {
+      if (job.reused()) {
+        for (const auto& record : job.previous) {
+          add_to_totals(report, record, timed_batches);
+          if (callbacks.on_record) callbacks.on_record(record);
+        }
+        if (job.previous[0].value("mask", json()).is_null()) ++report.without_mask;
+        ++report.images;
+        ++report.resumed;
+        continue;
+      }
       if (job.ok()) continue;
       ++report.failed;
       report.failures.emplace_back(job.input.path.string(), job.error);
@@ -125,6 +244,27 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
     const torch::Tensor images = stack_good(jobs, bundle.device());
     if (images.defined()) {
       const auto good = static_cast<double>(images.size(0));
+      auto pick_classes = [&](const torch::Tensor& logits) {
+        return (options.class_index ? torch::full({logits.size(0), 1}, *options.class_index, torch::kLong)
+                                    : logits.argmax(1, /*keepdim=*/true))
+            .to(bundle.device());
+      };
+      if (!warmed_up) {
+        // Untimed: the first calls of a TorchScript module profile and optimise its graph, and
+        // the first passes allocate; timing them made swin's first batch of occlusion cost 22.9
+        // forward passes per pass. One image through each method is enough.
+        warmed_up = true;
+        const auto one = images.slice(0, 0, 1);
+        torch::Tensor one_embeddings, one_logits;
+        {
+          torch::InferenceMode no_autograd;
+          one_embeddings = bundle.embed(one);
+          one_logits = head.logits(one_embeddings);
+        }
+        const auto one_classes = pick_classes(one_logits);  // outside inference mode, as below: gradients save it
+        for (auto& method : methods) method->explain(bundle, head, one, one_classes, one_embeddings);
+        if (reference && !reference_index) reference->explain(bundle, head, one, one_classes, one_embeddings);
+      }
       torch::Tensor embeddings, logits;
       const Stopwatch forward_clock;
       {
@@ -133,50 +273,51 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
         logits = head.logits(embeddings);
       }
       const double forward_ms = forward_clock.milliseconds() / good;
-      const auto classes = (options.class_index ? torch::full({images.size(0), 1}, *options.class_index, torch::kLong)
-                                                : logits.argmax(1, /*keepdim=*/true))
-                               .to(bundle.device());
+      const auto classes = pick_classes(logits);
       const auto probabilities = torch::softmax(logits.to(torch::kCPU, torch::kFloat32), 1);
+      const json batch{{"run", run_id}, {"index", batch_index++}, {"images", images.size(0)}};
 
       std::vector<Attribution> attributions;
       for (auto& method : methods) attributions.push_back(method->explain(bundle, head, images, classes, embeddings));
       torch::Tensor reference_maps;
       if (reference) {
-        for (size_t m = 0; m < methods.size(); ++m) {
-          if (methods[m]->name() == "occlusion" && methods[m]->parameters() == reference_parameters) {
-            reference_maps = attributions[m].maps;
-          }
-        }
-        if (!reference_maps.defined()) reference_maps = reference->explain(bundle, head, images, classes, embeddings).maps;
+        reference_maps = reference_index ? attributions[*reference_index].maps
+                                         : reference->explain(bundle, head, images, classes, embeddings).maps;
       }
 
       torch::InferenceMode no_autograd;
       int64_t row = 0;
       for (const auto& job : jobs) {
-        if (!job.ok()) continue;
+        if (!job.ok() || job.reused()) continue;
         const auto image = images[row];
         const int64_t cls = classes[row][0].item<int64_t>();
         std::optional<std::vector<double>> object_share;
         json mask_record;  // null: no mask
         for (const auto& candidate : mask_candidates(job.input.path, options.masks)) {
           std::error_code ec;
-          if (!fs::exists(candidate, ec)) continue;
+          const bool present = fs::exists(candidate, ec);
+          if (!present && !ec) continue;
           try {
+            if (ec) throw ImageError(candidate, "cannot check the mask: " + ec.message());
             object_share = to_vector(object_share_per_cell(candidate, job.image->width(), job.image->height(), manifest.input, grid));
             mask_record = {{"file", candidate.string()}};
           } catch (const Error& e) {
+            // Said on stderr and in the summary, not only in the records: a mask that cannot be
+            // used leaves its image without the localisation measures.
             mask_record = {{"file", candidate.string()}, {"error", e.what()}};
+            report.mask_failures.emplace_back(candidate.string(), e.what());
+            logger().warn("{}; {} is evaluated without a mask", e.what(), job.input.path.string());
           }
           break;
         }
+        if (mask_record.is_null()) ++report.without_mask;
         const auto start = options.insertion_from_blur ? blurred(image) : torch::zeros_like(image);
         for (size_t m = 0; m < methods.size(); ++m) {
           const auto& name = options.methods[m];
-          auto& totals = report.totals[name];
           const auto map = to_vector(attributions[m].maps[row][0]);
           if (!std::all_of(map.begin(), map.end(), [](double v) { return std::isfinite(v); })) {
             // Reported, not averaged in: one NaN would make every median of the method meaningless.
-            ++totals.non_finite;
+            ++report.totals[name].non_finite;
             if (callbacks.on_record) {
               callbacks.on_record({{"input", job.input.path.string()}, {"method", name}, {"error", "map is not finite"}});
             }
@@ -185,7 +326,8 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
           const auto [deletion, insertion] = deletion_insertion(bundle, head, image, cls, cells_by_attribution(map), start);
           json record{{"input", job.input.path.string()},
                       {"method", name},
-                      {"parameters", methods[m]->parameters()},
+                      {"parameters", parameters[m]},
+                      {"settings", options.settings},
                       {"class", {{"index", cls},
                                  {"label", head.spec.labels[static_cast<size_t>(cls)]},
                                  {"probability", probabilities[row][cls].item<double>()}}},
@@ -193,36 +335,20 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
                       {"insertion_auc", area_under_curve(insertion)},
                       {"deletion_curve", deletion},
                       {"insertion_curve", insertion}};
-          const double ms = 1e3 * attributions[m].seconds / good;
-          record["cost"] = cost_record(attributions[m].cost, ms, forward_ms);
-          auto& metrics = totals.metrics;
-          metrics["deletion_auc"].push_back(record["deletion_auc"]);
-          metrics["insertion_auc"].push_back(record["insertion_auc"]);
-          metrics["ms"].push_back(ms);
-          metrics["forward_equivalents"].push_back(record["cost"]["forward_equivalents"]);
+          record["cost"] = cost_record(attributions[m].cost, 1e3 * attributions[m].seconds / good, forward_ms, batch);
           if (reference_maps.defined()) {
             const auto occlusion = to_vector(reference_maps[row][0]);
             record["fidelity"] = {{"spearman", spearman(map, occlusion)},
                                   {"pearson", pearson(map, occlusion)},
                                   {"top10_iou", top_fraction_iou(map, occlusion, 0.1)}};
-            for (const char* key : {"spearman", "pearson", "top10_iou"}) metrics[key].push_back(record["fidelity"][key]);
           }
           record["mask"] = mask_record;
           if (object_share) {
             record["mask"]["pointing_hit"] = pointing_game_hit(map, *object_share);
-            record["mask"]["positive_share_in_mask"] = positive_share_in_mask(map, *object_share);
-            metrics["pointing_game"].push_back(record["mask"]["pointing_hit"].get<bool>() ? 1.0 : 0.0);
-            metrics["positive_share_in_mask"].push_back(record["mask"]["positive_share_in_mask"]);
+            const auto share = above_median_share_on_object(map, *object_share);
+            record["mask"]["above_median_share_on_object"] = share ? json(*share) : json(nullptr);
           }
-          if (totals.deletion_curve_sum.empty()) {
-            totals.deletion_curve_sum.assign(deletion.size(), 0.0);
-            totals.insertion_curve_sum.assign(insertion.size(), 0.0);
-          }
-          for (size_t s = 0; s < deletion.size(); ++s) {
-            totals.deletion_curve_sum[s] += deletion[s];
-            totals.insertion_curve_sum[s] += insertion[s];
-          }
-          ++totals.curves;
+          add_to_totals(report, record, timed_batches);
           if (callbacks.on_record) callbacks.on_record(record);
         }
         ++report.images;

@@ -3,6 +3,7 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -25,9 +26,9 @@ const MetricColumn kColumns[] = {
     {"pearson", "Pearson vs occlusion", false},
     {"top10_iou", "top-10% IoU vs occlusion", false},
     {"pointing_game", "pointing game (hit rate)", true},
-    {"positive_share_in_mask", "positive share on object", false},
-    {"ms", "ms / image", false},
-    {"forward_equivalents", "cost (forward passes)", false},
+    {"above_median_share_on_object", "share above median on object", false},
+    {"ms", "ms / image (per batch)", false},
+    {"forward_equivalents", "cost (forward passes, per batch)", false},
 };
 
 IntervalEstimate estimate(const MetricColumn& column, const std::vector<double>& values) {
@@ -80,8 +81,15 @@ void draw_panel(cv::Mat& canvas, const cv::Rect& area, const std::string& title,
 }  // namespace
 
 nlohmann::json EvaluationReport::summary() const {
-  nlohmann::json out{{"images", images}, {"failed", failed}, {"failures", nlohmann::json::array()}, {"methods", nlohmann::json::object()}};
+  nlohmann::json out{{"images", images},
+                     {"resumed", resumed},
+                     {"failed", failed},
+                     {"failures", nlohmann::json::array()},
+                     {"mask_failures", nlohmann::json::array()},
+                     {"images_without_mask", without_mask},
+                     {"methods", nlohmann::json::object()}};
   for (const auto& [input, error] : failures) out["failures"].push_back({{"input", input}, {"error", error}});
+  for (const auto& [mask, error] : mask_failures) out["mask_failures"].push_back({{"mask", mask}, {"error", error}});
   for (const auto& name : methods) {
     nlohmann::json per_metric = nlohmann::json::object();
     const auto found = totals.find(name);
@@ -128,8 +136,14 @@ std::string EvaluationReport::markdown_table() const {
     }
     table << '\n';
   }
+  size_t batches = 0;
+  for (const auto& [name, method_totals] : totals) {
+    const auto ms = method_totals.metrics.find("ms");
+    if (ms != method_totals.metrics.end()) batches = std::max(batches, ms->second.size());
+  }
   table << "\n" << images << " image(s)" << (failed ? ", " + std::to_string(failed) + " failed" : std::string())
-        << "; median [95% bootstrap interval] per image (pointing game: hit rate).\n";
+        << "; median [95% bootstrap interval] per image (pointing game: hit rate); time and cost per image of a batch, "
+        << batches << " batch(es), the interval over batches.\n";
   return table.str();
 }
 

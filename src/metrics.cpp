@@ -101,15 +101,20 @@ bool pointing_game_hit(const std::vector<double>& map, const std::vector<double>
   return object_share[static_cast<size_t>(cells_by_attribution(map).front())] > 0;
 }
 
-double positive_share_in_mask(const std::vector<double>& map, const std::vector<double>& object_share) {
+std::optional<double> above_median_share_on_object(const std::vector<double>& map, const std::vector<double>& object_share) {
   require_same_size(map, object_share);
+  // Measured from the map's own median, not from 0: maps that differ by a constant (TVE's
+  // explainers with forward_with_embedding, docs/bundle-format.md) rank and point alike, and must
+  // score alike here too.
+  const double median = median_of(map);
   double inside = 0, total = 0;
   for (size_t k = 0; k < map.size(); ++k) {
-    const double positive = std::max(map[k], 0.0);
-    inside += positive * object_share[k];
-    total += positive;
+    const double above = std::max(map[k] - median, 0.0);
+    inside += above * object_share[k];
+    total += above;
   }
-  return total > 0 ? inside / total : 0;
+  if (!(total > 0)) return std::nullopt;  // a flat map points nowhere
+  return inside / total;
 }
 
 namespace {

@@ -37,9 +37,18 @@ TEST(Metrics, PointingGameAndShareOnTheObject) {
   const std::vector<double> map{0.1, 3, -2, 1}, object{0, 0.5, 1, 0};
   EXPECT_TRUE(pointing_game_hit(map, object));
   EXPECT_FALSE(pointing_game_hit({5, 3, -2, 1}, object));
-  // Positive mass 0.1 + 3 + 1 = 4.1, on the object 3 * 0.5 = 1.5 (the negative cell counts for nothing).
-  EXPECT_NEAR(positive_share_in_mask(map, object), 1.5 / 4.1, 1e-12);
-  EXPECT_EQ(positive_share_in_mask({-1, -2, -3, -4}, object), 0.0);
+  // Median 0.55: mass above it 2.45 + 0.45 = 2.9, on the object 2.45 * 0.5 = 1.225.
+  EXPECT_NEAR(*above_median_share_on_object(map, object), 1.225 / 2.9, 1e-12);
+  // A constant offset or a positive scale decides nothing: an all-negative map scores as its
+  // shifted copy (the old "positive share" gave 0 for every such map).
+  for (const double offset : {-100.0, -3.5, 0.0, 42.0}) {
+    std::vector<double> shifted;
+    for (const double v : map) shifted.push_back(3 * v + offset);
+    EXPECT_NEAR(*above_median_share_on_object(shifted, object), 1.225 / 2.9, 1e-12) << offset;
+  }
+  // {-1,-2,-3,-4}: median -2.5, mass above 1.5 + 0.5, on the object 0.5 * 0.5.
+  EXPECT_NEAR(*above_median_share_on_object({-1, -2, -3, -4}, object), 0.25 / 2.0, 1e-12);
+  EXPECT_FALSE(above_median_share_on_object({-7, -7, -7, -7}, object).has_value());  // flat: no ranking to score
 }
 
 TEST(Metrics, BootstrapIntervalsHoldTheEstimateAndAreReproducible) {

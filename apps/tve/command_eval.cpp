@@ -31,14 +31,40 @@ struct EvalCliOptions {
   int batch_size = 8;
   int64_t max_pixels = ImageLimits{}.max_pixels;
   std::string progress = "auto";
+  bool resume = false;
 };
 
 int run(const CommonOptions& common, EvalCliOptions& options) {
   const fs::path out(options.out_dir);
+  if (options.masks) {
+    // A --masks that names nothing would only leave every image without its mask, unsaid.
+    std::error_code ec;
+    if (options.masks->empty()) throw InvalidArgument("--masks is empty; give the folder of <stem>.mask.png files");
+    if (!fs::is_directory(*options.masks, ec)) {
+      throw InvalidArgument("--masks " + *options.masks +
+                            (fs::exists(*options.masks, ec) ? ": not a folder" : ": folder does not exist"));
+    }
+  }
+  // What a run killed outright (kill -9) wrote of results.jsonl is under a temporary name, which
+  // preparing the folder removes: --resume reads it first, with a finished run's results.jsonl.
+  std::vector<fs::path> previous_files;
+  if (options.resume) {
+    previous_files = stale_temporaries_of(out / "results.jsonl");
+    std::error_code ec;
+    if (fs::is_regular_file(out / "results.jsonl", ec)) previous_files.push_back(out / "results.jsonl");
+  }
+  auto previous = read_previous_records(previous_files);
   prepare_output_folder(out);  // an unusable --out is exit 7 before any model work
   std::vector<InputFile> inputs;
   size_t masks_skipped = 0;
-  for (auto& input : expand_inputs(options.inputs, std::cin, {out})) {
+  // --out may be the images' folder: its images are inputs, eval's own outputs are not.
+  InputScanOptions scan;
+  scan.skip_folder = out;
+  scan.is_output = [](const std::string& name) {
+    return name == "results.jsonl" || name == "summary.json" || name == "table.md" || name == "curves.png" ||
+           is_temporary_output_name(name);
+  };
+  for (auto& input : expand_inputs(options.inputs, std::cin, scan)) {
     if (input.error.empty() && is_mask_file(input.path)) {
       ++masks_skipped;  // a mask beside its image is not an image to evaluate
     } else {
@@ -62,6 +88,15 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   evaluation.batch.batch_size = options.batch_size;
   evaluation.batch.limits.max_pixels = options.max_pixels;
   evaluation.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  // Records of another model, head or protocol are never mixed into this run's results.
+  evaluation.settings = {{"model_sha256", bundle.manifest().target.sha256},
+                         {"explainer_sha256", bundle.manifest().explainer ? nlohmann::json(bundle.manifest().explainer->sha256) : nlohmann::json()},
+                         {"head_sha256", head.spec.sha256},
+                         {"class", options.class_spec ? nlohmann::json(*options.class_spec) : nlohmann::json()},
+                         {"masks", options.masks ? nlohmann::json(*options.masks) : nlohmann::json()},
+                         {"insertion_start", options.insertion_start},
+                         {"fidelity", evaluation.fidelity}};
+  evaluation.previous = std::move(previous);
   logger().info("evaluating {} on {} image(s) of head '{}'{}", fmt::join(options.methods, ", "), inputs.size(),
                 head.spec.name, masks_skipped ? fmt::format(" ({} mask file(s) not taken as images)", masks_skipped) : "");
 
@@ -80,6 +115,7 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   summary["head"] = head.spec.name;
   summary["insertion_start"] = options.insertion_start;
   summary["fidelity_reference"] = evaluation.fidelity ? nlohmann::json("occlusion") : nlohmann::json(nullptr);
+  summary["settings"] = evaluation.settings;
   write_file_atomically(out / "summary.json", summary.dump(2) + "\n");
   const std::string table = report.markdown_table();
   write_file_atomically(out / "table.md", table);
@@ -87,9 +123,17 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   std::cout << table;
   std::cout.flush();
   if (!std::cout) throw OutputError("stdout", "cannot write the table");
-  logger().info("{} image(s) evaluated, {} failed; results.jsonl, summary.json, table.md and curves.png in {}", report.images,
-                report.failed, out.string());
-  return exit_code_for(report.images, report.failed);
+  logger().info("{} image(s) evaluated{}, {} failed; results.jsonl, summary.json, table.md and curves.png in {}", report.images,
+                report.resumed ? " (" + std::to_string(report.resumed) + " by an earlier run)" : "", report.failed, out.string());
+  if (options.masks && report.without_mask) {
+    logger().warn("{} of {} image(s) have no mask under {}", report.without_mask, report.images, *options.masks);
+  }
+  const int code = exit_code_for(report.images, report.failed);
+  if (code == kSuccess && !report.mask_failures.empty()) {
+    logger().error("{} mask(s) could not be used (summary.json, \"mask_failures\")", report.mask_failures.size());
+    return kSomeInputsFailed;  // part of what was asked (the localisation measures) was not done
+  }
+  return code;
 }
 
 }  // namespace
@@ -111,11 +155,15 @@ Command add_eval_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("--insertion-start", o.insertion_start, "What insertion starts from: baseline (mean colour) or blur")
       ->check(CLI::IsMember({"baseline", "blur"}))
       ->capture_default_str();
-  command->add_flag("--no-fidelity", o.no_fidelity, "Skip the comparison with exact windowed occlusion (2*G*G passes per image)");
+  command->add_flag("--no-fidelity", o.no_fidelity,
+                    "Skip the comparison with exact windowed occlusion (G*G passes per image and term of non-zero lambda)");
   command->add_option("-o,--out", o.out_dir, "Output folder: results.jsonl, summary.json, table.md, curves.png")->required();
   add_batch_size_option(command, o.batch_size);
   add_max_pixels_option(command, o.max_pixels);
   add_progress_option(command, o.progress);
+  command->add_flag("--resume", o.resume,
+                    "Keep the records of an earlier run into --out (finished, or killed) made with the same settings; "
+                    "evaluate the rest");
   add_common_options(command, common);
   return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
 }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tve {
 
@@ -39,6 +40,11 @@ class AtomicFileWriter {
 // Whether `filename` is a temporary name of write_file_atomically: ".<name>.<host>-<pid>-<n>.tve.tmp"
 // (and ".<name>.<pid>.<n>.tmp", the naming of tve 0.x before the host was part of it).
 bool is_temporary_output_name(const std::string& filename);
+
+// The temporaries of `file` (in its folder) left by processes of this host that no longer run: what
+// a killed run had written of it, complete up to the last whole write (tve eval --resume reads its
+// records). Sorted by name.
+std::vector<std::filesystem::path> stale_temporaries_of(const std::filesystem::path& file);
 
 // Removes, under `folder` (recursively), the temporaries left by tve processes of this host that
 // no longer run. Temporaries of live processes and of other hosts (a shared file system written by

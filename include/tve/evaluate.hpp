@@ -2,8 +2,9 @@
 // tve eval: how faithful each attribution method is on a set of images, and what it costs
 // (docs/methods.md, "tve eval"). Per image and method: deletion and insertion curves of the
 // explained class's probability, agreement with exact windowed occlusion, and with object masks
-// the pointing game and the share of positive attribution on the object. The run streams like
-// explain: a batch of images in memory at a time, bad images reported and skipped.
+// the pointing game and the share of the map's mass above its median on the object. The run
+// streams like explain: a batch of images in memory at a time, bad images reported and skipped.
+// Time is measured per batch, after a warm-up of every method on one image.
 
 #include <cstdint>
 #include <filesystem>
@@ -31,7 +32,19 @@ struct EvaluationOptions {
   bool insertion_from_blur = false;             // insertion starts from a blurred image instead of the baseline
   bool fidelity = true;                         // compare every map with exact windowed occlusion
   BatchOptions batch;
+  // What, beyond each record's method and parameters, makes two runs' records interchangeable
+  // (model, explainer and head hashes, insertion start, fidelity, class and masks asked for):
+  // written into every record as "settings", and compared on resume.
+  nlohmann::json settings = nlohmann::json::object();
+  // Records of earlier runs by input path (as given), for resume: an input whose records there are
+  // complete (one per method asked, none an error) and made with these settings and parameters is
+  // not evaluated again; its records are passed on and counted as they are.
+  std::map<std::string, std::vector<nlohmann::json>> previous;
 };
+
+// Records of earlier runs found in `files` (results.jsonl files, or what a killed run had written
+// of one), by input: lines that do not parse (a line cut by kill -9) are skipped.
+std::map<std::string, std::vector<nlohmann::json>> read_previous_records(const std::vector<std::filesystem::path>& files);
 
 // Where the mask of `image` may be, in order of preference: <stem>.mask.png beside it (or, with
 // `masks`, at the image's mirrored path under that folder, then directly in it).
@@ -46,7 +59,9 @@ torch::Tensor object_share_per_cell(const std::filesystem::path& mask, int image
                                     const InputSpec& spec, int grid);
 
 struct MethodTotals {
-  std::map<std::string, std::vector<double>> metrics;  // per metric, one value per image
+  // Per metric, one value per image; for "ms" and "forward_equivalents", which are measured once
+  // per batch (a method runs on the whole batch), one value per batch.
+  std::map<std::string, std::vector<double>> metrics;
   std::vector<double> deletion_curve_sum, insertion_curve_sum;
   int64_t curves = 0;
   int64_t non_finite = 0;  // images whose map had a NaN or infinity: reported, left out of the metrics
@@ -55,9 +70,12 @@ struct MethodTotals {
 struct EvaluationReport {
   std::vector<std::string> methods;  // in the order asked
   std::map<std::string, MethodTotals> totals;
-  size_t images = 0;  // evaluated
+  size_t images = 0;   // evaluated, resumed ones included
+  size_t resumed = 0;  // of those, evaluated by an earlier run
   size_t failed = 0;
-  std::vector<std::pair<std::string, std::string>> failures;  // input, error
+  std::vector<std::pair<std::string, std::string>> failures;       // input, error
+  std::vector<std::pair<std::string, std::string>> mask_failures;  // mask file, error: its image was evaluated without it
+  size_t without_mask = 0;  // evaluated images for which no mask file was found
   int curve_points = 0;
   nlohmann::json summary() const;  // per method and metric: median, 95% interval, count
   std::string markdown_table() const;

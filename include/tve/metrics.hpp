@@ -4,6 +4,7 @@
 // they are easy to test and to reuse.
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace tve {
@@ -28,9 +29,12 @@ double area_under_curve(const std::vector<double>& curve);
 // that cell > 0). object_share[k] is the fraction of cell k's pixels inside the object mask.
 bool pointing_game_hit(const std::vector<double>& map, const std::vector<double>& object_share);
 
-// The share of the positive attribution that falls on the object: sum_k max(m_k,0) s_k /
-// sum_k max(m_k,0), each cell's positive mass split by its object share s_k. 0 without positive mass.
-double positive_share_in_mask(const std::vector<double>& map, const std::vector<double>& object_share);
+// The share of the map's mass above its median that falls on the object:
+// sum_k max(m_k - med, 0) s_k / sum_k max(m_k - med, 0), med = the median of the cells, each
+// cell's mass split by its object share s_k. Adding a constant to the map or scaling it by a
+// positive factor leaves it unchanged (where the zero falls decides nothing). Nothing for a map
+// with no cell above its median (a flat map).
+std::optional<double> above_median_share_on_object(const std::vector<double>& map, const std::vector<double>& object_share);
 
 // A statistic of `values` and a 95% interval for it: the 2.5th and 97.5th percentiles of the
 // statistic over `resamples` bootstrap resamples (seeded, so a report is reproducible). The median

@@ -466,7 +466,7 @@ for r in good:
     if r["method"] == "occlusion":
         assert r["fidelity"]["spearman"] > 0.999 and r["cost"]["forward_passes"] == 32
     if r["input"].endswith("cat.jpg"):
-        assert r["mask"]["file"].endswith("cat.mask.png") and 0 <= r["mask"]["positive_share_in_mask"] <= 1
+        assert r["mask"]["file"].endswith("cat.mask.png") and 0 <= r["mask"]["above_median_share_on_object"] <= 1
         assert isinstance(r["mask"]["pointing_hit"], bool)
     else:
         assert "7x7" in r["mask"]["error"] and "pointing_hit" not in r["mask"], r["mask"]
