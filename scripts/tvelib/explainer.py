@@ -105,8 +105,11 @@ class TrunkExplainer(nn.Module):
         gathering those cells from it. Training supervises K of the G*G cells, and the output
         projection to 2D channels (D 2048 for a ResNet-50) is most of a fitting step's cost."""
         h = self.blocks(self.inp(self.to_map(f)))  # [B,width,G,G]
-        h = F.gelu(self.norm(h)).flatten(2).transpose(1, 2)  # [B,G*G,width], norm over all cells
-        h = h.gather(1, cells.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [B,K,width]
+        h = F.gelu(self.norm(h)).flatten(2)  # [B,width,G*G], normalised over all cells
+        # Gathered channels-first, then transposed: with the transpose first, the gradient reaching
+        # GroupNorm is non-contiguous, and Debian's torch 1.13 CPU kernel then returns a wrong one
+        # (test_outputs_at_the_drawn_cells_equal_the_full_map compares the gradients too).
+        h = h.gather(2, cells.unsqueeze(1).expand(-1, h.shape[1], -1)).transpose(1, 2)  # [B,K,width]
         raw = F.linear(h, self.out.weight.flatten(1), self.out.bias)  # the 1x1 conv at those cells
         psi = raw * self.std + self.mean
         return psi[..., : self.embedding_dim], psi[..., self.embedding_dim:]

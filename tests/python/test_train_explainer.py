@@ -319,7 +319,16 @@ def test_outputs_at_the_drawn_cells_equal_the_full_map():
     cells = torch.tensor([[0, 5, 15], [3, 3, 9], [1, 2, 4]])
     with torch.no_grad():
         f = model.trunk(x)
-        full_pos, full_neg = model.from_features(f)
-        pos, neg = model.from_features_at(f, cells)
+    full_pos, full_neg = model.from_features(f)
+    pos, neg = model.from_features_at(f, cells)
     assert torch.allclose(pos, explainer_training.at_cells(full_pos, cells), atol=1e-5)
     assert torch.allclose(neg, explainer_training.at_cells(full_neg, cells), atol=1e-5)
+    # ...and so must the gradients that train it (a transposed gradient into GroupNorm came back
+    # 100x wrong from Debian's torch 1.13 before from_features_at gathered channels-first)
+    weights = torch.randn_like(pos), torch.randn_like(neg)
+    trained = [p for name, p in model.named_parameters() if not name.startswith(("trunk", "rest"))]
+    expected = torch.autograd.grad((explainer_training.at_cells(full_pos, cells) * weights[0]).sum()
+                                   + (explainer_training.at_cells(full_neg, cells) * weights[1]).sum(), trained)
+    got = torch.autograd.grad((pos * weights[0]).sum() + (neg * weights[1]).sum(), trained)
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, rtol=1e-4, atol=1e-5)
