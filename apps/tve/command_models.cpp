@@ -18,6 +18,24 @@ struct ModelsCliOptions {
   std::vector<std::string> models;  // only these bundles (names or folders); empty: all found
 };
 
+// "explainer fidelity 0.812 (Spearman vs exact occlusion, 20 held-out images); best baseline centre
+// 0.640, gain +0.172": what scripts/train_explainer.py measured on the user's held-out images, next
+// to the trivial maps it must beat (docs/own-model.md). Empty when the bundle has no such report.
+std::string fidelity_summary(const nlohmann::json& provenance) {
+  if (!provenance.is_object() || !provenance.contains("explainer")) return {};
+  const auto& fidelity = provenance["explainer"].value("fidelity", nlohmann::json::object());
+  const auto& gain = fidelity.value("gain_over_baselines", nlohmann::json::object());
+  if (!gain.is_object() || !gain.contains("tve") || !gain.contains("gain")) return {};
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "  explainer fidelity %.3f (Spearman vs exact occlusion, %d held-out images); best baseline %s %.3f, "
+                "gain %+.3f%s\n",
+                gain.value("tve", 0.0), fidelity.value("held_out_images", 0),
+                gain.value("best_baseline", std::string("?")).c_str(), gain.value("best_baseline_spearman", 0.0),
+                gain.value("gain", 0.0), gain.value("gain", 0.0) <= 0.05 ? "  (NOT clearly better than the baseline)" : "");
+  return line;
+}
+
 void print_row(const BundleListing& listing) {
   if (!listing.manifest) {
     std::printf("%-16s INVALID: %s\n", listing.dir.filename().string().c_str(), listing.error.c_str());
@@ -30,6 +48,7 @@ void print_row(const BundleListing& listing) {
               m.architecture.c_str(), m.input.width, m.input.height, m.grid, m.grid, m.target.labels.size(),
               m.explainer ? "yes" : "no", heads.empty() ? "-" : heads.c_str(), listing.shadowed ? "  (shadowed)" : "",
               listing.dir.string().c_str());
+  std::fputs(fidelity_summary(m.provenance).c_str(), stdout);
 }
 
 int run(const CommonOptions& common, const ModelsCliOptions& options) {

@@ -131,6 +131,12 @@ def test_finished_run_reports_without_recomputing_and_shows_baselines(tmp_path, 
         fid[setting]["spearman"] - max(fid["baselines"][setting].values()), abs=1e-3)
     assert m["provenance"]["explainer"]["encoder_passes"] > 0
     assert m["provenance"]["explainer"]["peak_memory_bytes"] > 0
+    tve = files.find_tve(Path(os.environ["TVE"]) if os.environ.get("TVE") else None)
+    if tve is not None:  # tve models shows the gain over the baselines next to the bundle
+        listed = subprocess.run([str(tve), "models", "--model", str(bare_bundle)], capture_output=True, text=True)
+        gain = fid["gain_over_baselines"]
+        assert f"best baseline {gain['best_baseline']} " in listed.stdout, listed.stdout
+        assert f"gain {gain['gain']:+.3f}" in listed.stdout, listed.stdout
     explainer = (bare_bundle / "explainer.pt").read_bytes()
     cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "report-occlusion").glob("*.pt")}
     assert len(cached) == 3
