@@ -97,6 +97,7 @@ class Costs:
     pass_bytes_per_image: int  # the encoder's activation memory per image of a batched pass
     bank_bytes_per_image: int
     resident_bytes: int  # the process now: models, data, libraries
+    input_bytes_per_image: int = 0  # one image as the encoder takes it (a chunk's masked copies)
 
 
 @dataclass
@@ -170,8 +171,9 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
     seconds["report"] = held * per_report_image
     seconds["export"] = FIXED_SECONDS
     train = left - seconds["report"] - seconds["export"]
-    # Memory: resident + bank + one chunk of encoder activations <= max_memory.
-    free = max_memory - costs.resident_bytes
+    # Memory: resident + bank + one bank chunk's masked copies + one encoder call <= max_memory.
+    masked_copies = batch * 2 * k * costs.input_bytes_per_image
+    free = max_memory - costs.resident_bytes - masked_copies
     chunk = 256
     while chunk > 1 and chunk * costs.pass_bytes_per_image > 0.5 * free:
         chunk //= 2
@@ -196,7 +198,8 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
                         f"{min_bank_images} were not useful in our measurements (docs/own-model.md), so "
                         f"expect maps no better than the report's baselines: give --time-budget "
                         f"{math.ceil(need / 60)}m or more")
-    peak = costs.resident_bytes + images * costs.bank_bytes_per_image + chunk * costs.pass_bytes_per_image
+    peak = (costs.resident_bytes + masked_copies + images * costs.bank_bytes_per_image
+            + chunk * costs.pass_bytes_per_image)
     # The cost probe takes seconds on a busy machine and can be off by 2x: the bank may grow to
     # 4x the expected size (memory permitting) and closes when the observed speed says so.
     limit = max(images, min(4 * images, bank_cap // batch * batch))
@@ -214,7 +217,7 @@ def measure_costs(encoder, x: torch.Tensor, masks: torch.Tensor, batch: int, cen
     n = min(passes, masks.shape[0])
     xs = (x[:1] * masks[:n]).contiguous()  # n masked images, as the bank makes them
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        encoder.embed(xs[:2])  # warm-up: allocator, kernels
+        largest = largest_activation_bytes(encoder, xs[:1])  # and the warm-up: allocator, kernels
         t = time.perf_counter()
         peak = measured_peak(lambda: encoder.embed(xs))
         t_pass = (time.perf_counter() - t) / n
@@ -226,5 +229,26 @@ def measure_costs(encoder, x: torch.Tensor, masks: torch.Tensor, batch: int, cen
     t = time.perf_counter()
     fit_step()
     fit_s = time.perf_counter() - t
-    return Costs(per_image / (2 * centres + 1), fit_s, int(1.25 * peak / n) if peak else int(64e6),
-                 bank_bytes_per_image, rss_bytes())
+    # The peak counter undercounts when freed memory is reused (tvelib.threads keeps it in the
+    # process), so the estimate is also at least three of the largest activation (a layer's input,
+    # its output and a residual branch alive at once).
+    per_image_memory = max(int(1.25 * peak / n), 3 * largest)
+    return Costs(per_image / (2 * centres + 1), fit_s, per_image_memory, bank_bytes_per_image, rss_bytes(),
+                 x[0].numel() * 4)
+
+
+def largest_activation_bytes(encoder, x: torch.Tensor) -> int:
+    """The largest tensor any module of the encoder outputs for x (one image), in bytes."""
+    largest = [0]
+
+    def hook(module, inputs, output):
+        for t in output if isinstance(output, (tuple, list)) else [output]:
+            if isinstance(t, torch.Tensor):
+                largest[0] = max(largest[0], t.numel() * t.element_size())
+    handles = [m.register_forward_hook(hook) for m in encoder.modules()]
+    try:
+        encoder.embed(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
