@@ -228,7 +228,7 @@ def test_center_crop_keeps_the_middle(tmp_path):
 # ---- train_explainer.py --images ------------------------------------------------------------------
 
 
-def test_train_on_a_folder_resumes_and_reports(tmp_path):
+def test_train_on_a_folder_resumes_and_reports(tmp_path, bare_bundle):
     """The tiny ResNet bundle, a folder of fixture images (one corrupt): train 3 steps, kill-free
     resume to 5, export with the held-out report in the manifest's provenance."""
     imgs = tmp_path / "imgs"
@@ -236,12 +236,7 @@ def test_train_on_a_folder_resumes_and_reports(tmp_path):
     for i, name in enumerate(["rgb8.png", "rgb8.jpg", "gray8.png", "rgba.png", "palette.png", "rgb8.webp"] * 3):
         shutil.copy(FIXTURES / name, imgs / f"{i:02d}-{name}")
     shutil.copy(FIXTURES / "truncated.png", imgs / "zz-truncated.png")
-    b = tmp_path / "bundle"
-    shutil.copytree(REPO / "models" / "tiny-resnet", b)
-    m = json.loads((b / "manifest.json").read_text())
-    m.pop("explainer")
-    (b / "manifest.json").write_text(json.dumps(m))
-    (b / "explainer.pt").unlink()
+    b = bare_bundle
     common = ["--model", b, "--images", imgs, "--batch", "2", "--centres", "2", "--width", "16", "--depth", "1",
               "--holdout", "3", "--run", tmp_path / "run", "--no-progress", "--bank-images", "6"]
     first = run_script("train_explainer.py", *common, "--steps", "5", "--max-steps", "3")

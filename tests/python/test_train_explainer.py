@@ -54,18 +54,6 @@ def folder(tmp_path) -> Path:
     return imgs
 
 
-@pytest.fixture()
-def bare_bundle(tmp_path) -> Path:
-    """The tiny ResNet bundle without its explainer."""
-    b = tmp_path / "bundle"
-    shutil.copytree(REPO / "models" / "tiny-resnet", b)
-    m = json.loads((b / "manifest.json").read_text())
-    m.pop("explainer")
-    (b / "manifest.json").write_text(json.dumps(m))
-    (b / "explainer.pt").unlink()
-    return b
-
-
 def tree(path: Path) -> dict:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
