@@ -106,10 +106,11 @@ bool is_temporary_output_name(const std::string& filename) {
   return parse_temporary_name(filename, host, pid);
 }
 
-AtomicFileWriter::AtomicFileWriter(fs::path file) : file_(std::move(file)) {
+AtomicFileWriter::AtomicFileWriter(fs::path file) : file_(std::move(file)), destination_(output_destination(file_)) {
   std::error_code ec;
-  if (file_.has_parent_path()) fs::create_directories(file_.parent_path(), ec);
-  if (ec) throw OutputError(file_, "cannot create its folder " + file_.parent_path().string() + ": " + ec.message());
+  const fs::path folder = destination_.parent_path();
+  if (!folder.empty()) fs::create_directories(folder, ec);
+  if (ec) throw OutputError(file_, "cannot create its folder " + folder.string() + ": " + ec.message());
 
   // Hidden, and unique to this host, process and call, so that concurrent jobs writing into the
   // same folder (a job array on a shared file system) never share a temporary file and
@@ -119,14 +120,14 @@ AtomicFileWriter::AtomicFileWriter(fs::path file) : file_(std::move(file)) {
                           std::string(kTemporarySuffix);
   // A name allows 255 bytes: the destination's name is cut to fit beside the tag (at a UTF-8
   // character boundary); the tag alone identifies the temporary.
-  std::string name = file_.filename().string();
+  std::string name = destination_.filename().string();
   constexpr size_t kMaxNameBytes = 255;
   if (1 + name.size() + tag.size() > kMaxNameBytes) {
     size_t keep = kMaxNameBytes - 1 - tag.size();
     while (keep > 0 && (static_cast<unsigned char>(name[keep]) & 0xC0) == 0x80) --keep;
     name.resize(keep);
   }
-  temporary_ = (file_.parent_path() / ("." + name + tag)).string();
+  temporary_ = (folder / ("." + name + tag)).string();
   auto& registry = temporaries();
   std::lock_guard<std::mutex> lock(registry.mutex);
   fd_ = open(temporary_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
@@ -168,11 +169,133 @@ void AtomicFileWriter::commit() {
   const int closed = close(fd_);
   fd_ = -1;
   if (closed != 0) fail("write failed: " + errno_text(errno));  // NFS and quotas report here
-  if (rename(temporary_.c_str(), file_.c_str()) != 0) fail("cannot move output into place: " + errno_text(errno));
+  if (rename(temporary_.c_str(), destination_.c_str()) != 0) fail("cannot move output into place: " + errno_text(errno));
   auto& registry = temporaries();
   std::lock_guard<std::mutex> lock(registry.mutex);
   registry.paths.erase(temporary_);
   temporary_.clear();
+}
+
+namespace {
+
+// What a file of this mode is, when it is not the regular file asked for.
+std::string not_a_file(mode_t mode) {
+  if (S_ISDIR(mode)) return "is a folder, not a file";
+  if (S_ISFIFO(mode)) return "is a named pipe (FIFO), not a file";
+  if (S_ISCHR(mode)) return "is a character device, not a file";
+  if (S_ISBLK(mode)) return "is a block device, not a file";
+  if (S_ISSOCK(mode)) return "is a socket, not a file";
+  return "is not a regular file";
+}
+
+// Follows `file` through symbolic links (a link's relative target is relative to the link's
+// folder) to what they lead to, which need not exist. Returns false when the links loop.
+bool follow_links(fs::path& file) {
+  constexpr int kMaxLinks = 40;  // as the kernel's own limit on links in one lookup
+  for (int links = 0; links <= kMaxLinks; ++links) {
+    struct stat st {};
+    if (lstat(file.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return true;
+    std::error_code ec;
+    const fs::path target = fs::read_symlink(file, ec);
+    if (ec) return true;  // the write reports it
+    file = target.is_absolute() ? target : file.parent_path() / target;
+  }
+  return false;
+}
+
+}  // namespace
+
+fs::path output_destination(const fs::path& file) {
+  if (file.empty()) throw OutputError("an output file is named by an empty path");
+  if (!file.has_filename()) throw OutputError(file, "ends in '/': it names a folder, not a file");
+  fs::path destination = file;
+  if (!follow_links(destination)) throw OutputError(file, "symbolic link loop");
+  if (!destination.has_filename()) throw OutputError(file, "is a symbolic link to a folder, not to a file");
+  struct stat st {};
+  if (stat(destination.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    // A rename would replace it with a regular file: a pipe, a device or a folder named as an
+    // output is a mistake to report, not a thing to destroy.
+    const std::string via = destination == file ? "" : " (the symbolic link leads to " + destination.string() + ")";
+    throw OutputError(file, not_a_file(st.st_mode) + via + ": outputs are regular files, written whole and renamed into place");
+  }
+  return destination;
+}
+
+fs::path prepare_output_file(const fs::path& file) {
+  const fs::path destination = output_destination(file);
+  AtomicFileWriter probe(file);  // creates the folder and a temporary there; removed as it goes out of scope
+  return destination;
+}
+
+bool same_file(const fs::path& a, const fs::path& b) {
+  struct stat sa {}, sb {};
+  const bool a_exists = stat(a.c_str(), &sa) == 0, b_exists = stat(b.c_str(), &sb) == 0;
+  if (a_exists && b_exists) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  if (a_exists != b_exists) return false;
+  fs::path ra = a, rb = b;
+  follow_links(ra);
+  follow_links(rb);
+  std::error_code ec_a, ec_b;
+  const fs::path ca = fs::weakly_canonical(fs::absolute(ra, ec_a), ec_a), cb = fs::weakly_canonical(fs::absolute(rb, ec_b), ec_b);
+  return !ec_a && !ec_b && ca == cb;
+}
+
+std::string read_regular_file(const fs::path& file, std::uintmax_t max_bytes) {
+  // stat before open: opening a named pipe would wait for a writer, opening some devices acts.
+  struct stat st {};
+  if (stat(file.c_str(), &st) != 0) {
+    throw Error(file, errno == ENOENT ? std::string("does not exist") : "cannot be read: " + errno_text(errno));
+  }
+  if (!S_ISREG(st.st_mode)) throw Error(file, not_a_file(st.st_mode));
+  const int fd = open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw Error(file, "cannot be opened: " + errno_text(errno));
+  std::string bytes;
+  std::string problem;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    problem = "changed while it was opened";
+  } else if (static_cast<std::uintmax_t>(st.st_size) > max_bytes) {
+    problem = "is " + std::to_string(st.st_size >> 20) + " MiB, over the limit of " + std::to_string(max_bytes >> 20) + " MiB";
+  } else {
+    bytes.resize(static_cast<size_t>(st.st_size));
+    size_t got = 0;
+    while (got < bytes.size()) {
+      const ssize_t n = read(fd, bytes.data() + got, bytes.size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        problem = n < 0 ? "could not be read: " + errno_text(errno) : "is shorter than its size (changed while reading?)";
+        break;
+      }
+      got += static_cast<size_t>(n);
+    }
+  }
+  close(fd);
+  if (!problem.empty()) throw Error(file, problem);
+  return bytes;
+}
+
+void write_line_whole(int fd, std::string_view line, const std::string& name) {
+  size_t written = 0;
+  while (written < line.size()) {
+    const ssize_t n = write(fd, line.data() + written, line.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n > 0) {
+      written += static_cast<size_t>(n);
+      continue;
+    }
+    const int error = n < 0 ? errno : EIO;
+    std::string removed;
+    struct stat st {};
+    if (written > 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      // The offset is now just past what was written of this line (with O_APPEND too); cut that
+      // off, unless another process appended to the file meanwhile.
+      const off_t end = lseek(fd, 0, SEEK_CUR);
+      const off_t start = end - static_cast<off_t>(written);
+      if (end >= 0 && start >= 0 && st.st_size == end && ftruncate(fd, start) == 0 && lseek(fd, start, SEEK_SET) == start) {
+        removed = " (the part of the line already written was removed)";
+      }
+    }
+    throw OutputError(name, "cannot write results: " + errno_text(error) + removed);
+  }
 }
 
 void write_file_atomically(const fs::path& file, std::string_view bytes) {

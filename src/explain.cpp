@@ -2,6 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -51,6 +54,18 @@ OutputPaths output_paths(const InputFile& input, int64_t classes, const ExplainO
   if (options.formats.json) paths.json = base + ".json";
   return paths;
 }
+
+}  // namespace
+
+bool is_explain_output_name(const std::string& filename) {
+  const auto ends_with = [&filename](const std::string& suffix) {
+    return filename.size() >= suffix.size() && filename.compare(filename.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends_with(".overlay.png") || ends_with(".map.npy") || ends_with(".json") || is_temporary_output_name(filename) ||
+         filename == ".tve-write-check";
+}
+
+namespace {
 
 json to_json(const OutputPaths& paths) {
   json out = json::object();
@@ -118,33 +133,107 @@ json output_settings(const Bundle& bundle, const Head& head, const ExplainOption
   return settings;
 }
 
+// Runs of at least this many batches pad their partial batches to full size (run_explain).
+constexpr size_t kPadFromBatches = 8;
+
 // Records beyond this size are not ours (a map of 1,000 classes on a 64 x 64 grid is ~100 MB).
 constexpr std::uintmax_t kMaxRecordBytes = 256ull << 20;
 
-// The record of an earlier run that completed `input` the way this run would, or null: its JSON
-// output parses, carries `identity` (model, head, method, parameters, settings) unchanged, and
-// names exactly the outputs this run would write, each of which exists.
-json completed_record(const InputFile& input, const json& identity, const ExplainOptions& options) {
-  const fs::path file = *output_paths(input, 1, options).json;
+// What --resume compares an earlier run's outputs for an input with.
+struct ResumeCheck {
+  json identity;   // model, head, method, parameters and output settings: each must be equal
+  size_t classes;  // maps per image this run would make
+  int64_t grid;
+};
+
+// Whether `values` is a G x G map of numbers (JSON has no NaN: a non-finite value was written as null).
+bool is_map(const json& values, int64_t grid) {
+  if (!values.is_array() || static_cast<int64_t>(values.size()) != grid) return false;
+  return std::all_of(values.begin(), values.end(), [grid](const json& row) {
+    return row.is_array() && static_cast<int64_t>(row.size()) == grid &&
+           std::all_of(row.begin(), row.end(), [](const json& v) { return v.is_number(); });
+  });
+}
+
+// Whether `file` is a whole PNG: its signature first, its IEND chunk last (a cut file lacks it).
+bool is_whole_png(const fs::path& file) {
+  static const char kSignature[] = "\x89PNG\r\n\x1a\n";
+  static const char kEnd[] = "\0\0\0\0IEND\xae\x42\x60\x82";
   std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) return nullptr;
-  const auto size = fs::file_size(file, ec);
-  if (ec || size > kMaxRecordBytes) return nullptr;
+  if (!fs::is_regular_file(file, ec)) return false;
   std::ifstream in(file, std::ios::binary);
-  json record = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (!record.is_object()) return nullptr;
-  for (const auto& [key, value] : identity.items()) {
-    if (!record.contains(key) || record[key] != value) return nullptr;
+  char head[8], tail[12];
+  if (!in.read(head, 8) || std::memcmp(head, kSignature, 8) != 0) return false;
+  in.seekg(-12, std::ios::end);
+  return in.read(tail, 12) && std::memcmp(tail, kEnd, 12) == 0;
+}
+
+// Whether `file` holds exactly the maps of `explained` ([K,G,G] float32, value for value).
+bool npy_holds(const fs::path& file, const json& explained, int64_t grid) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) return false;
+  NpyArray array;
+  try {
+    array = read_npy(file);
+  } catch (const Error&) {
+    return false;
   }
-  if (!record.contains("explained") || !record["explained"].is_array() || record["explained"].empty()) return nullptr;
-  const json expected = to_json(output_paths(input, static_cast<int64_t>(record["explained"].size()), options));
-  if (!record.contains("outputs") || record["outputs"] != expected) return nullptr;
-  for (const auto& [kind, value] : expected.items()) {
-    for (const auto& path : value.is_array() ? value : json::array({value})) {
-      if (!fs::is_regular_file(path.get<std::string>(), ec)) return nullptr;
+  const std::vector<int64_t> shape{static_cast<int64_t>(explained.size()), grid, grid};
+  if (array.shape != shape) return false;
+  size_t i = 0;
+  for (const auto& map : explained) {
+    for (const auto& row : map.at("values")) {
+      for (const auto& v : row) {
+        if (array.values[i++] != static_cast<float>(v.get<double>())) return false;
+      }
     }
   }
+  return true;
+}
+
+// The record of an earlier run that completed `input` the way this run would, or null, with why
+// in `why` when there was a record (empty when there was none). Done means: the JSON record parses,
+// holds no error, carries the same identity, and has one G x G map per class this run explains;
+// each output this run would write is whole (an overlay is a complete PNG, the raw maps file holds
+// exactly the record's maps). The record comes back with this run's paths for the input and its
+// outputs: an earlier run may have spelt them, or --out, differently.
+json completed_record(const InputFile& input, const ResumeCheck& check, const ExplainOptions& options, std::string& why) {
+  const OutputPaths paths = output_paths(input, static_cast<int64_t>(check.classes), options);
+  std::error_code ec;
+  if (!fs::exists(*paths.json, ec)) return nullptr;
+  const auto reject = [&why](const std::string& reason) {
+    why = reason;
+    return json(nullptr);
+  };
+  std::string text;
+  try {
+    text = read_regular_file(*paths.json, kMaxRecordBytes);
+  } catch (const Error& e) {
+    return reject(e.what());
+  }
+  json record = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!record.is_object()) return reject("its record is not a JSON object");
+  if (record.contains("error")) return reject("its record holds an error");
+  for (const auto& [key, value] : check.identity.items()) {
+    if (!record.contains(key) || record[key] != value) return reject("its record has another " + key);
+  }
+  const json& explained = record["explained"];
+  if (!explained.is_array() || explained.size() != check.classes) {
+    return reject("its record does not hold " + std::to_string(check.classes) + " map(s)");
+  }
+  for (const auto& map : explained) {
+    if (!map.is_object() || !is_map(map.value("values", json()), check.grid)) return reject("a map of its record is not G x G numbers");
+  }
+  if (!record["top_k"].is_array() || record["top_k"].empty()) return reject("its record has no top_k");
+  for (const auto& overlay : paths.overlays) {
+    if (!is_whole_png(overlay)) return reject(overlay.string() + " is missing or not a whole PNG");
+  }
+  if (paths.npy && !npy_holds(*paths.npy, explained, check.grid)) {
+    return reject(paths.npy->string() + " is missing or does not hold the record's maps");
+  }
   record.erase("settings");
+  record["input"] = input.path.string();
+  record["outputs"] = to_json(paths);
   record["resumed"] = true;
   return record;
 }
@@ -199,8 +288,16 @@ struct BatchResult {
   double explain_ms = 0;  // per image
 };
 
-BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method, const torch::Tensor& images,
-                          const ExplainOptions& options) {
+// The model's kernels depend on the number of images in a call: a single image goes through
+// matrix-vector products, larger calls through other blockings than smaller ones, each rounding
+// differently (~1e-6). So that an image's results do not depend on how many others share its batch
+// (the last one, a resumed run's), a batch of fewer than `rows` images is padded to `rows` with
+// copies of its first image, whose results are dropped. 0: no padding.
+BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method, const torch::Tensor& batch_images,
+                          int64_t rows, const ExplainOptions& options) {
+  const int64_t real = batch_images.size(0);
+  const torch::Tensor images =
+      rows > real ? torch::cat({batch_images, batch_images.narrow(0, 0, 1).expand({rows - real, -1, -1, -1})}) : batch_images;
   BatchResult result;
   const Stopwatch stopwatch;
   torch::Tensor embeddings, logits;  // [B,D], [B,C]
@@ -211,19 +308,20 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
   }
   constexpr int kReportedPredictions = 5;
   result.predictions = top_k(logits, head.spec.labels, std::max(options.top_k, kReportedPredictions));
+  result.predictions.resize(static_cast<size_t>(real));
   torch::Tensor classes = options.class_index
                               ? torch::full({images.size(0), 1}, *options.class_index, torch::kLong)
                               : std::get<1>(logits.topk(std::min<int64_t>(options.top_k, logits.size(1)), 1));
   classes = classes.to(bundle.device(), torch::kLong);
-  const double good = static_cast<double>(images.size(0));
+  const double good = static_cast<double>(real);
   result.forward_ms = stopwatch.milliseconds() / good;
 
   Attribution attribution = method.explain(bundle, head, images, classes, embeddings);
-  result.maps = attribution.maps.to(torch::kCPU, torch::kFloat32).contiguous();
+  result.maps = attribution.maps.narrow(0, 0, real).to(torch::kCPU, torch::kFloat32).contiguous();
   result.explain_ms = 1e3 * attribution.seconds / good;
   result.cost = attribution.cost;
-  result.classes = classes.to(torch::kCPU);
-  result.probabilities = torch::softmax(logits.to(torch::kCPU, torch::kFloat32), 1);
+  result.classes = classes.narrow(0, 0, real).to(torch::kCPU);
+  result.probabilities = torch::softmax(logits.narrow(0, 0, real).to(torch::kCPU, torch::kFloat32), 1);
   return result;
 }
 
@@ -274,10 +372,24 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
   const json settings = output_settings(bundle, head, options);
   BatchOptions batch_options = options.batch;
   batch_options.keep_images = options.out_dir.has_value() && options.formats.overlay;
+  std::atomic<size_t> redone{0};  // inputs with a record that --resume did not accept
   if (options.resume) {
-    const json identity{{"model", manifest.name}, {"head", head.spec.name},       {"method", method.name()},
-                        {"parameters", method.parameters()}, {"settings", settings}};
-    batch_options.reuse = [identity, &options](const InputFile& input) { return completed_record(input, identity, options); };
+    ResumeCheck check{{{"model", manifest.name},
+                       {"head", head.spec.name},
+                       {"method", method.name()},
+                       {"parameters", method.parameters()},
+                       {"settings", settings}},
+                      options.class_index ? size_t{1} : std::min<size_t>(static_cast<size_t>(options.top_k), head.spec.labels.size()),
+                      manifest.grid};
+    batch_options.reuse = [check, &options, &redone](const InputFile& input) {
+      std::string why;
+      json record = completed_record(input, check, options, why);
+      if (!why.empty()) {
+        ++redone;
+        logger().debug("--resume: {} is explained again: {}", input.path.string(), why);
+      }
+      return record;
+    };
   }
 
   ExplainSummary summary;
@@ -341,17 +453,28 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
     if (callbacks.on_progress) callbacks.on_progress(done, inputs.size());
   };
 
+  // A run of several batches pads its partial ones (the last, a resumed run's) to full size, so
+  // that its maps do not depend on how the inputs fell into batches (explain_batch): a resumed or
+  // sharded run's maps are bit-identical to an uninterrupted run's. Only from kPadFromBatches
+  // batches on, where the padding costs at most 1/kPadFromBatches more model work.
+  const auto batch_size = static_cast<size_t>(options.batch.batch_size);
+  const int64_t pad_to = inputs.size() >= kPadFromBatches * batch_size ? options.batch.batch_size : 0;
   // At most four batches are alive: one decoding, one in the model, one waiting for the writer,
   // one being written.
   SerialWorker writer;
   read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
     const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], decoded images only
     auto batch = std::make_shared<BatchResult>();
-    if (images.defined()) *batch = explain_batch(bundle, head, method, images, options);
+    if (images.defined()) *batch = explain_batch(bundle, head, method, images, pad_to, options);
     auto written = std::make_shared<std::vector<ImageJob>>(std::move(jobs));
     writer.submit([written, batch, &write_batch] { write_batch(*written, *batch); });
   });
   writer.finish();
+  if (redone > 0) {
+    logger().info("--resume: {} input(s) with outputs of an earlier run explained again (other settings, or outputs "
+                  "incomplete, invalid or holding an error; -v names each)",
+                  redone.load());
+  }
 
   if (options.out_dir && options.write_summary) {
     json failures = json::array();

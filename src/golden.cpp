@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <sstream>
 
+#include "tve/atomic_file.hpp"
 #include "tve/error.hpp"
 #include "tve/metrics.hpp"
 
@@ -71,9 +71,20 @@ void compare_image(const json& recorded, const json& record, const GoldenToleran
     check.problems.push_back("probability of '" + old_top + "' moved " + fixed(old_p) + " -> " + fixed(new_p) +
                              " (tolerance " + fixed(tolerances.probability) + ")");
   }
+  if (was.size() != now.size()) {
+    check.problems.push_back("explains " + std::to_string(now.size()) + " class(es), recorded " + std::to_string(was.size()) +
+                             " (another --top-k or --class than the recording's?)");
+  }
   for (size_t k = 0; k < std::min(was.size(), now.size()); ++k) {
     const std::string label = was[k].at("label");
-    if (now[k].at("label") != label) continue;  // another class explained: the top-1 problem says so
+    if (now[k].at("label") != label) {
+      // The top-1 problem already says so when the explained class is the top-1.
+      if (!(label == old_top && now[k].at("label") == new_top)) {
+        check.problems.push_back("explained class " + std::to_string(k + 1) + " is '" + now[k].at("label").get<std::string>() +
+                                 "', recorded '" + label + "': its map is not compared");
+      }
+      continue;
+    }
     const auto before = flatten(was[k].at("values")), after = flatten(now[k].at("values"));
     if (before.size() != after.size()) {
       check.problems.push_back("map of '" + label + "' is " + std::to_string(after.size()) + " cells, recorded " +
@@ -114,25 +125,98 @@ json make_golden(const json& identity, const std::vector<json>& records) {
   return golden;
 }
 
+namespace {
+
+// Golden files beyond this size are not ours (10,000 images with 5 maps of 32 x 32 are ~1 GB).
+constexpr std::uintmax_t kMaxGoldenBytes = 4ull << 30;
+
+bool is_index(const json& v) { return v.is_number_integer() && v.get<int64_t>() >= 0; }
+
+// What is wrong with a class of an entry (its top_k or explained list), or "" when nothing is.
+std::string class_problem(const json& item, bool needs_probability) {
+  if (!item.is_object()) return "is not an object";
+  if (!item.contains("label") || !item["label"].is_string()) return "has no label";
+  if (!item.contains("index") || !is_index(item["index"])) return "has no class index (a whole number from 0)";
+  if (needs_probability) {
+    const json& p = item.value("probability", json());
+    if (!p.is_number() || !(p.get<double>() >= 0 && p.get<double>() <= 1)) return "has no probability between 0 and 1";
+  }
+  return "";
+}
+
+// What is wrong with a recorded map, or "" when it is a square grid of numbers.
+std::string map_problem(const json& values) {
+  if (!values.is_array() || values.empty()) return "has no map (values: rows of numbers)";
+  for (const auto& row : values) {
+    if (!row.is_array() || row.size() != values.size()) return "has a map that is not square";
+    for (const auto& v : row) {
+      if (!v.is_number()) return "has a map with a value that is not a number";
+    }
+  }
+  return "";
+}
+
+// What is wrong with a golden file's entry, or "" when nothing is.
+std::string entry_problem(const json& image) {
+  if (!image.is_object()) return "is not an object";
+  const json& top = image.value("top_k", json());
+  if (!top.is_array() || top.empty()) return "has no top_k classes";
+  for (size_t i = 0; i < top.size(); ++i) {
+    if (auto problem = class_problem(top[i], true); !problem.empty()) return "top_k[" + std::to_string(i) + "] " + problem;
+  }
+  const json& explained = image.value("explained", json());
+  if (!explained.is_array() || explained.empty()) return "explains no class (an empty 'explained' list: nothing to check)";
+  for (size_t i = 0; i < explained.size(); ++i) {
+    std::string problem = class_problem(explained[i], false);
+    if (problem.empty()) problem = map_problem(explained[i].value("values", json()));
+    if (!problem.empty()) return "explained[" + std::to_string(i) + "] " + problem;
+  }
+  return "";
+}
+
+}  // namespace
+
 json read_golden(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw InvalidArgument(file.string() + ": cannot read the golden file");
-  json golden;
+  const std::string fix = " (write one with --record)";
+  std::string text;
   try {
-    golden = json::parse(in);
-  } catch (const json::exception& e) {
-    throw InvalidArgument(file.string() + ": not a JSON golden file: " + e.what());
+    text = read_regular_file(file, kMaxGoldenBytes);
+  } catch (const Error& e) {
+    throw InvalidArgument(file, "cannot read the golden file: it " + e.detail());
   }
-  if (!golden.is_object() || golden.value("format", "") != kGoldenFormat || !golden.contains("images") ||
+  json golden = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (golden.is_discarded()) throw InvalidArgument(file, "not a golden file: not valid JSON" + fix);
+  if (!golden.is_object() || golden.value("format", json()) != kGoldenFormat || !golden.contains("images") ||
       !golden["images"].is_object()) {
-    throw InvalidArgument(file.string() + ": not a golden file of format " + kGoldenFormat + " (write one with --record)");
+    throw InvalidArgument(file, std::string("not a golden file of format ") + kGoldenFormat + fix);
   }
+  if (golden["images"].empty()) throw InvalidArgument(file, "the golden file records no image: it would check nothing" + fix);
   for (const auto& [input, image] : golden["images"].items()) {
-    const bool ok = image.is_object() && image.contains("top_k") && image["top_k"].is_array() && !image["top_k"].empty() &&
-                    image.contains("explained") && image["explained"].is_array();
-    if (!ok) throw InvalidArgument(file.string() + ": the entry of '" + input + "' lacks top_k or explained");
+    if (input.empty()) throw InvalidArgument(file, "an entry has an empty input name");
+    if (const auto problem = entry_problem(image); !problem.empty()) {
+      throw InvalidArgument(file, "the entry of '" + input + "' " + problem + fix);
+    }
   }
   return golden;
+}
+
+void check_golden_classes(const json& golden, const std::filesystem::path& file, const std::vector<std::string>& labels,
+                          const std::string& head_name) {
+  for (const auto& [input, image] : golden.at("images").items()) {
+    for (const char* list : {"top_k", "explained"}) {
+      for (const auto& item : image.at(list)) {
+        const auto index = item.at("index").get<int64_t>();
+        const auto& label = item.at("label").get_ref<const std::string&>();
+        if (index < static_cast<int64_t>(labels.size()) && labels[static_cast<size_t>(index)] == label) continue;
+        const std::string has = index < static_cast<int64_t>(labels.size())
+                                    ? "whose class " + std::to_string(index) + " is '" + labels[static_cast<size_t>(index)] + "'"
+                                    : "which has " + std::to_string(labels.size()) + " classes";
+        throw InvalidArgument(file, "the entry of '" + input + "' names class '" + label + "' (index " + std::to_string(index) +
+                                        ") in " + list + ", which is not a class of head '" + head_name + "' (" + has +
+                                        "): was it recorded with another head?");
+      }
+    }
+  }
 }
 
 size_t GoldenCheck::failed() const {
@@ -142,7 +226,8 @@ size_t GoldenCheck::failed() const {
 GoldenCheck check_against_golden(const json& golden, const json& identity, const std::vector<json>& records,
                                  const GoldenTolerances& tolerances) {
   GoldenCheck result;
-  for (const char* key : {"model", "target_sha256", "head", "head_sha256", "explainer_sha256", "method", "parameters"}) {
+  for (const char* key :
+       {"model", "target_sha256", "head", "head_sha256", "explainer_sha256", "method", "parameters", "top_k", "class"}) {
     if (golden.contains(key) && identity.contains(key) && golden[key] != identity[key]) {
       result.run_notes.push_back(std::string(key) + " differs from the recorded one: " + golden[key].dump() + " -> " +
                                  identity[key].dump());
@@ -157,6 +242,7 @@ GoldenCheck check_against_golden(const json& golden, const json& identity, const
       check.problems.push_back("missing: recorded in the golden file, not among this run's inputs");
     } else if (found->second->contains("error")) {
       check.problems.push_back("failed: " + (*found->second)["error"].get<std::string>());
+      by_input.erase(found);
     } else {
       try {
         compare_image(recorded, *found->second, tolerances, check);
@@ -173,7 +259,9 @@ GoldenCheck check_against_golden(const json& golden, const json& identity, const
     result.images.push_back(check);
   }
   for (const auto& [input, record] : by_input) {
-    result.images.push_back({input, {"extra: not in the golden file (record it with --record)"}, 0});
+    ImageCheck extra{input, {"extra: not in the golden file (record it with --record)"}, 0};
+    if (record->contains("error")) extra.problems.push_back("failed: " + (*record)["error"].get<std::string>());
+    result.images.push_back(extra);
   }
   return result;
 }

@@ -38,7 +38,7 @@ std::string errno_text(int error) { return std::strerror(error); }
 // cannot use.
 class InputCollector {
  public:
-  InputCollector(std::vector<InputFile>& out, const InputScanOptions& options) : out_(out) {
+  InputCollector(std::vector<InputFile>& out, const InputScanOptions& options) : out_(out), is_output_(options.is_output) {
     std::error_code ec;
     if (options.skip_folder && fs::is_directory(*options.skip_folder, ec)) {
       struct stat st {};
@@ -57,12 +57,15 @@ class InputCollector {
     struct stat st {};
     const bool exists = stat(path.c_str(), &st) == 0;
     if (exists && S_ISDIR(st.st_mode)) {
-      if (is_skip_folder(st)) {
+      // The output folder named as an input folder, or an input folder inside it: its images are
+      // inputs, its outputs (by name) are not. Without names to tell them apart, none is taken.
+      const bool in_outputs = is_skip_folder(st) || under_skip_folder(path);
+      if (in_outputs && !is_output_) {
         ++outputs_;
         return;
       }
       std::vector<FileId> ancestors{{st.st_dev, st.st_ino}};
-      add_folder(path, ancestors);
+      add_folder(path, ancestors, in_outputs);
       return;
     }
     // Files, and names that do not exist: the latter fail later with a per-image error, like any
@@ -72,6 +75,12 @@ class InputCollector {
 
  private:
   bool is_skip_folder(const struct stat& st) const { return skip_id_ && *skip_id_ == FileId{st.st_dev, st.st_ino}; }
+  bool under_skip_folder(const fs::path& path) const {
+    std::error_code ec;
+    return !skip_prefix_.empty() && fs::weakly_canonical(path, ec).string().rfind(skip_prefix_, 0) == 0;
+  }
+  // A file found in (or listed from) the output folder that is one of its outputs.
+  bool is_output_file(const fs::path& path) const { return !is_output_ || is_output_(path.filename().string()); }
 
   // `listed`: named by the user (argument or stdin) rather than found in a folder scan, which
   // already stepped around the skip folder; only such a path needs resolving to know where it is.
@@ -81,8 +90,7 @@ class InputCollector {
         ++repeats_;
         return;
       }
-      std::error_code ec;
-      if (listed && !skip_prefix_.empty() && fs::weakly_canonical(path, ec).string().rfind(skip_prefix_, 0) == 0) {
+      if (listed && under_skip_folder(path) && is_output_file(path)) {
         ++outputs_;
         return;
       }
@@ -96,7 +104,8 @@ class InputCollector {
   void fail(const fs::path& path, const std::string& why) { out_.push_back({path, path.string() + ": " + why}); }
 
   // Entries in name order (as std::filesystem::path compares them), sub-folders where they fall.
-  void add_folder(const fs::path& dir, std::vector<FileId>& ancestors) {
+  // `in_outputs`: `dir` is the output folder or inside it, whose outputs are left out by name.
+  void add_folder(const fs::path& dir, std::vector<FileId>& ancestors, bool in_outputs) {
     std::vector<fs::path> entries;
     std::error_code ec;
     for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
@@ -133,15 +142,20 @@ class InputCollector {
           continue;
         }
         ancestors.push_back(id);
-        add_folder(entry, ancestors);
+        add_folder(entry, ancestors, in_outputs);
         ancestors.pop_back();
       } else if (S_ISREG(st.st_mode) && has_image_extension(entry)) {
+        if (in_outputs && is_output_file(entry)) {
+          ++outputs_;
+          continue;
+        }
         add_file(entry, &st, /*listed=*/false);
       }
     }
   }
 
   std::vector<InputFile>& out_;
+  std::function<bool(const std::string&)> is_output_;
   std::optional<FileId> skip_id_;
   std::string skip_prefix_;
   std::set<FileId> seen_;
@@ -181,25 +195,44 @@ uint64_t parse_count(const std::string& text, const std::string& what) {
   return std::stoull(text);
 }
 
-// K and N of a SLURM job array, if this process runs in one.
+// K and N of a SLURM job array, if this process runs in one: an array A-B:S (pipeline.hpp).
 std::optional<Shard> slurm_shard(const std::function<const char*(const char*)>& lookup) {
   const char* id = lookup("SLURM_ARRAY_TASK_ID");
   if (id == nullptr) return std::nullopt;
   const char* min = lookup("SLURM_ARRAY_TASK_MIN");
   const char* max = lookup("SLURM_ARRAY_TASK_MAX");
   const char* count = lookup("SLURM_ARRAY_TASK_COUNT");
+  const char* step_text = lookup("SLURM_ARRAY_TASK_STEP");
   const uint64_t task = parse_count(id, "SLURM_ARRAY_TASK_ID");
   const uint64_t first = min ? parse_count(min, "SLURM_ARRAY_TASK_MIN") : 0;
+  const uint64_t step = step_text ? parse_count(step_text, "SLURM_ARRAY_TASK_STEP") : 1;
+  const std::string array = "the SLURM job array (SLURM_ARRAY_TASK_ID=" + std::string(id) +
+                            (min ? ", MIN=" + std::string(min) : "") + (max ? ", MAX=" + std::string(max) : "") +
+                            (step_text ? ", STEP=" + std::string(step_text) : "") +
+                            (count ? ", COUNT=" + std::string(count) : "") + ")";
+  const std::string give_k_n = ": give --shard K/N yourself";
+  if (step == 0) throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_STEP is 0 in " + array + give_k_n);
+  if (task < first) throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN in " + array);
+  if ((task - first) % step != 0) {
+    throw InvalidArgument("--shard auto: task " + std::string(id) + " is not MIN plus a multiple of STEP in " + array + give_k_n);
+  }
   Shard shard;
-  if (count) {
+  shard.index = (task - first) / step;
+  if (max) {
+    const uint64_t last = parse_count(max, "SLURM_ARRAY_TASK_MAX");
+    if (last < task) throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_ID is above SLURM_ARRAY_TASK_MAX in " + array);
+    shard.count = (last - first) / step + 1;
+    // A list (--array=1,4,9) has MIN 1 and MAX 9 but 3 tasks: its tasks cannot be numbered from
+    // these variables, and taking MAX-MIN+1 shards would leave most of them to no task.
+    if (count && parse_count(count, "SLURM_ARRAY_TASK_COUNT") != shard.count) {
+      throw InvalidArgument("--shard auto: " + array + " is not an evenly spaced range A-B:S of " +
+                            std::to_string(shard.count) + " tasks (a list of task IDs?)" + give_k_n);
+    }
+  } else if (count) {
     shard.count = parse_count(count, "SLURM_ARRAY_TASK_COUNT");
-  } else if (max) {
-    shard.count = parse_count(max, "SLURM_ARRAY_TASK_MAX") - first + 1;
   } else {
     throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX is");
   }
-  if (task < first) throw InvalidArgument("--shard auto: SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN");
-  shard.index = task - first;
   return shard;
 }
 

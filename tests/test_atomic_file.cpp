@@ -1,5 +1,9 @@
 #include "tve/atomic_file.hpp"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,6 +90,109 @@ TEST(AtomicFile, PrepareOutputFolderChecksBeforeAnyWork) {
   test::write_text(tmp / "file", "x");
   test::expect_error<OutputError>([&] { prepare_output_folder(tmp / "file"); }, {"exists and is not a folder"});
   test::expect_error<OutputError>([&] { prepare_output_folder(""); }, {"empty"});
+}
+
+TEST(AtomicFile, DestinationsThatAreNotFilesAreRefusedAndLeftAsTheyWere) {
+  TempDir tmp;
+  fs::create_directories(tmp / "folder");
+  ASSERT_EQ(mkfifo((tmp / "fifo").c_str(), 0600), 0);
+  fs::create_symlink(tmp / "fifo", tmp / "link-to-fifo");
+  fs::create_symlink(tmp / "loop-b", tmp / "loop-a");
+  fs::create_symlink(tmp / "loop-a", tmp / "loop-b");
+  const std::vector<std::pair<fs::path, std::string>> refused{
+      {"/dev/full", "character device"},     {tmp / "fifo", "named pipe"},
+      {tmp / "folder", "is a folder"},       {tmp / "link-to-fifo", "leads to " + (tmp / "fifo").string()},
+      {tmp / "loop-a", "symbolic link loop"}, {tmp.path().string() + "/new/", "ends in '/'"},
+  };
+  for (const auto& item : refused) {
+    const fs::path& file = item.first;
+    test::expect_error<OutputError>([&] { output_destination(file); }, {file.string(), item.second});
+    test::expect_error<OutputError>([&] { write_file_atomically(file, "x"); }, {file.string(), item.second});
+    test::expect_error<OutputError>([&] { prepare_output_file(file); }, {file.string(), item.second});
+  }
+  test::expect_error<OutputError>([&] { output_destination(""); }, {"empty"});
+  EXPECT_TRUE(fs::is_fifo(tmp / "fifo"));
+  EXPECT_TRUE(fs::is_directory(tmp / "folder"));
+  EXPECT_TRUE(fs::is_character_file("/dev/full"));
+  EXPECT_TRUE(fs::is_empty(tmp / "folder"));
+}
+
+TEST(AtomicFile, ALinkIsWrittenThroughAndKept) {
+  TempDir tmp;
+  test::write_text(tmp / "v" / "golden-1.json", "old");
+  fs::create_symlink("v/golden-1.json", tmp / "golden.json");  // relative to the link's folder
+  fs::create_symlink("v/golden-2.json", tmp / "next.json");    // dangling: its target is created
+  EXPECT_EQ(output_destination(tmp / "golden.json"), tmp / "v/golden-1.json");
+  write_file_atomically(tmp / "golden.json", "new");
+  write_file_atomically(tmp / "next.json", "two");
+  EXPECT_TRUE(fs::is_symlink(tmp / "golden.json"));
+  EXPECT_TRUE(fs::is_symlink(tmp / "next.json"));
+  std::ifstream one(tmp / "v" / "golden-1.json"), two(tmp / "v" / "golden-2.json");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(one), {}), "new");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(two), {}), "two");
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp / "v"), fs::directory_iterator()), 2);  // no temporary left
+}
+
+TEST(AtomicFile, PrepareOutputFileChecksTheFolderWithoutLeavingAnything) {
+  TempDir tmp;
+  EXPECT_EQ(prepare_output_file(tmp / "deep" / "g.json"), tmp / "deep" / "g.json");
+  EXPECT_TRUE(fs::is_directory(tmp / "deep"));
+  EXPECT_TRUE(fs::is_empty(tmp / "deep"));
+  test::write_text(tmp / "file", "x");
+  test::expect_error<OutputError>([&] { prepare_output_file(tmp / "file" / "g.json"); }, {"file/g.json", "cannot create its folder"});
+}
+
+TEST(AtomicFile, SameFileHoweverSpelt) {
+  TempDir tmp;
+  test::write_text(tmp / "g.json", "{}");
+  fs::create_symlink(tmp / "g.json", tmp / "link.json");
+  fs::create_hard_link(tmp / "g.json", tmp / "hard.json");
+  fs::create_directories(tmp / "sub");
+  for (const fs::path& other : {tmp / "." / "g.json", tmp / "sub" / ".." / "g.json", tmp / "link.json", tmp / "hard.json"}) {
+    EXPECT_TRUE(same_file(tmp / "g.json", other)) << other;
+  }
+  EXPECT_TRUE(same_file(tmp / "new.json", tmp / "sub" / ".." / "new.json"));  // neither exists yet
+  EXPECT_FALSE(same_file(tmp / "g.json", tmp / "new.json"));
+  EXPECT_FALSE(same_file(tmp / "new.json", tmp / "other.json"));
+}
+
+TEST(AtomicFile, ReadRegularFileRefusesPipesDevicesAndFolders) {
+  TempDir tmp;
+  test::write_text(tmp / "a.txt", "hello");
+  EXPECT_EQ(read_regular_file(tmp / "a.txt", 100), "hello");
+  test::expect_error<Error>([&] { read_regular_file(tmp / "a.txt", 3); }, {"a.txt", "over the limit"});
+  ASSERT_EQ(mkfifo((tmp / "fifo").c_str(), 0600), 0);
+  test::expect_error<Error>([&] { read_regular_file(tmp / "fifo", 100); }, {"named pipe"});
+  test::expect_error<Error>([&] { read_regular_file("/dev/zero", 100); }, {"character device"});
+  test::expect_error<Error>([&] { read_regular_file(tmp.path(), 100); }, {"is a folder"});
+  test::expect_error<Error>([&] { read_regular_file(tmp / "missing", 100); }, {"does not exist"});
+}
+
+TEST(AtomicFile, ALineCutByAFullDiskIsRemoved) {
+  // A file size limit stands in for a full disk: the write stops part-way, then fails with EFBIG.
+  TempDir tmp;
+  const fs::path file = tmp / "out.jsonl";
+  const int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto previous_handler = signal(SIGXFSZ, SIG_IGN);
+  const rlimit limit{100, saved.rlim_max};
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  std::string error;
+  try {
+    write_line_whole(fd, std::string(60, 'a') + "\n", "stdout");
+    write_line_whole(fd, std::string(60, 'b') + "\n", "stdout");  // 39 bytes fit, then EFBIG
+  } catch (const OutputError& e) {
+    error = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &saved);
+  signal(SIGXFSZ, previous_handler);
+  close(fd);
+  EXPECT_NE(error.find("stdout: cannot write results"), std::string::npos) << error;
+  EXPECT_NE(error.find("removed"), std::string::npos) << error;
+  std::ifstream in(file);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), std::string(60, 'a') + "\n");
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include <opencv2/imgcodecs.hpp>
 
 #include "test_helpers.hpp"
@@ -174,6 +176,76 @@ TEST(Explain, FormatsParse) {
   // Nothing asked is not "none": an empty list or item is refused instead of writing less.
   for (const char* list : {"", ",", "npy,", ",json", "overlay,,npy"}) {
     test::expect_error<InvalidArgument>([&] { parse_formats(list); }, {"--format"});
+  }
+}
+
+// `n` distinct small images in `dir`, named img-00.png ...
+std::vector<fs::path> distinct_images(const fs::path& dir, int n) {
+  fs::create_directories(dir);
+  std::vector<fs::path> files;
+  for (int i = 0; i < n; ++i) {
+    cv::Mat image(24 + i, 40, CV_8UC3, cv::Scalar(10 * i, 200 - 7 * i, 90));
+    image(cv::Rect(i % 30, 2, 8, 8)).setTo(cv::Scalar(255, 255, 255));
+    files.push_back(dir / ("img-" + std::string(i < 10 ? "0" : "") + std::to_string(i) + ".png"));
+    EXPECT_TRUE(cv::imwrite(files.back().string(), image));
+  }
+  return files;
+}
+
+size_t resumed(const ExplainRun& run) {
+  return static_cast<size_t>(std::count_if(run.records.begin(), run.records.end(), [](const json& r) { return r.value("resumed", false); }));
+}
+
+TEST(Explain, ResumeChecksWhatItSkipsAndIgnoresHowOutIsSpelt) {
+  TempDir tmp;
+  Bundle bundle = Bundle::load(test::shipped_bundle("tiny-resnet"), torch::kCPU);
+  const auto files = distinct_images(tmp / "in", 8);
+  ExplainOptions options;
+  options.out_dir = tmp / "out";
+  options.resume = true;
+  options.top_k = 2;
+  EXPECT_EQ(resumed(explain_files(bundle, files, options)), 0u);
+  options.out_dir = fs::path(tmp.path().string() + "/./out/");  // another spelling of the same folder
+  ExplainRun again = explain_files(bundle, files, options);
+  EXPECT_EQ(resumed(again), 8u);
+  EXPECT_EQ(again.records[0]["outputs"]["npy"], (*options.out_dir / mirrored_output_path(files[0])).string() + ".map.npy");
+
+  const auto base = [&](size_t i) { return (tmp / "out" / mirrored_output_path(files[i])).string(); };
+  const auto cut = [](const fs::path& file, size_t bytes) { fs::resize_file(file, fs::file_size(file) - bytes); };
+  cut(base(0) + ".map.npy", 4);
+  cut(base(1) + ".top2.overlay.png", 12);
+  json record = test::read_json(base(2) + ".json");
+  record["error"] = "it failed";
+  test::write_text(base(2) + ".json", record.dump());
+  record = test::read_json(base(3) + ".json");
+  record["explained"][1]["values"][0][0] = 123.0;  // no longer the maps of the .npy
+  test::write_text(base(3) + ".json", record.dump());
+  again = explain_files(bundle, files, options);
+  ASSERT_EQ(again.records.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) EXPECT_EQ(again.records[i].value("resumed", false), i >= 4) << i;
+  EXPECT_EQ(resumed(explain_files(bundle, files, options)), 8u);  // all whole again
+}
+
+TEST(Explain, MapsDoNotDependOnHowTheInputsFellIntoBatches) {
+  // 17 inputs in batches of 2: a full run ends on a batch of one; a resumed run, whose remaining
+  // inputs fall into other batches, gives the same bits (partial batches are padded).
+  TempDir tmp;
+  Bundle bundle = Bundle::load(test::shipped_bundle("tiny-vit"), torch::kCPU);
+  const auto files = distinct_images(tmp / "in", 17);
+  ExplainOptions options;
+  options.batch.batch_size = 2;
+  options.formats = parse_formats("npy,json");
+  options.out_dir = tmp / "whole";
+  const ExplainRun whole = explain_files(bundle, files, options);
+  options.out_dir = tmp / "cut";
+  explain_files(bundle, files, options);
+  for (const size_t i : {0, 3, 4, 9, 10, 16}) fs::remove((tmp / "cut" / mirrored_output_path(files[i])).string() + ".json");
+  options.resume = true;
+  const ExplainRun resumed_run = explain_files(bundle, files, options);
+  EXPECT_EQ(resumed(resumed_run), 11u);
+  for (size_t i = 0; i < files.size(); ++i) {
+    EXPECT_EQ(resumed_run.records[i]["explained"], whole.records[i]["explained"]) << i;
+    EXPECT_EQ(resumed_run.records[i]["top_k"], whole.records[i]["top_k"]) << i;
   }
 }
 

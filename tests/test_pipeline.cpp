@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "test_helpers.hpp"
@@ -247,6 +248,75 @@ TEST(ReadInBatches, RefusesBatchSizeZero) {
   BatchOptions options;
   options.batch_size = 0;
   test::expect_error<InvalidArgument>([&] { read_in_batches({}, spec32(), options, [](auto&) {}); }, {"--batch-size"});
+}
+
+TEST(Shards, SlurmArraysWithAStepAndInconsistentOnesRefused) {
+  auto env = [](std::map<std::string, std::string> vars) {
+    return [vars](const char* name) -> const char* {
+      auto it = vars.find(name);
+      return it == vars.end() ? nullptr : it->second.c_str();
+    };
+  };
+  // --array=0-20:2: tasks 0, 2, ..., 20 are shards 0..10 of 11, each once.
+  std::set<uint64_t> seen;
+  for (int task = 0; task <= 20; task += 2) {
+    const auto shard = parse_shard("auto", env({{"SLURM_ARRAY_TASK_ID", std::to_string(task)}, {"SLURM_ARRAY_TASK_MIN", "0"},
+                                                {"SLURM_ARRAY_TASK_MAX", "20"}, {"SLURM_ARRAY_TASK_STEP", "2"},
+                                                {"SLURM_ARRAY_TASK_COUNT", "11"}}));
+    EXPECT_EQ(shard.count, 11u);
+    EXPECT_EQ(shard.index, static_cast<uint64_t>(task / 2));
+    seen.insert(shard.index);
+  }
+  EXPECT_EQ(seen.size(), 11u);
+  // --array=3-15:4 without COUNT: tasks 3, 7, 11, 15.
+  const auto stepped = parse_shard("auto/4", env({{"SLURM_ARRAY_TASK_ID", "11"}, {"SLURM_ARRAY_TASK_MIN", "3"},
+                                                  {"SLURM_ARRAY_TASK_MAX", "15"}, {"SLURM_ARRAY_TASK_STEP", "4"}}));
+  EXPECT_EQ(stepped.index, 2u);
+  EXPECT_EQ(stepped.count, 4u);
+  const std::vector<std::pair<std::map<std::string, std::string>, std::string>> refused{
+      // --array=1,4,9: MIN 1, MAX 9, COUNT 3.
+      {{{"SLURM_ARRAY_TASK_ID", "4"}, {"SLURM_ARRAY_TASK_MIN", "1"}, {"SLURM_ARRAY_TASK_MAX", "9"}, {"SLURM_ARRAY_TASK_COUNT", "3"}},
+       "not an evenly spaced range"},
+      {{{"SLURM_ARRAY_TASK_ID", "2"}, {"SLURM_ARRAY_TASK_MIN", "0"}, {"SLURM_ARRAY_TASK_MAX", "9"}, {"SLURM_ARRAY_TASK_COUNT", "5"}},
+       "COUNT=5"},
+      {{{"SLURM_ARRAY_TASK_ID", "4"}, {"SLURM_ARRAY_TASK_MIN", "3"}, {"SLURM_ARRAY_TASK_MAX", "15"}, {"SLURM_ARRAY_TASK_STEP", "4"}},
+       "not MIN plus a multiple of STEP"},
+      {{{"SLURM_ARRAY_TASK_ID", "2"}, {"SLURM_ARRAY_TASK_MAX", "4"}, {"SLURM_ARRAY_TASK_STEP", "0"}}, "STEP is 0"},
+      {{{"SLURM_ARRAY_TASK_ID", "2"}, {"SLURM_ARRAY_TASK_MAX", "4"}, {"SLURM_ARRAY_TASK_STEP", "x"}}, "SLURM_ARRAY_TASK_STEP"},
+      {{{"SLURM_ARRAY_TASK_ID", "6"}, {"SLURM_ARRAY_TASK_MIN", "0"}, {"SLURM_ARRAY_TASK_MAX", "4"}}, "above SLURM_ARRAY_TASK_MAX"},
+      {{{"SLURM_ARRAY_TASK_ID", "1"}, {"SLURM_ARRAY_TASK_MIN", "2"}, {"SLURM_ARRAY_TASK_MAX", "4"}}, "below SLURM_ARRAY_TASK_MIN"},
+  };
+  for (const auto& item : refused) {
+    test::expect_error<InvalidArgument>([&] { parse_shard("auto", env(item.first)); }, {"--shard", item.second});
+  }
+}
+
+TEST(ExpandInputs, OutputFolderThatIsAnInputFolderKeepsItsImagesNotItsOutputs) {
+  TempDir tmp;
+  make_tree(tmp.path());
+  fs::create_directories(tmp / "a" / "a");
+  fs::copy_file(test::image_fixture("rgb8.png"), tmp / "a" / "a" / "x.png.overlay.png");  // an earlier run's output
+  fs::copy_file(test::image_fixture("rgb8.png"), tmp / "a" / "x.png.top1.overlay.png");
+  InputScanOptions options;
+  options.skip_folder = tmp / "a";
+  options.is_output = [](const std::string& name) { return name.find(".overlay.png") != std::string::npos; };
+  std::istringstream no_stdin;
+  auto files = expand_inputs({(tmp / "a").string()}, no_stdin, options);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].path, tmp / "a" / "sub" / "y.PNG");
+  EXPECT_EQ(files[1].path, tmp / "a" / "x.png");
+  // An input folder inside the output folder, and listed paths under it: the same.
+  std::istringstream listed((tmp / "a" / "x.png").string() + "\n" + (tmp / "a" / "a" / "x.png.overlay.png").string() + "\n");
+  options.skip_folder = tmp.path();
+  files = expand_inputs({(tmp / "a" / "sub").string(), "-"}, listed, options);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].path, tmp / "a" / "sub" / "y.PNG");
+  EXPECT_EQ(files[1].path, tmp / "a" / "x.png");
+  // Without names to tell outputs apart, nothing in the output folder is an input (as before).
+  options.is_output = nullptr;
+  options.skip_folder = tmp / "a";
+  std::istringstream none;
+  EXPECT_TRUE(expand_inputs({(tmp / "a").string()}, none, options).empty());
 }
 
 }  // namespace

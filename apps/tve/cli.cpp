@@ -9,6 +9,7 @@
 #include <cstring>
 #include <iostream>
 
+#include "tve/atomic_file.hpp"
 #include "tve/image.hpp"
 #include "tve/log.hpp"
 #include "tve/methods.hpp"
@@ -129,9 +130,10 @@ std::optional<fs::path> as_path(const std::optional<std::string>& text) {
 }
 
 void print_json_line(const nlohmann::json& record) {
-  std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+  // Past the stream buffers, in one piece: a full disk cuts no line (write_line_whole).
   std::cout.flush();
-  if (!std::cout) throw OutputError("stdout", std::string("cannot write results: ") + std::strerror(errno));
+  std::fflush(stdout);
+  write_line_whole(STDOUT_FILENO, record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", "stdout");
 }
 
 namespace {

@@ -80,10 +80,10 @@ void add_inputs_option(CLI::App* command, std::vector<std::string>& inputs, bool
 
 std::optional<std::filesystem::path> as_path(const std::optional<std::string>& text);
 
-// One JSON record per line on stdout, flushed, so that `| jq` and progress watchers see results
-// as they come. A line that cannot be written (a full disk) throws OutputError: a script reading
-// stdout would otherwise get a cut, silent result. (A closed pipe ends the process by SIGPIPE, as
-// for any Unix tool.)
+// One JSON record per line on stdout, written at once, so that `| jq` and progress watchers see
+// results as they come. A line that cannot be written (a full disk) throws OutputError, and what
+// was written of it is removed again (write_line_whole): a script reading stdout would otherwise
+// get a cut, silent result. (A closed pipe ends the process by SIGPIPE, as for any Unix tool.)
 void print_json_line(const nlohmann::json& record);
 
 // Measuring thread counts costs about a dozen forward passes: worth it from this many images on.

@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <iterator>
 #include <memory>
+#include <utility>
 
 #include "cli.hpp"
 #include "tve/atomic_file.hpp"
@@ -73,9 +75,32 @@ int check_expectations(const ExplainCliOptions& options, const nlohmann::json& g
   return check.failed() ? kExpectationsFailed : kSuccess;
 }
 
+// --record, --expect and --junit name three different files, each named: writing one over
+// another would lose a golden file or a report. A usage error, before any model work.
+void check_golden_file_names(const ExplainCliOptions& options) {
+  const std::pair<const char*, const std::optional<std::string>*> named[] = {
+      {"--record", &options.record_file}, {"--expect", &options.expect_file}, {"--junit", &options.junit_file}};
+  for (const auto& [option, file] : named) {
+    if (*file && (*file)->empty()) throw InvalidArgument(std::string(option) + " names no file (an empty path)");
+  }
+  for (size_t i = 0; i < std::size(named); ++i) {
+    for (size_t j = i + 1; j < std::size(named); ++j) {
+      const auto &a = *named[i].second, &b = *named[j].second;
+      if (a && b && same_file(*a, *b)) {
+        throw InvalidArgument(std::string(named[i].first) + " " + *a + " and " + named[j].first + " " + *b +
+                              " are the same file: one would overwrite the other");
+      }
+    }
+  }
+}
+
 int run(const CommonOptions& common, ExplainCliOptions& options) {
-  // Read first: a golden file that cannot be used is a usage error before any model work.
+  // Golden files first: one that cannot be used is a usage error, and an output that could not be
+  // written (a folder, a pipe, a device, no permission) is exit 7, both before any model work.
+  check_golden_file_names(options);
   const auto golden = options.expect_file ? read_golden(*options.expect_file) : nlohmann::json();
+  if (options.record_file) prepare_output_file(*options.record_file);
+  if (options.junit_file) prepare_output_file(*options.junit_file);
   ExplainOptions explain;
   explain.formats = parse_formats(options.formats);
   if (options.formats_given && !options.out_dir && (explain.formats.overlay || explain.formats.npy || explain.formats.json)) {
@@ -91,7 +116,7 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
     explain.out_dir = fs::path(*options.out_dir);
     prepare_output_folder(*explain.out_dir);  // an unusable --out is exit 7 before any model work
   }
-  const auto found = expand_inputs(options.inputs, std::cin, {explain.out_dir});
+  const auto found = expand_inputs(options.inputs, std::cin, {explain.out_dir, is_explain_output_name});
   const auto inputs = take_shard(found, explain.shard);
   if (explain.shard.count > 1) {
     logger().info("shard {}/{}: {} of {} input(s)", explain.shard.index, explain.shard.count, inputs.size(), found.size());
@@ -103,6 +128,7 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
   Head& head = choose_head(bundle, options.head);
   const auto method = make_method(options.method, bundle, options.method_settings);
+  if (options.expect_file) check_golden_classes(golden, *options.expect_file, head.spec.labels, head.spec.name);
 
   if (options.class_spec) explain.class_index = resolve_class(head, *options.class_spec);
   explain.top_k = options.top_k;
@@ -126,9 +152,12 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
                 summary.resumed ? " (" + std::to_string(summary.resumed) + " more done by an earlier run)" : "",
                 summary.failed, explain.out_dir ? "; outputs in " + explain.out_dir->string() : "", peak_rss_mib());
   const auto identity = golden_identity(bundle, head, *method, explain);
-  if (options.record_file) {
+  if (options.record_file && summary.succeeded == 0) {
+    logger().error("nothing recorded: no image succeeded ({} left as it was)", *options.record_file);
+  } else if (options.record_file) {
     write_file_atomically(*options.record_file, make_golden(identity, records).dump(1) + "\n");
-    logger().info("recorded {} image(s) in {}", summary.succeeded, *options.record_file);
+    logger().info("recorded {} image(s) in {}{}", summary.succeeded, *options.record_file,
+                  summary.failed ? " (" + std::to_string(summary.failed) + " failed image(s) left out)" : "");
   }
   if (options.expect_file) {
     const int verdict = check_expectations(options, golden, identity, records);

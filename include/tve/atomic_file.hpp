@@ -6,6 +6,7 @@
 // its temporaries to the next run writing into the same folder, which removes them.
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -14,8 +15,37 @@
 namespace tve {
 
 // Throws OutputError naming `file` when the folder cannot be made or the write fails (disk full,
-// read-only, permissions).
+// read-only, permissions). The destination is checked as output_destination does.
 void write_file_atomically(const std::filesystem::path& file, std::string_view bytes);
+
+// Where an output named `file` goes, and whether it can go there: `file` itself, or, when `file` is
+// a symbolic link, the file the link leads to (through any chain of links): the link is kept and
+// its target replaced, so that a link such as golden.json -> golden-v3.json still leads to the new
+// results. An output is replaced by a rename, which only a regular file (or no file yet) allows:
+// throws OutputError naming `file` when it is empty, ends in '/', or is (or leads to) a folder, a
+// named pipe, a device or a socket, or when its links loop.
+std::filesystem::path output_destination(const std::filesystem::path& file);
+
+// For an output file named on the command line (explain --record, --junit), before any model work:
+// output_destination, then its folder created and a temporary written there and removed, so that
+// a run whose result could not be saved fails at once instead of after all its compute. Returns
+// the destination. Throws OutputError.
+std::filesystem::path prepare_output_file(const std::filesystem::path& file);
+
+// Whether `a` and `b` name the same file (the same inode, through any links) or, where either does
+// not exist yet, the same place once links and '.', '..' are resolved.
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b);
+
+// A regular file's bytes, read without blocking on a named pipe or reading a device forever.
+// Throws Error naming `file` and what it is instead (missing, a folder, a named pipe, a device,
+// larger than `max_bytes`, unreadable); callers rethrow it as their kind of error.
+std::string read_regular_file(const std::filesystem::path& file, std::uintmax_t max_bytes);
+
+// Writes `line` (one JSON record and its newline) to `fd` whole or not at all: when the write fails
+// part-way (a full disk, a quota, a file size limit) and `fd` is a regular file, what was written of
+// the line is cut off again, so that every line of the file stays a complete record. Throws
+// OutputError naming `name`. (A pipe takes a line whole unless the process is killed mid-line.)
+void write_line_whole(int fd, std::string_view line, const std::string& name);
 
 // The same for a file written piece by piece (a results file that grows with a run): append()
 // writes to the temporary, commit() moves it into place; destroyed without commit() (an exception,
@@ -32,7 +62,8 @@ class AtomicFileWriter {
  private:
   void discard() noexcept;
   [[noreturn]] void fail(const std::string& why);
-  std::filesystem::path file_;
+  std::filesystem::path file_;         // as named, for messages
+  std::filesystem::path destination_;  // output_destination(file_): what the rename replaces
   std::string temporary_;  // empty once committed or discarded
   int fd_ = -1;
 };

@@ -38,10 +38,12 @@ struct ExplainOptions {
   OutputFormats formats;
   OverlayOptions overlay;
   // Skip inputs whose outputs under out_dir an earlier run completed with the same model, head,
-  // method, parameters and output settings (its JSON record, written last, says so and names
-  // every output, each of which must exist); their records are passed on with "resumed": true.
-  // Anything else (no record, other settings, a missing output) is explained again. Needs
-  // out_dir and the json format.
+  // method, parameters and output settings: its JSON record, written last, says so, holds no
+  // error and one map per class, and every output this run would write is there and whole (an
+  // overlay a complete PNG, the raw maps equal to the record's). Their records are passed on with
+  // "resumed": true, with this run's spelling of the input and output paths. Anything else (no
+  // record, other settings, an output missing, cut or changed) is explained again. Needs out_dir
+  // and the json format.
   bool resume = false;
   // Write the run summary (summary_file_name) under out_dir when the run ends, as `tve explain` does.
   bool write_summary = false;
@@ -59,6 +61,10 @@ struct ExplainSummary {
   size_t failed = 0;
   std::vector<ExplainFailure> failures;  // in input order
 };
+
+// Whether a file of this name, found in the output folder, is one of explain's outputs (an
+// overlay, a raw map, a record or summary, a temporary): never an input (InputScanOptions::is_output).
+bool is_explain_output_name(const std::string& filename);
 
 // Where run_explain writes its summary under out_dir: "tve-summary.json", or
 // "tve-summary.shard-K-of-N.json" for a shard, so that the shards of one job array never overwrite

@@ -27,8 +27,17 @@ struct GoldenTolerances {
 // `identity` holds those run-wide fields. Records with an error are left out.
 nlohmann::json make_golden(const nlohmann::json& identity, const std::vector<nlohmann::json>& records);
 
-// Reads and checks a golden file. Throws InvalidArgument naming the file and what is wrong.
+// Reads and checks a golden file: a regular file (not a folder, pipe or device) holding at least
+// one image, each entry with its top-k classes (label, index, probability in [0,1]) and at least
+// one explained class with a square map of numbers. Throws InvalidArgument naming the file, and
+// the entry, and what is wrong.
 nlohmann::json read_golden(const std::filesystem::path& file);
+
+// Checks that every class the golden file names (top-k and explained, by index and label) is a
+// class of the head this run explains, `labels`: a class the head lacks could never be compared.
+// Throws InvalidArgument naming the file, the entry and the class.
+void check_golden_classes(const nlohmann::json& golden, const std::filesystem::path& file,
+                          const std::vector<std::string>& labels, const std::string& head_name);
 
 struct ImageCheck {
   std::string input;
@@ -44,7 +53,9 @@ struct GoldenCheck {
 };
 
 // Compares a run's records with a golden file: a missing image, an image that failed, one the file
-// does not know, a changed top-1 label, probability, map ranking or peak are each a problem.
+// does not know, a changed top-1 label, probability, map ranking or peak, another number of
+// explained classes or another class in a recorded map's place are each a problem. Each input
+// is one ImageCheck, however many problems it has.
 GoldenCheck check_against_golden(const nlohmann::json& golden, const nlohmann::json& identity,
                                  const std::vector<nlohmann::json>& records, const GoldenTolerances& tolerances);
 

@@ -24,7 +24,10 @@ namespace tve {
 // per line from `stdin_paths`. Nothing is dropped silently: what a folder scan cannot use (a
 // dangling symbolic link, a link loop, a sub-folder it cannot read) comes back as an input with
 // an error, to be reported like a bad image. The same file given twice (by two paths, or twice on
-// stdin) is kept once, and files under `skip_folder` (the output folder) are never inputs.
+// stdin) is kept once, and outputs are never inputs: files under `skip_folder` (the output
+// folder) are not taken, or, with `is_output`, only those it calls outputs. Then an output folder
+// that is itself an input folder (given as one, or inside one given) is scanned like any other,
+// its outputs left out by name, while an output folder met inside an input folder is skipped whole.
 struct InputFile {
   InputFile() = default;
   InputFile(std::filesystem::path file, std::string why = {}) : path(std::move(file)), error(std::move(why)) {}  // NOLINT: implicit from a path
@@ -34,6 +37,7 @@ struct InputFile {
 };
 struct InputScanOptions {
   std::optional<std::filesystem::path> skip_folder;
+  std::function<bool(const std::string& filename)> is_output;  // names of the outputs in skip_folder
 };
 std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, std::istream& stdin_paths,
                                      const InputScanOptions& options = {});
@@ -45,10 +49,13 @@ struct Shard {  // hash: FNV-1a 64 of the path's bytes, then MurmurHash3's fmix6
   uint64_t index = 0;  // 0 .. count-1
   uint64_t count = 1;
 };
-// "K/N"; "auto", which takes K and N from a SLURM job array (SLURM_ARRAY_TASK_ID minus
-// SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT or MAX-MIN+1); or "auto/N", which takes K from
+// "K/N"; "auto", which takes K and N from a SLURM job array; or "auto/N", which takes K from
 // JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or SLURM and checks it against N. `lookup` reads
-// the environment. Throws InvalidArgument saying what is missing or inconsistent.
+// the environment. A SLURM array A-B:S (S = SLURM_ARRAY_TASK_STEP, 1 when unset) has tasks A, A+S,
+// ... up to B: task T is shard (T-A)/S of (B-A)/S+1. An array whose SLURM_ARRAY_TASK_COUNT
+// disagrees with that (a list such as 1,4,9), or a task ID off the grid, is refused: its tasks
+// cannot be numbered 0..N-1 from the environment alone, and a wrong guess would skip shards.
+// Throws InvalidArgument saying what is missing or inconsistent.
 Shard parse_shard(const std::string& spec, const std::function<const char*(const char*)>& lookup);
 bool in_shard(const std::filesystem::path& input, const Shard& shard);
 std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Shard& shard);

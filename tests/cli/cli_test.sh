@@ -769,6 +769,7 @@ failed = [f for s in summaries for f in s["failures"]]
 assert failed[0]["input"].endswith("broken.png") and "truncated" in failed[0]["error"], failed
 assert all(s["shard"]["count"] == 3 and s["model"] == "tiny-vit" and s["tve_version"] for s in summaries)
 PY
+  args=(--model tiny-vit --format none --threads 1)  # no --out from here on: records on stdout only
   # Stable whatever the order of discovery: the same shard from a reversed list on stdin.
   find "$WORK/in" -type f | sort -r >"$WORK/list"
   "$TVE" explain - "${args[@]}" --shard 1/3 <"$WORK/list" >"$WORK/out" 2>"$WORK/err"; rc=$?
