@@ -118,13 +118,15 @@ def fidelity(explainer: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tenso
 
 def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int, radius: int,
                        cache: Optional[Path], log: Callable[[str], None] = print,
-                       stop: Callable[[], bool] = lambda: False, precision: str = "fp32") -> Dict[str, torch.Tensor]:
+                       stop: Callable[[int, float], bool] = lambda n, s: False,
+                       precision: str = "fp32") -> Dict[str, torch.Tensor]:
     """Exact windowed occlusion of held-out images (2 G^2 passes each) for the report, one cached
     file per image under `cache` (keyed by its name), so that an interrupted or repeated report
-    computes only what it lacks. Stops early when stop() says so: the result then covers the
-    first images only. precision "bf16": the passes under bfloat16 autocast, as the training's."""
+    computes only what it lacks. Stops early when stop(images measured, seconds spent on them)
+    says so: the result then covers the first images only. precision "bf16": the passes under bfloat16 autocast, as the training's."""
     t = time.time()
     pos, neg, clean = [], [], []
+    computed, spent = 0, 0.0
     for i, name in enumerate(names):
         path = None if cache is None else cache / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".pt")
         if path is not None and path.is_file():
@@ -135,14 +137,16 @@ def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int
         else:
             entry = None
         if entry is None:
-            if stop():
+            if stop(computed, spent):
                 break
+            started = time.time()
             x = images[i:i + 1]
             with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 p, q = occlusion_embeddings(target.embed, x, grid, radius)
                 entry = {"pos": p.float().cpu(), "neg": q.float().cpu(), "clean": target.embed(x).float().cpu()}
             if path is not None:
                 atomic_save(entry, path)
+            computed, spent = computed + 1, spent + time.time() - started
             log(f"fidelity report: exact occlusion {i + 1}/{len(names)} held-out images, {time.time() - t:.0f} s")
         pos.append(entry["pos"])
         neg.append(entry["neg"])
@@ -156,7 +160,7 @@ def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int
 @torch.no_grad()
 def held_out_report(explainer: Callable, target, images: torch.Tensor, grid: int, radius: int,
                     log: Callable[[str], None] = print, names: Optional[List[str]] = None,
-                    cache: Optional[Path] = None, stop: Callable[[], bool] = lambda: False,
+                    cache: Optional[Path] = None, stop: Callable[[int, float], bool] = lambda n, s: False,
                     training_map: Optional[Dict[str, torch.Tensor]] = None, precision: str = "fp32") -> Dict[str, dict]:
     """fidelity() on held-out images without masks (a user's folder): exact windowed occlusion
     of `target` (eager or TorchScript, with embed and head) computed here (held_out_occlusion),
