@@ -57,8 +57,13 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   prepare_output_folder(out);  // an unusable --out is exit 7 before any model work
   std::vector<InputFile> inputs;
   size_t masks_skipped = 0;
+  // --out may be the images' folder: its images are inputs, eval's own outputs are not.
   InputScanOptions scan;
   scan.skip_folder = out;
+  scan.is_output = [](const std::string& name) {
+    return name == "results.jsonl" || name == "summary.json" || name == "table.md" || name == "curves.png" ||
+           is_temporary_output_name(name);
+  };
   for (auto& input : expand_inputs(options.inputs, std::cin, scan)) {
     if (input.error.empty() && is_mask_file(input.path)) {
       ++masks_skipped;  // a mask beside its image is not an image to evaluate
