@@ -1,45 +1,7 @@
 #!/usr/bin/env bash
 # CLI smoke tests: the real binary on real files. Usage: TVE=path/to/tve cli_test.sh CASE
 # Each case checks stdout, stderr and the exit code (documented in README.md, "Exit codes").
-set -uo pipefail
-
-: "${TVE:?set TVE to the tve binary}"
-: "${TVE_SOURCE_DIR:?set TVE_SOURCE_DIR to the source tree}"
-FIXTURES="$TVE_SOURCE_DIR/tests/fixtures"
-SAMPLES="$TVE_SOURCE_DIR/data/samples"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-export TVE_MODELS_DIR=""  # only --models-dir and the shipped models/ count in these tests
-
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-# run ARGS...: runs tve, leaving stdout in $WORK/out, stderr in $WORK/err, exit code in $rc
-run() {
-  "$TVE" "$@" >"$WORK/out" 2>"$WORK/err" </dev/null
-  rc=$?
-}
-expect_rc() { [[ $rc -eq $1 ]] || fail "exit code $rc, expected $1; stderr: $(cat "$WORK/err")"; }
-expect_in() { grep -qF -- "$2" "$WORK/$1" || fail "$1 lacks '$2': $(head -c 2000 "$WORK/$1")"; }
-
-# json_check PYTHON_EXPR: every stdout line parses as JSON; EXPR (over `lines`, a list) holds.
-json_check() {
-  /usr/bin/python3 - "$WORK/out" "$1" <<'PY' || fail "JSON check failed: $1"
-import json, sys
-lines = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
-ok = eval(sys.argv[2])
-if not ok:
-    print(json.dumps(lines, indent=1)[:3000], file=sys.stderr)
-    sys.exit(1)
-PY
-}
-
-# as_unprivileged CMD...: runs CMD as user nobody when the tests run as root (CI does), so that
-# permissions mean something; as is otherwise. Returns 99 when that is impossible here.
-as_unprivileged() {
-  if [[ $(id -u) -ne 0 ]]; then "$@"; return; fi
-  command -v setpriv >/dev/null || return 99
-  setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"
-}
+source "$(dirname "$0")/harness.sh"
 
 # copies N NAME: N distinct copies of a small fixture image in $WORK/NAME (distinct files, so that
 # no two are the same input).

@@ -3,51 +3,16 @@
 # binary on real files and shipped models, each case generated here. Usage:
 #   TVE=path/to/tve TVE_SOURCE_DIR=path/to/source hostile_eval_cli.sh CASE
 # Each case checks exit code, stderr and what is (and is not) left on disk; docs/ci.md lists them.
-set -uo pipefail
+RUN_TIMEOUT=60
+source "$(dirname "$0")/harness.sh"
 
-: "${TVE:?set TVE to the tve binary}"
-: "${TVE_SOURCE_DIR:?set TVE_SOURCE_DIR to the source tree}"
-FIXTURES="$TVE_SOURCE_DIR/tests/fixtures"
-SAMPLES="$TVE_SOURCE_DIR/data/samples"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-export TVE_MODELS_DIR=""  # only --models-dir and the shipped models/ count here
-PY=/usr/bin/python3
-
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-# run ARGS...: runs tve (60 s at most), stdout in $WORK/out, stderr in $WORK/err, exit code in $rc.
-run() {
-  timeout 60 "$TVE" "$@" >"$WORK/out" 2>"$WORK/err" </dev/null
-  rc=$?
-  [[ $rc -ne 124 ]] || fail "tve $* did not end within 60 s"
-}
-expect_rc() { [[ $rc -eq $1 ]] || fail "exit code $rc, expected $1; stderr: $(head -c 3000 "$WORK/err")"; }
-expect_in() { grep -qF -- "$2" "$WORK/$1" || fail "$1 lacks '$2': $(head -c 3000 "$WORK/$1")"; }
-not_in() { ! grep -qF -- "$2" "$WORK/$1" || fail "$1 has '$2': $(head -c 3000 "$WORK/$1")"; }
 no_internals() { ! grep -q "stack\|0x[0-9a-f]\{8\}\|terminate called" "$WORK/err" || fail "C++ internals on stderr: $(cat "$WORK/err")"; }
 # no_leftovers DIR: no temporary or hidden file under DIR.
 no_leftovers() {
   local left; left=$(find "$1" -name '.*' -o -name '*.tmp' 2>/dev/null)
   [[ -z "$left" ]] || fail "left under $1: $left"
 }
-# py CODE ARGS...: a Python check; a failed assert fails the case.
-py() { local code=$1; shift; "$PY" -c "$code" "$@" || fail "check failed: $code"; }
 
-# images N DIR: N distinct small images (different content, so maps and curves differ).
-images() {
-  mkdir -p "$2"
-  "$PY" - "$1" "$2" <<'PY' || fail "could not make images"
-import sys
-from PIL import Image, ImageDraw
-n, folder = int(sys.argv[1]), sys.argv[2]
-for i in range(n):
-    image = Image.new("RGB", (48, 40), (20 * (i % 12), 90, 200 - 15 * (i % 13)))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((4 + 2 * (i % 9), 6, 30 + i % 7, 34), fill=(250, 240 - 9 * (i % 20), 10))
-    image.save(f"{folder}/img-{i:03d}.png")
-PY
-}
 
 # ---- eval -------------------------------------------------------------------------------------
 

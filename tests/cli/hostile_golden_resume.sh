@@ -5,46 +5,17 @@
 #   TVE=path/to/tve TVE_SOURCE_DIR=path/to/source hostile_golden_resume.sh CASE
 # Each case checks the exit code, stderr and what is (and is not) left on disk; docs/ci.md and
 # docs/cluster.md state the guarantees these cases hold.
-set -uo pipefail
-
-: "${TVE:?set TVE to the tve binary}"
-: "${TVE_SOURCE_DIR:?set TVE_SOURCE_DIR to the source tree}"
-FIXTURES="$TVE_SOURCE_DIR/tests/fixtures"
-SAMPLES="$TVE_SOURCE_DIR/data/samples"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-export TVE_MODELS_DIR=""  # only --models-dir and the shipped models/ count here
-PY=/usr/bin/python3
+RUN_TIMEOUT=60
+source "$(dirname "$0")/harness.sh"
 cd "$WORK" || exit 1
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-# run ARGS...: runs tve (60 s at most: a pipe must not hang it), stdout in $WORK/out, stderr in
-# $WORK/err, exit code in $rc.
-run() {
-  timeout 60 "$TVE" "$@" >"$WORK/out" 2>"$WORK/err" </dev/null
-  rc=$?
-  [[ $rc -ne 124 ]] || fail "tve $* did not end within 60 s"
-}
-expect_rc() { [[ $rc -eq $1 ]] || fail "exit code $rc, expected $1; stderr: $(head -c 3000 "$WORK/err")"; }
-expect_in() { grep -qF -- "$2" "$WORK/$1" || fail "$1 lacks '$2': $(head -c 3000 "$WORK/$1")"; }
-not_in() { ! grep -qF -- "$2" "$WORK/$1" || fail "$1 has '$2': $(head -c 3000 "$WORK/$1")"; }
 # before_compute: the run ended before loading a model (its thread choice is the first model log).
 before_compute() { not_in err "threads:"; not_in err "explaining "; }
 no_temporaries() {
   local left; left=$(find "$1" -name '*.tve.tmp' 2>/dev/null)
   [[ -z "$left" ]] || fail "temporaries left under $1: $left"
 }
-# py CODE ARGS...: a Python check; a failed assert fails the case.
-py() { local code=$1; shift; "$PY" -c "$code" "$@" || fail "check failed: $code"; }
 
-# as_unprivileged CMD...: CMD as user nobody when run as root (CI does), so that permissions mean
-# something. Returns 99 when that is impossible here.
-as_unprivileged() {
-  if [[ $(id -u) -ne 0 ]]; then "$@"; return; fi
-  command -v setpriv >/dev/null || return 99
-  setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"
-}
 
 # with_file_limit KB CMD...: CMD with writes to regular files limited to KB kibibytes (RLIMIT_FSIZE),
 # SIGXFSZ ignored so that a write past it fails with EFBIG as on a full disk. stdout and stderr as
@@ -54,20 +25,6 @@ with_file_limit() {
   (trap '' XFSZ; ulimit -f "$kb"; exec "$@")
 }
 
-# images N DIR: N distinct small images.
-images() {
-  mkdir -p "$2"
-  "$PY" - "$1" "$2" <<'PY' || fail "could not make images"
-import sys
-from PIL import Image, ImageDraw
-n, folder = int(sys.argv[1]), sys.argv[2]
-for i in range(n):
-    image = Image.new("RGB", (48, 40), (20 * (i % 12), 90, 200 - 15 * (i % 13)))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((4 + 2 * (i % 9), 6, 30 + i % 7, 34), fill=(250, 240 - 9 * (i % 20), 10))
-    image.save(f"{folder}/img-{i:03d}.png")
-PY
-}
 
 # samples: data/samples copied to $WORK/s (11 images), and a golden file of tiny-vit on it in g.json.
 samples_and_golden() {
