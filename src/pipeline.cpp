@@ -268,14 +268,15 @@ Shard parse_shard(const std::string& spec, const std::function<const char*(const
   return shard;
 }
 
-bool in_shard(const fs::path& input, const Shard& shard) {
-  if (shard.count <= 1) return true;
-  // FNV-1a, 64 bits, then MurmurHash3's 64-bit finaliser: both fixed by their definitions, so every
-  // machine and every build splits alike. FNV-1a alone spreads paths that differ only in their
-  // last characters (img-0001.png, img-0002.png) unevenly over small moduli; the finaliser mixes
-  // every bit into the low ones.
+namespace {
+
+// FNV-1a, 64 bits, then MurmurHash3's 64-bit finaliser: both fixed by their definitions, so every
+// machine and every build hashes alike. FNV-1a alone spreads names that differ only in their last
+// characters (img-0001.png, img-0002.png) unevenly over small moduli; the finaliser mixes every bit
+// into the low ones.
+uint64_t stable_hash(const std::string& text) {
   uint64_t hash = 14695981039346656037ull;
-  for (const unsigned char byte : input.string()) {
+  for (const unsigned char byte : text) {
     hash ^= byte;
     hash *= 1099511628211ull;
   }
@@ -284,7 +285,14 @@ bool in_shard(const fs::path& input, const Shard& shard) {
   hash ^= hash >> 33;
   hash *= 0xc4ceb9fe1a85ec53ull;
   hash ^= hash >> 33;
-  return hash % shard.count == shard.index;
+  return hash;
+}
+
+}  // namespace
+
+bool in_shard(const fs::path& input, const Shard& shard) {
+  if (shard.count <= 1) return true;
+  return stable_hash(input.string()) % shard.count == shard.index;
 }
 
 std::vector<InputFile> take_shard(const std::vector<InputFile>& inputs, const Shard& shard) {
@@ -299,18 +307,9 @@ std::string output_base_name(const std::string& name) {
   if (name.size() <= kMaxOutputBaseBytes) return name;
   // Outputs add up to 20 bytes to this name (".top1000.overlay.png") and a file system allows 255
   // per name: a longer one keeps its first bytes, cut before a UTF-8 continuation byte, and a
-  // hash of the whole name (FNV-1a 64 and MurmurHash3's finaliser, as in_shard), so that distinct
-  // names stay distinct and every run names the same input alike.
-  uint64_t hash = 14695981039346656037ull;
-  for (const unsigned char byte : name) {
-    hash ^= byte;
-    hash *= 1099511628211ull;
-  }
-  hash ^= hash >> 33;
-  hash *= 0xff51afd7ed558ccdull;
-  hash ^= hash >> 33;
-  hash *= 0xc4ceb9fe1a85ec53ull;
-  hash ^= hash >> 33;
+  // hash of the whole name (stable_hash, as in_shard), so that distinct names stay distinct and
+  // every run names the same input alike.
+  const uint64_t hash = stable_hash(name);
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
   size_t keep = kMaxOutputBaseBytes - 17;  // room for '~' and 16 hex digits
