@@ -464,6 +464,11 @@ def constant_head_warnings(head, what: str, labels: List[str], dim: int, weights
             f"depend on the image, so their maps are zero: {fix}"]
 
 
+# The ranges tve's manifest check accepts (src/bundle.cpp, docs/bundle-format.md): a bundle made
+# outside them would be refused by `tve models --check` at the end instead of here.
+MANIFEST_BOUNDS = {"mean": (0.0, 1.0), "std": (0.001, 100.0), "crop_fraction": (0.1, 1.0)}
+
+
 def parse_floats(text: Optional[str], what: str) -> Optional[List[float]]:
     if text is None:
         return None
@@ -471,8 +476,10 @@ def parse_floats(text: Optional[str], what: str) -> Optional[List[float]]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise BundleError(f"--{what} {text!r}: expected three comma-separated numbers, e.g. 0.5,0.5,0.5") from None
-    if len(values) != 3 or (what == "std" and min(values) <= 0):
-        raise BundleError(f"--{what} {text!r}: expected three numbers{' > 0' if what == 'std' else ''}")
+    low, high = MANIFEST_BOUNDS[what]
+    if len(values) != 3 or not all(low <= v <= high for v in values):
+        raise BundleError(f"--{what} {text!r}: expected three numbers in [{low:g}, {high:g}] (the range tve's "
+                          f"manifest check accepts, docs/bundle-format.md)")
     return values
 
 
@@ -527,8 +534,9 @@ def make(args: argparse.Namespace) -> None:
         raise BundleError(f"{args.out}: exists (choose another --out, or --force to replace it)")
     if args.image_size is not None and args.image_size < 16:
         raise BundleError(f"--image-size {args.image_size}: too small (at least 16)")
-    if not 0 < args.crop_fraction <= 1:
-        raise BundleError(f"--crop-fraction {args.crop_fraction}: must be in (0, 1]")
+    low, high = MANIFEST_BOUNDS["crop_fraction"]
+    if not low <= args.crop_fraction <= high:
+        raise BundleError(f"--crop-fraction {args.crop_fraction}: must be in [{low:g}, {high:g}]")
     mean = parse_floats(args.mean, "mean") or IMAGENET_MEAN
     std = parse_floats(args.std, "std") or IMAGENET_STD
     labels_for_heads = {}

@@ -85,7 +85,7 @@ def test_make_bundle_transformers_random_weights(tmp_path, name, size):
 
 
 @pytest.mark.parametrize("case", ["wrong_arch", "wrong_labels", "corrupt", "not_a_state_dict", "head_dim",
-                                  "not_linear", "unknown_name", "exists"])
+                                  "not_linear", "unknown_name", "exists", "tiny_std", "tiny_crop"])
 def test_make_bundle_errors_name_file_and_mismatch(tmp_path, resnet18_weights, case):
     out = tmp_path / "out"
     args = ["--torchvision", "resnet18", "--weights", resnet18_weights, "--out", out]
@@ -126,6 +126,12 @@ def test_make_bundle_errors_name_file_and_mismatch(tmp_path, resnet18_weights, c
     elif case == "exists":
         out.mkdir()
         expect = [str(out), "exists"]
+    elif case == "tiny_std":  # outside what tve's manifest check accepts: refused here, not after the work
+        args += ["--std", "1e-45,0.2,0.2"]
+        expect = ["--std", "[0.001, 100]"]
+    elif case == "tiny_crop":
+        args += ["--crop-fraction", "1e-6"]
+        expect = ["--crop-fraction", "[0.1, 1]"]
     done = run_script("make_bundle.py", *args, ok=False)
     assert done.returncode == 2, done.stderr
     for fragment in expect:
