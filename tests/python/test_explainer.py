@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvelib import bundle, explainer as ex, explainer_training, metrics, occlusion, trunks
+from tvelib import bundle, explainer as ex, explainer_training, files, metrics, occlusion, trunks
 
 ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -180,12 +180,12 @@ def test_smoke_training_exports_a_matching_explainer(tmp_path):
 
 def test_resume_continues_at_the_right_step(tmp_path):
     _train(tmp_path, "--steps", "6", "--max-steps", "2")
-    state = torch.load(tmp_path / "run/explainer.ckpt")["state"]
+    state = files.load_data(tmp_path / "run/explainer.ckpt")["state"]  # tensors-only checkpoints
     assert state["step"] == 2 and not state["done"]
     _train(tmp_path, "--steps", "6")
     log = (tmp_path / "run/train.log").read_text()
     assert "resumed at step 2/6" in log
-    state = torch.load(tmp_path / "run/explainer.ckpt")["state"]
+    state = files.load_data(tmp_path / "run/explainer.ckpt")["state"]  # tensors-only checkpoints
     assert state["step"] == 6 and state["done"]
     # A different configuration refuses the checkpoint instead of silently mixing runs.
     target = trunks.eager_target(bundle.Bundle(ROOT / "models/tiny-resnet"))
