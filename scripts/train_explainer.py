@@ -619,7 +619,8 @@ def finish_folder_run(b, target, model, state, out_dir: Path, images: folder.Ima
         report = fidelity.held_out_report(model, target.to(device), held.to(device), grid, radius, log,
                                           names=[str(p.relative_to(images.root)) for p in paths],
                                           cache=run_dir / "report-occlusion", stop=stop, training_map=training_map,
-                                          precision=cfg.target_precision)
+                                          precision=cfg.target_precision,
+                                          chunk=min(196, (state.get("plan") or {}).get("chunk", 196)))
         runs.raise_if_stop_requested()
         if report["n"] < 2:
             log("fidelity report: skipped (the time budget ended before two held-out images were measured)")

@@ -198,8 +198,10 @@ def plan_budget(budget: float, spent: float, costs: Costs, grid: int, centres: i
                         f"{min_bank_images} were not useful in our measurements (docs/own-model.md), so "
                         f"expect maps no better than the report's baselines: give --time-budget "
                         f"{math.ceil(need / 60)}m or more")
-    peak = (costs.resident_bytes + masked_copies + images * costs.bank_bytes_per_image
-            + chunk * costs.pass_bytes_per_image)
+    bank_phase = masked_copies + chunk * costs.pass_bytes_per_image
+    # The report's exact occlusion runs the same chunks, each of masked copies of one image.
+    report_phase = chunk * (costs.pass_bytes_per_image + 2 * costs.input_bytes_per_image)
+    peak = costs.resident_bytes + images * costs.bank_bytes_per_image + max(bank_phase, report_phase)
     # The cost probe takes seconds on a busy machine and can be off by 2x: the bank may grow to
     # 4x the expected size (memory permitting) and closes when the observed speed says so.
     limit = max(images, min(4 * images, bank_cap // batch * batch))

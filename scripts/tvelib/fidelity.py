@@ -119,7 +119,7 @@ def fidelity(explainer: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tenso
 def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int, radius: int,
                        cache: Optional[Path], log: Callable[[str], None] = print,
                        stop: Callable[[int, float], bool] = lambda n, s: False,
-                       precision: str = "fp32") -> Dict[str, torch.Tensor]:
+                       precision: str = "fp32", chunk: int = 196) -> Dict[str, torch.Tensor]:
     """Exact windowed occlusion of held-out images (2 G^2 passes each) for the report, one cached
     file per image under `cache` (keyed by its name), so that an interrupted or repeated report
     computes only what it lacks. Stops early when stop(images measured, seconds spent on them)
@@ -142,7 +142,7 @@ def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int
             started = time.time()
             x = images[i:i + 1]
             with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                p, q = occlusion_embeddings(target.embed, x, grid, radius)
+                p, q = occlusion_embeddings(target.embed, x, grid, radius, chunk)
                 entry = {"pos": p.float().cpu(), "neg": q.float().cpu(), "clean": target.embed(x).float().cpu()}
             if path is not None:
                 atomic_save(entry, path)
@@ -161,12 +161,13 @@ def held_out_occlusion(target, images: torch.Tensor, names: List[str], grid: int
 def held_out_report(explainer: Callable, target, images: torch.Tensor, grid: int, radius: int,
                     log: Callable[[str], None] = print, names: Optional[List[str]] = None,
                     cache: Optional[Path] = None, stop: Callable[[int, float], bool] = lambda n, s: False,
-                    training_map: Optional[Dict[str, torch.Tensor]] = None, precision: str = "fp32") -> Dict[str, dict]:
+                    training_map: Optional[Dict[str, torch.Tensor]] = None, precision: str = "fp32",
+                    chunk: int = 196) -> Dict[str, dict]:
     """fidelity() on held-out images without masks (a user's folder): exact windowed occlusion
     of `target` (eager or TorchScript, with embed and head) computed here (held_out_occlusion),
     and the same measure for the trivial baselines (baseline_maps) next to it."""
     names = names if names is not None else [str(i) for i in range(len(images))]
-    occ = held_out_occlusion(target, images, names, grid, radius, cache, log, stop, precision)
+    occ = held_out_occlusion(target, images, names, grid, radius, cache, log, stop, precision, chunk)
     if len(occ["pos"]) == 0:
         return {"n": 0}
     results = fidelity(explainer, target.head, occ, grid, radius)
