@@ -504,29 +504,6 @@ def fit_step_timer(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor,
     return step
 
 
-def seconds_per_step(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig,
-                     source: TrainingData, device: str = "cpu", trials: int = 2) -> float:
-    """Measured seconds of one training step (targets, forward, backward, update) on a throwaway
-    explainer: what a --time-budget turns into a step count. The first step warms up and is not
-    counted."""
-    target = target.eval().to(device)
-    masks = window_masks(grid, radius, image_size, image_size).to(device)
-    model = build(target, grid, radius, image_size, cfg).to(device).train()
-    freeze_norm_stats(model)
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    times = []
-    for i in range(trials + 1):
-        t = time.perf_counter()
-        x = source.batch(i).to(device)
-        centres = draw_centres(cfg.seed, i, len(x), masks.shape[0], min(cfg.centres, masks.shape[0])).to(device)
-        loss, _, _ = losses(model, target, x, masks, centres, cfg.logit_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return sorted(times[1:])[len(times[1:]) // 2]
-
-
 def load_checkpoint(target: nn.Module, grid: int, radius: int, image_size: int,
                     ckpt_path: Path) -> Tuple[TrunkExplainer, dict]:
     ck = load_data(ckpt_path)
