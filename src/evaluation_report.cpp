@@ -12,40 +12,8 @@
 namespace tve {
 namespace {
 
-struct MetricColumn {
-  const char* key;
-  const char* heading;
-  bool rate;  // a 0/1 outcome, summarised by its mean rather than its median
-};
-
-// Table order; a column appears when some method has values for it.
-const MetricColumn kColumns[] = {
-    {"deletion_auc", "deletion AUC (lower is better)", false},
-    {"insertion_auc", "insertion AUC (higher is better)", false},
-    {"spearman", "Spearman vs occlusion", false},
-    {"pearson", "Pearson vs occlusion", false},
-    {"top10_iou", "top-10% IoU vs occlusion", false},
-    {"pointing_game", "pointing game (hit rate)", true},
-    {"above_median_share_on_object", "share above median on object", false},
-    {"ms", "ms / image (per batch)", false},
-    {"forward_equivalents", "cost (forward passes, per batch)", false},
-};
-
 IntervalEstimate estimate(const MetricColumn& column, const std::vector<double>& values) {
   return column.rate ? mean_with_interval(values) : median_with_interval(values);
-}
-
-std::string number(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, std::abs(value) >= 100 ? "%.0f" : std::abs(value) >= 10 ? "%.1f" : "%.3f", value);
-  return text;
-}
-
-// A distinct colour per method (BGR), the same in every run.
-cv::Scalar colour_of(size_t index) {
-  static const cv::Scalar palette[] = {{40, 40, 220},  {200, 120, 0},  {0, 160, 0},   {160, 0, 160}, {0, 140, 220},
-                                       {120, 120, 0}, {60, 60, 60},   {220, 0, 120}, {0, 200, 200}, {100, 50, 0}};
-  return palette[index % (sizeof palette / sizeof palette[0])];
 }
 
 void draw_panel(cv::Mat& canvas, const cv::Rect& area, const std::string& title, const EvaluationReport& report,
@@ -57,8 +25,8 @@ void draw_panel(cv::Mat& canvas, const cv::Rect& area, const std::string& title,
     const int x = left + (right - left) * tick / 4;
     cv::line(canvas, {left, y}, {right, y}, grid_line, 1);
     cv::line(canvas, {x, top}, {x, bottom}, grid_line, 1);
-    cv::putText(canvas, number(tick / 4.0).substr(0, 4), {area.x + 8, y + 4}, cv::FONT_HERSHEY_SIMPLEX, 0.4, axis, 1, cv::LINE_AA);
-    cv::putText(canvas, number(tick / 4.0).substr(0, 4), {x - 12, bottom + 16}, cv::FONT_HERSHEY_SIMPLEX, 0.4, axis, 1, cv::LINE_AA);
+    cv::putText(canvas, format_metric(tick / 4.0).substr(0, 4), {area.x + 8, y + 4}, cv::FONT_HERSHEY_SIMPLEX, 0.4, axis, 1, cv::LINE_AA);
+    cv::putText(canvas, format_metric(tick / 4.0).substr(0, 4), {x - 12, bottom + 16}, cv::FONT_HERSHEY_SIMPLEX, 0.4, axis, 1, cv::LINE_AA);
   }
   cv::rectangle(canvas, {left, top}, {right, bottom}, axis, 1);
   cv::putText(canvas, title, {left, area.y + 20}, cv::FONT_HERSHEY_SIMPLEX, 0.55, axis, 1, cv::LINE_AA);
@@ -74,11 +42,40 @@ void draw_panel(cv::Mat& canvas, const cv::Rect& area, const std::string& title,
       points.emplace_back(left + static_cast<int>((right - left) * static_cast<double>(s) / static_cast<double>(sums.size() - 1)),
                           bottom - static_cast<int>((bottom - top) * std::clamp(mean, 0.0, 1.0)));
     }
-    cv::polylines(canvas, points, false, colour_of(m), 2, cv::LINE_AA);
+    cv::polylines(canvas, points, false, curve_colour(m), 2, cv::LINE_AA);
   }
 }
 
 }  // namespace
+
+const std::vector<MetricColumn>& metric_columns() {
+  // Table order; a column appears when some method has values for it.
+  static const std::vector<MetricColumn> columns = {
+      {"deletion_auc", "deletion AUC (lower is better)", false},
+      {"insertion_auc", "insertion AUC (higher is better)", false},
+      {"spearman", "Spearman vs occlusion", false},
+      {"pearson", "Pearson vs occlusion", false},
+      {"top10_iou", "top-10% IoU vs occlusion", false},
+      {"pointing_game", "pointing game (hit rate)", true},
+      {"above_median_share_on_object", "share above median on object", false},
+      {"ms", "ms / image (per batch)", false},
+      {"forward_equivalents", "cost (forward passes, per batch)", false},
+  };
+  return columns;
+}
+
+std::string format_metric(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, std::abs(value) >= 100 ? "%.0f" : std::abs(value) >= 10 ? "%.1f" : "%.3f", value);
+  return text;
+}
+
+// A distinct colour per method (BGR), the same in every run.
+cv::Scalar curve_colour(size_t index) {
+  static const cv::Scalar palette[] = {{40, 40, 220},  {200, 120, 0},  {0, 160, 0},   {160, 0, 160}, {0, 140, 220},
+                                       {120, 120, 0}, {60, 60, 60},   {220, 0, 120}, {0, 200, 200}, {100, 50, 0}};
+  return palette[index % (sizeof palette / sizeof palette[0])];
+}
 
 nlohmann::json EvaluationReport::summary() const {
   nlohmann::json out{{"images", images},
@@ -94,7 +91,7 @@ nlohmann::json EvaluationReport::summary() const {
     nlohmann::json per_metric = nlohmann::json::object();
     const auto found = totals.find(name);
     if (found == totals.end()) continue;
-    for (const auto& column : kColumns) {
+    for (const auto& column : metric_columns()) {
       const auto values = found->second.metrics.find(column.key);
       if (values == found->second.metrics.end()) continue;
       const auto e = estimate(column, values->second);
@@ -107,7 +104,7 @@ nlohmann::json EvaluationReport::summary() const {
 
 std::string EvaluationReport::markdown_table() const {
   std::vector<const MetricColumn*> shown;
-  for (const auto& column : kColumns) {
+  for (const auto& column : metric_columns()) {
     for (const auto& [name, method_totals] : totals) {
       if (method_totals.metrics.count(column.key)) {
         shown.push_back(&column);
@@ -132,7 +129,7 @@ std::string EvaluationReport::markdown_table() const {
         continue;
       }
       const auto e = estimate(*column, values->second);
-      table << ' ' << number(e.value) << " [" << number(e.low) << ", " << number(e.high) << "] |";
+      table << ' ' << format_metric(e.value) << " [" << format_metric(e.low) << ", " << format_metric(e.high) << "] |";
     }
     table << '\n';
   }
@@ -154,7 +151,7 @@ cv::Mat EvaluationReport::plot_curves() const {
   draw_panel(canvas, {panel_width, 0, panel_width, panel_height}, "insertion: probability of the class", *this, false);
   for (size_t m = 0; m < methods.size(); ++m) {
     const int x = 50 + static_cast<int>(m % 3) * 260, y = panel_height + 16 + 22 * static_cast<int>(m / 3);
-    cv::line(canvas, {x, y - 4}, {x + 24, y - 4}, colour_of(m), 3, cv::LINE_AA);
+    cv::line(canvas, {x, y - 4}, {x + 24, y - 4}, curve_colour(m), 3, cv::LINE_AA);
     cv::putText(canvas, methods[m], {x + 30, y}, cv::FONT_HERSHEY_SIMPLEX, 0.5, {0, 0, 0}, 1, cv::LINE_AA);
   }
   return canvas;

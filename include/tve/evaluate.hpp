@@ -67,6 +67,22 @@ struct MethodTotals {
   int64_t non_finite = 0;  // images whose map had a NaN or infinity: reported, left out of the metrics
 };
 
+// The summary's metrics in table order (table.md, report.html): the key in summary.json, the
+// column heading, and whether it is a 0/1 outcome summarised by its mean ("mean") rather than its
+// median ("median").
+struct MetricColumn {
+  const char* key;
+  const char* heading;
+  bool rate;
+};
+const std::vector<MetricColumn>& metric_columns();
+
+// A metric's value as the tables show it: 3 decimals below 10, 1 below 100, none above.
+std::string format_metric(double value);
+
+// The colour of the `index`-th method's curves (BGR), the same in curves.png and report.html.
+cv::Scalar curve_colour(size_t index);
+
 struct EvaluationReport {
   std::vector<std::string> methods;  // in the order asked
   std::map<std::string, MethodTotals> totals;
