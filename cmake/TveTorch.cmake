@@ -1,0 +1,66 @@
+# Which LibTorch tve builds against: the build flavour (docs/gpu.md).
+#
+#   debian  Debian's libtorch-dev 1.13 (CPU only, OpenBLAS). The default: on this project's CPUs it
+#           runs the shipped models faster than PyPI's torch (docs/performance.md).
+#   cuda    the LibTorch inside the PyPI `torch` wheel of the current-torch venv
+#           (scripts/torch_env.py, $TVE_CACHE/torch-venv): CPU and CUDA. Its CMake config enables the
+#           CUDA language, so it needs nvcc and the CUDA headers of the same release as the wheel's
+#           runtime: scripts/setup_cuda.sh installs them from PyPI into $TVE_CACHE/cuda-toolkit.
+#           scripts/build.sh --flavour cuda builds it into build-cuda/.
+#
+# OpenCV, spdlog, CLI11, nlohmann_json and GoogleTest come from Debian in both flavours; both LibTorches
+# use the C++11 string ABI (_GLIBCXX_USE_CXX11_ABI=1), as Debian's libraries do.
+set(TVE_FLAVOUR "debian" CACHE STRING "LibTorch to build against: debian (libtorch-dev, CPU) or cuda (the PyPI torch wheel, CPU and CUDA)")
+set_property(CACHE TVE_FLAVOUR PROPERTY STRINGS debian cuda)
+
+if(DEFINED ENV{TVE_CACHE} AND NOT "$ENV{TVE_CACHE}" STREQUAL "")
+  set(_tve_cache "$ENV{TVE_CACHE}")
+else()
+  set(_tve_cache "$ENV{HOME}/.cache/tve")
+endif()
+
+if(TVE_FLAVOUR STREQUAL "debian")
+  find_package(Torch REQUIRED)
+elseif(TVE_FLAVOUR STREQUAL "cuda")
+  set(TVE_TORCH_VENV "${_tve_cache}/torch-venv" CACHE PATH "The current-torch venv whose PyPI torch the cuda flavour links (scripts/torch_env.py)")
+  set(TVE_CUDA_TOOLKIT "${_tve_cache}/cuda-toolkit/nvidia/cu13" CACHE PATH "nvcc and CUDA headers matching the wheel's CUDA runtime (scripts/setup_cuda.sh)")
+  set(_tve_fix "run: bash scripts/setup_cuda.sh (docs/gpu.md)")
+
+  file(GLOB _tve_site LIST_DIRECTORIES true "${TVE_TORCH_VENV}/lib/python3*/site-packages")
+  if(NOT _tve_site OR NOT EXISTS "${_tve_site}/torch/share/cmake/Torch/TorchConfig.cmake")
+    message(FATAL_ERROR "tve: the cuda flavour needs the PyPI torch wheel in ${TVE_TORCH_VENV} (not found); ${_tve_fix}")
+  endif()
+  if(NOT EXISTS "${TVE_CUDA_TOOLKIT}/bin/nvcc" OR NOT EXISTS "${TVE_CUDA_TOOLKIT}/lib/libcudart.so")
+    message(FATAL_ERROR "tve: the cuda flavour needs nvcc in ${TVE_CUDA_TOOLKIT} (not found); ${_tve_fix}")
+  endif()
+  set(_tve_torch "${_tve_site}/torch")
+  # The wheel's own CUDA libraries (nvidia-cuda-runtime, -nvrtc), the ones libtorch_cuda.so loads.
+  set(_tve_cuda_libs "${_tve_site}/nvidia/cu13/lib")
+
+  # Torch's config looks for Caffe2, c10 and kineto with find_*(... PATHS <its folder>), which CMake
+  # searches after the system folders: without these hints it would mix in Debian's libtorch-dev.
+  list(PREPEND CMAKE_PREFIX_PATH "${_tve_torch}/share/cmake")
+  list(PREPEND CMAKE_LIBRARY_PATH "${_tve_torch}/lib")
+  # FindCUDA and FindCUDAToolkit read the toolkit from here (setup_cuda.sh links its lib/libcudart.so).
+  # The wheels ship versioned .so files only, which find_library does not take: NVRTC, which the
+  # toolkit folder lacks, is named, the wheel's own copy, the one libtorch_cuda.so loads.
+  set(CUDA_TOOLKIT_ROOT_DIR "${TVE_CUDA_TOOLKIT}" CACHE PATH "" FORCE)
+  set(CUDAToolkit_ROOT "${TVE_CUDA_TOOLKIT}")
+  set(CMAKE_CUDA_COMPILER "${TVE_CUDA_TOOLKIT}/bin/nvcc" CACHE FILEPATH "" FORCE)
+  set(CUDA_nvrtc_LIBRARY "${_tve_cuda_libs}/libnvrtc.so.13" CACHE FILEPATH "" FORCE)
+  # tve compiles no CUDA code; this only keeps Torch's config from probing for a GPU and from
+  # listing every architecture.
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST)
+    set(TORCH_CUDA_ARCH_LIST "8.0")
+  endif()
+  find_package(Torch REQUIRED)
+  if(NOT TORCH_LIBRARY MATCHES "^${_tve_torch}/")
+    message(FATAL_ERROR "tve: the cuda flavour found ${TORCH_LIBRARY}, not the wheel's LibTorch in ${_tve_torch}")
+  endif()
+  # The binary finds libtorch*.so in the venv through its RUNPATH, in the build tree and once
+  # installed: the venv is where the libraries live, not next to the binary.
+  set(CMAKE_INSTALL_RPATH_USE_LINK_PATH ON)
+  message(STATUS "tve: cuda flavour, LibTorch ${Torch_VERSION} from ${_tve_torch}")
+else()
+  message(FATAL_ERROR "tve: TVE_FLAVOUR is '${TVE_FLAVOUR}': debian or cuda")
+endif()
