@@ -57,6 +57,16 @@ elseif(TVE_FLAVOUR STREQUAL "cuda")
   if(NOT TORCH_LIBRARY MATCHES "^${_tve_torch}/")
     message(FATAL_ERROR "tve: the cuda flavour found ${TORCH_LIBRARY}, not the wheel's LibTorch in ${_tve_torch}")
   endif()
+  # The wheel's include folder ships fmt 12's headers; Debian's spdlog is built against Debian's fmt 9,
+  # and its headers, inlined into tve, must see fmt 9: a folder holding only Debian's fmt/ comes before
+  # the wheel's folders (LibTorch's own headers that tve includes do not use fmt).
+  find_path(TVE_DEBIAN_FMT_DIR fmt/core.h PATHS /usr/include NO_DEFAULT_PATH)
+  if(NOT TVE_DEBIAN_FMT_DIR)
+    message(FATAL_ERROR "tve: the cuda flavour needs Debian's fmt headers (libfmt-dev, with libspdlog-dev); run: bash scripts/setup.sh")
+  endif()
+  file(MAKE_DIRECTORY "${CMAKE_BINARY_DIR}/debian-fmt")
+  file(CREATE_LINK "${TVE_DEBIAN_FMT_DIR}/fmt" "${CMAKE_BINARY_DIR}/debian-fmt/fmt" SYMBOLIC)
+  include_directories(BEFORE SYSTEM "${CMAKE_BINARY_DIR}/debian-fmt")
   # The binary finds libtorch*.so in the venv through its RUNPATH, in the build tree and once
   # installed: the venv is where the libraries live, not next to the binary.
   set(CMAKE_INSTALL_RPATH_USE_LINK_PATH ON)
@@ -64,3 +74,18 @@ elseif(TVE_FLAVOUR STREQUAL "cuda")
 else()
   message(FATAL_ERROR "tve: TVE_FLAVOUR is '${TVE_FLAVOUR}': debian or cuda")
 endif()
+
+# LibTorch's headers are most of each translation unit's compile time (torch/torch.h alone takes
+# longer to parse than most of tve's sources): they are parsed once, into a precompiled header that
+# tve_lib makes and the binaries and tests reuse (docs/performance.md, "Build time").
+option(TVE_PRECOMPILE_HEADERS "Precompile LibTorch's headers once per build" ON)
+function(tve_precompile_torch target)
+  if(NOT TVE_PRECOMPILE_HEADERS)
+    return()
+  endif()
+  if(target STREQUAL "tve_lib")
+    target_precompile_headers(tve_lib PRIVATE <torch/torch.h>)
+  else()
+    target_precompile_headers(${target} REUSE_FROM tve_lib)
+  endif()
+endfunction()
