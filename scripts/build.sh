@@ -22,8 +22,11 @@ mkdir -p "$build_dir"
 # Ninja's logs and rebuild each other's objects: the second waits for the first.
 exec 9>"$build_dir/.build-lock"
 flock 9
+# TVE_BUILD_TESTS=OFF (scripts/demo.sh) configures without GoogleTest, which the demo does not install;
+# switching it back on later rebuilds nothing of tve.
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DTVE_WARNINGS_AS_ERRORS="${TVE_WARNINGS_AS_ERRORS:-ON}" -DTVE_FLAVOUR="$flavour" >/dev/null
+  -DTVE_WARNINGS_AS_ERRORS="${TVE_WARNINGS_AS_ERRORS:-ON}" -DTVE_FLAVOUR="$flavour" \
+  -DTVE_BUILD_TESTS="${TVE_BUILD_TESTS:-ON}" >/dev/null
 # Each LibTorch translation unit needs ~1 GB of RAM to compile; one job per core is safe here.
 targets=()
 for target in "$@"; do targets+=(--target "$target"); done

@@ -21,6 +21,7 @@ REFERENCE = VirtualEnv(
            "'cv2', cv2.__version__)\n"),
     # Tests that need the reference libraries fail (rather than skip) when this is set and an import fails.
     env_flag="TVE_REFERENCE_ENV",
+    size="Captum, pytorch-grad-cam and OpenCV from PyPI over Debian's torch, about 230 MB on disk",
     first=("wheel",),  # grad-cam ships an sdist only, built with the pinned wheel
 )
 

@@ -1,4 +1,4 @@
-"""The project's two virtual environments, made by scripts/setup.sh, both in $TVE_CACHE (default
+"""The project's two virtual environments, made by scripts/setup.sh (--for test) or on first use, both in $TVE_CACHE (default
 ~/.cache/tve) from Debian's /usr/bin/python3, every package pinned and installed with --no-deps (pip
 never resolves, so it never pulls a package the file does not name):
 
@@ -14,11 +14,13 @@ never resolves, so it never pulls a package the file does not name):
     /usr/bin/python3 scripts/torch_env.py exec -m pytest ...   # runs the venv's python (ctest)
 
 `install` is fast when the venv already holds exactly the pinned set (a stamp file in the venv keeps
-the requirements it was made from); otherwise it makes the venv anew. No heavy import here: `exec`
-runs on every ctest run.
+the requirements it was made from); otherwise it makes the venv anew, after one line saying what it
+installs and how big it is. `python` and `exec` make a missing venv first: a demo or a user who never
+needs a venv never downloads one. No heavy import here: `exec` runs on every ctest run.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ class VirtualEnv:
     system_site_packages: bool
     probe: str  # Python run in the new venv: imports what it is for, asserts, prints versions
     env_flag: str  # set for the processes `exec` starts: their tests fail, not skip, on a missing import
+    size: str = ""  # what it installs and how big it is, measured (du -sh of the venv), for the line install prints
     first: tuple = ()  # pins installed before the rest (build requirements of an sdist)
 
     def dir(self) -> Path:
@@ -68,11 +71,19 @@ class VirtualEnv:
         print(f"setup: {self.name} venv {self.dir()}: {out.stdout.strip()}", file=sys.stderr)
 
     def install(self) -> int:
+        self.dir().parent.mkdir(parents=True, exist_ok=True)
+        # Two processes may need the venv at once (ctest runs tests in parallel): one makes it, the
+        # other waits and finds it made.
+        with open(self.dir().parent / f".{self.folder}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._install()
+
+    def _install(self) -> int:
         if self.up_to_date():
             print(f"setup: {self.name} venv present in {self.dir()}", file=sys.stderr)
             return 0
         target = self.dir()
-        print(f"setup: making the {self.name} venv {target} from {self.requirements.name}", file=sys.stderr)
+        print(f"setup: making the {self.name} venv {target} from {self.requirements.name}: {self.size}", file=sys.stderr)
         if target.exists():
             shutil.rmtree(target)  # a different pin set or a broken venv: anew, so nothing stale stays
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -101,10 +112,12 @@ def main(env: VirtualEnv, argv: list[str], usage: str) -> int:
             print(f"setup: {env.name} venv: {e}", file=sys.stderr)
             return 1
     python = env.python()
-    if not python.exists():
-        print(f"{env.name} venv: none at {env.dir()}; run `bash scripts/setup.sh` "
-              f"(or `{BASE_PYTHON} {sys.argv[0]} install`)", file=sys.stderr)
-        return 1
+    if not (env.dir() / STAMP).is_file():  # first use, or an interrupted install: made now
+        try:
+            env.install()
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
+            print(f"setup: {env.name} venv: {e}", file=sys.stderr)
+            return 1
     if argv[0] == "python":
         print(python)
         return 0
