@@ -77,15 +77,27 @@ endif()
 
 # LibTorch's headers are most of each translation unit's compile time (torch/torch.h alone takes
 # longer to parse than most of tve's sources): they are parsed once, into a precompiled header that
-# tve_lib makes and the binaries and tests reuse (docs/performance.md, "Build time").
-option(TVE_PRECOMPILE_HEADERS "Precompile LibTorch's headers once per build" ON)
-function(tve_precompile_torch target)
-  if(NOT TVE_PRECOMPILE_HEADERS)
-    return()
-  endif()
-  if(target STREQUAL "tve_lib")
-    target_precompile_headers(tve_lib PRIVATE <torch/torch.h>)
+# tve_lib makes and tve and tve_tests reuse (docs/performance.md, "Build time"). Empty: the flavour's
+# default (ON for cuda); ON or OFF to choose.
+set(TVE_PRECOMPILE_HEADERS "" CACHE STRING "Precompile LibTorch's headers: ON, OFF, or empty for the flavour's default")
+if(TVE_PRECOMPILE_HEADERS STREQUAL "")
+  if(TVE_FLAVOUR STREQUAL "cuda")
+    set(_tve_pch ON)
   else()
-    target_precompile_headers(${target} REUSE_FROM tve_lib)
+    set(_tve_pch OFF)
   endif()
+else()
+  set(_tve_pch ${TVE_PRECOMPILE_HEADERS})
+endif()
+function(tve_precompile_torch)
+  target_precompile_headers(tve_lib PRIVATE <torch/torch.h>)
+  foreach(target tve tve_tests)
+    if(TARGET ${target})
+      target_precompile_headers(${target} REUSE_FROM tve_lib)
+    endif()
+  endforeach()
 endfunction()
+if(_tve_pch)
+  # Once the top folder's targets (tests/ included) exist.
+  cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL tve_precompile_torch)
+endif()
