@@ -44,6 +44,24 @@ BundleError model_file_error(const fs::path& path) {
 
 }  // namespace
 
+fs::path shipped_models_dir() {
+  // Relative to the executable, not a prefix compiled in: a prefix moved elsewhere, or a package
+  // unpacked into a scratch root (dpkg -x), still finds its own bundles. Only a binary in the build
+  // folder reads the source tree's: an installed one must not depend on a folder that may be gone,
+  // or hold other bundles than it was installed with.
+  const fs::path exe_dir = executable_dir();
+  if (exe_dir.empty()) return TVE_SOURCE_MODELS_DIR;  // no /proc: where a build's binary finds them
+  const fs::path installed = exe_dir.parent_path() / TVE_INSTALL_MODELS_SUBDIR;
+  std::error_code ec;
+  if (fs::is_directory(installed, ec)) return installed;
+  // The build folder (CMakeLists.txt), as /proc/self/exe spells paths: without symbolic links.
+  static const fs::path build_dir = fs::weakly_canonical(TVE_BUILD_DIR, ec);
+  if (std::mismatch(build_dir.begin(), build_dir.end(), exe_dir.begin(), exe_dir.end()).first == build_dir.end()) {
+    return TVE_SOURCE_MODELS_DIR;
+  }
+  return installed;
+}
+
 std::vector<fs::path> model_search_dirs(const std::optional<fs::path>& models_dir_option) {
   std::vector<fs::path> candidates;
   std::error_code checked;
@@ -61,10 +79,7 @@ std::vector<fs::path> model_search_dirs(const std::optional<fs::path>& models_di
     if (!fs::is_directory(env, checked)) logger().warn("{}={} is not a folder; not searched for bundles", kModelsDirEnv, env);
     candidates.emplace_back(env);
   }
-  if (const fs::path exe_dir = executable_dir(); !exe_dir.empty()) {
-    candidates.push_back(exe_dir.parent_path() / TVE_INSTALL_MODELS_SUBDIR);
-  }
-  candidates.emplace_back(TVE_SOURCE_MODELS_DIR);
+  candidates.push_back(shipped_models_dir());
 
   std::vector<fs::path> existing;
   for (const auto& dir : candidates) {

@@ -119,5 +119,7 @@ Command add_eval_command(CLI::App& tve, CommonOptions& common);
 Command add_fit_head_command(CLI::App& tve, CommonOptions& common);
 Command add_bench_command(CLI::App& tve, CommonOptions& common);
 Command add_models_command(CLI::App& tve, CommonOptions& common);
+// Hidden: the bash completion script, the man page (both from these option tables) and bundle names.
+Command add_generate_command(CLI::App& tve, CommonOptions& common);
 
 }  // namespace tve::cli

@@ -3,6 +3,8 @@
 // errors to exit codes. Results go to stdout as JSON lines, diagnostics to stderr.
 
 #include <CLI/CLI.hpp>
+#include <torch/cuda.h>
+#include <torch/version.h>
 
 #include <unistd.h>
 
@@ -25,8 +27,22 @@ using namespace tve::cli;
 
 // The commands, in the order --help lists them. A new command is a file and a line here.
 constexpr Command (*kCommands[])(CLI::App&, CommonOptions&) = {
-    add_predict_command, add_explain_command, add_eval_command, add_fit_head_command, add_bench_command, add_models_command,
+    add_predict_command, add_explain_command, add_eval_command,   add_fit_head_command,
+    add_bench_command,   add_models_command,  add_generate_command,
 };
+
+// `tve --version`: what a bug report needs first, the LibTorch underneath and whether it can use a
+// GPU: CUDA compiled into this LibTorch (Debian's has none) and the devices this process sees.
+std::string version_text() {
+  std::string devices = "cpu";
+  if (torch::hasCUDA()) {
+    devices += ", cuda (compiled in; " + std::to_string(torch::cuda::device_count()) + " device(s) visible)";
+  } else {
+    devices += " only (no CUDA compiled into this LibTorch)";
+  }
+  return std::string("tve ") + tve::kVersion + "\nLibTorch " + TORCH_VERSION + "\ndevices: " + devices;
+}
+
 
 // OpenBLAS picked its kernels as this process loaded it, before main(). When it fell back to a
 // generic set on a CPU with wider vector units (tve::better_openblas_core), runs this program again
@@ -51,7 +67,7 @@ void restart_with_better_blas_kernels(char** argv) {
 int main(int argc, char** argv) {
   tve::keep_freed_memory();  // before the first tensor: see runtime.hpp
   CLI::App app{"tve: explain image classifiers with TVE, the Transferable Vision Explainer"};
-  app.set_version_flag("--version", std::string("tve ") + tve::kVersion);
+  app.set_version_flag("--version", version_text, "Print tve's version, its LibTorch's and the devices it supports");
   app.require_subcommand(1);
   app.footer(R"(Examples:
   tve explain image.png --model vit --out out      heatmap overlay, raw map and JSON in out/
@@ -66,7 +82,8 @@ int main(int argc, char** argv) {
 Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage error, 3 bad or missing model bundle,
 4 no input succeeded, 5 device unavailable, 6 internal error, 7 output could not be written,
 8 explain --expect: a result differs from the golden file (docs/ci.md).
-Models are looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped models/ folder.)");
+Models: looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped bundles: <prefix>/share/tve/models
+for an installed tve (<prefix>/bin/tve), the source tree's models/ for one in a build folder.)");
 
   CommonOptions common;
   std::vector<Command> commands;

@@ -1,6 +1,7 @@
 #pragma once
-// Finding bundles by name: --models-dir, then $TVE_MODELS_DIR, then the shipped models/ folder
-// (next to an installed binary under share/tve/models, or the source tree's for a build).
+// Finding bundles by name: --models-dir, then $TVE_MODELS_DIR, then the shipped bundles: an
+// installed binary's <prefix>/share/tve/models (found from the executable's own location,
+// <prefix>/bin/tve), else, for a binary in a build folder, the source tree's models/.
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -13,6 +14,12 @@
 namespace tve {
 
 inline constexpr const char* kModelsDirEnv = "TVE_MODELS_DIR";
+
+// The shipped bundles' folder: <prefix>/share/tve/models beside the executable (<prefix>/bin/tve)
+// when that folder exists; else, for a binary inside the build folder (tve, the unit tests), the
+// source tree's models/; else the first, which does not exist. An installed binary never reads the
+// source tree.
+std::filesystem::path shipped_models_dir();
 
 // The folders searched, in order, that exist. Throws InvalidArgument when `models_dir_option`
 // (--models-dir) is not an existing folder; warns when TVE_MODELS_DIR is not one.
