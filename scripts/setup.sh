@@ -54,6 +54,8 @@ test_packages=(
   fonts-noto-color-emoji fonts-symbola dataset-fashion-mnist
   # the package test (tests/package_test.sh): cpack's dpkg-shlibdeps and file, man's groff
   dpkg-dev file groff-base
+  # report.html opened in a headless browser (tests/cli/report_browser.sh): ~390 MB installed
+  chromium
 )
 
 packages=("${demo_packages[@]}")
