@@ -52,8 +52,8 @@ test_packages=(
   python3-venv
   # data sources for the generic pre-training set and the downstream tasks
   fonts-noto-color-emoji fonts-symbola dataset-fashion-mnist
-  # the package test (tests/package_test.sh): cpack's dpkg-shlibdeps and file, man's groff
-  dpkg-dev file groff-base
+  # the package tests (tests/cli/package_test.sh): cpack's dpkg-shlibdeps and file; man, groff, col
+  dpkg-dev file man-db groff-base bsdextrautils
   # report.html opened in a headless browser (tests/cli/report_browser.sh): ~390 MB installed
   chromium
 )
