@@ -98,17 +98,25 @@ def calibrate(model: TrunkExplainer, encoder: nn.Module, masks: torch.Tensor, cf
         calibrate_from(model, zp, zn, encoder.embed(x))
 
 
-def calibrate_from(model: TrunkExplainer, zp: torch.Tensor, zn: torch.Tensor, clean: torch.Tensor) -> None:
+def calibrate_from(model: TrunkExplainer, zp: torch.Tensor, zn: torch.Tensor, clean: torch.Tensor,
+                   dist: Optional["Distributed"] = None) -> None:
     """Sets the explainer's output mean/std from targets zp, zn [B,K,D] and the embeddings
-    E(x) [B,D] of their images (the bank scheme uses its bank: no extra encoder passes)."""
+    E(x) [B,D] of their images (the bank scheme uses its bank: no extra encoder passes).
+    With a dist of several ranks, each passes its share of the images (possibly none) and all
+    get the statistics of the union, so that every rank starts from the same explainer."""
     zp, zn, clean = zp.float(), zn.float(), clean.float()
     if model.has_global:
         zn = zn - clean.unsqueeze(1)  # the change that removing S_k makes
     d = zp.shape[-1]
     zp, zn = zp.reshape(-1, d), zn.reshape(-1, d)
+    if dist is not None and dist.world > 1:
+        mean_p, std_p = dist.mean_std(zp)
+        mean_n, std_n = dist.mean_std(zn)
+    else:
+        mean_p, std_p, mean_n, std_n = zp.mean(0), zp.std(0), zn.mean(0), zn.std(0)
     # The global branch starts exact, so the learned change starts at zero mean.
-    model.mean.copy_(torch.cat([zp.mean(0), torch.zeros(d, device=zp.device) if model.has_global else zn.mean(0)]))
-    model.std.copy_(torch.cat([zp.std(0), zn.std(0)]).clamp(min=1e-3))
+    model.mean.copy_(torch.cat([mean_p, torch.zeros(d, device=zp.device) if model.has_global else mean_n]))
+    model.std.copy_(torch.cat([std_p, std_n]).clamp(min=1e-3))
 
 
 def param_groups(model: TrunkExplainer, cfg: ExplainerConfig) -> List[dict]:
@@ -140,21 +148,36 @@ def head_matrix(encoder: nn.Module, d: int, device) -> torch.Tensor:
 
 
 def fit_loss(model: TrunkExplainer, encoder: nn.Module, p_pos: torch.Tensor, p_neg: torch.Tensor,
-             z_pos: torch.Tensor, z_neg: torch.Tensor, logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
+             z_pos: torch.Tensor, z_neg: torch.Tensor, logit_weight: float,
+             batch_images: Optional[int] = None,
+             dist: Optional["Distributed"] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The regression of the explainer's outputs at the drawn cells (p_pos, p_neg [B,K,D]) onto
-    the exact masked embeddings (z_pos, z_neg [B,K,D]); both training schemes use it."""
+    the exact masked embeddings (z_pos, z_neg [B,K,D]); both training schemes use it.
+
+    A rank of a distributed run holds part of the step's batch: batch_images is the whole batch's
+    image count (the means divide by it, so the ranks' losses add up to the whole batch's), and
+    dist makes the logit term's scale the whole batch's spread, not this part's. Without them
+    (one process) the loss is the plain mean, bit for bit as before."""
     d = model.embedding_dim
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        if batch_images is None or batch_images == len(t):
+            return t.mean()
+        return t.sum() / (batch_images * t[0].numel())
+
     # MSE in units of each dimension's spread: dimensions with tiny variance count as much as
     # those with large variance, as a downstream linear head may weigh any of them.
-    l_pos = ((p_pos - z_pos) / model.std[:d]).pow(2).mean()
-    l_neg = ((p_neg - z_neg) / model.std[d:]).pow(2).mean()
+    l_pos = mean(((p_pos - z_pos) / model.std[:d]).pow(2))
+    l_neg = mean(((p_neg - z_neg) / model.std[d:]).pow(2))
     loss = l_pos + l_neg
     parts = {"pos": float(l_pos.detach()), "neg": float(l_neg.detach())}
     if logit_weight > 0:
         # The target head's logits on psi vs on the true embeddings, scaled by the logits' spread.
         w = head_matrix(encoder, d, p_pos.device)
-        scale = (z_pos @ w).std().detach().clamp(min=1e-6) ** 2
-        l_log = (((p_pos - z_pos) @ w).pow(2).mean() + ((p_neg - z_neg) @ w).pow(2).mean()) / scale
+        logits = (z_pos @ w).detach()
+        spread = dist.mean_std(logits.reshape(-1, 1))[1][0] if dist is not None and dist.world > 1 else logits.std()
+        scale = spread.clamp(min=1e-6) ** 2
+        l_log = (mean(((p_pos - z_pos) @ w).pow(2)) + mean(((p_neg - z_neg) @ w).pow(2))) / scale
         loss = loss + logit_weight * l_log
         parts["logit"] = float(l_log.detach())
     return loss, parts
@@ -167,10 +190,13 @@ def at_cells(psi: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: torch.Tensor,
            centres: torch.Tensor, logit_weight: float, forward: Optional[nn.Module] = None,
-           precision: str = "fp32") -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
+           precision: str = "fp32",
+           dist: Optional["Distributed"] = None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, float]]:
     """One objective evaluation of the stream scheme (fresh targets for every step). Returns
     (loss, parts, seconds spent per phase).
-    forward: what computes model(x) (a DistributedDataParallel wrapper of model, or model)."""
+    forward: what computes model(x) (a DistributedDataParallel wrapper of model, or model). Each
+    rank's loss is the mean over its equal share of the batch, and DDP averages the gradients:
+    the whole batch's mean (with dist, the logit term's scale is the whole batch's too)."""
     t0 = time.perf_counter()
     z_pos, z_neg = masked_targets(encoder, x, masks, centres, precision=precision)  # [B,K,D] each
     if x.is_cuda:
@@ -178,7 +204,7 @@ def losses(model: TrunkExplainer, encoder: nn.Module, x: torch.Tensor, masks: to
     t1 = time.perf_counter()
     psi_pos, psi_neg = (forward or model)(x)  # [B,N,D] each
     loss, parts = fit_loss(model, encoder, at_cells(psi_pos, centres), at_cells(psi_neg, centres),
-                           z_pos, z_neg, logit_weight)
+                           z_pos, z_neg, logit_weight, dist=dist)
     return loss, parts, {"targets": t1 - t0}
 
 
@@ -194,8 +220,13 @@ class TargetBank:
     encoders' features).
     """
 
-    def __init__(self, path: Path, images: int, chunk: int, centres: int, seed: int, dtype: torch.dtype):
+    def __init__(self, path: Path, images: int, chunk: int, centres: int, seed: int, dtype: torch.dtype,
+                 dist: Optional["Distributed"] = None):
         self.path, self.chunk, self.centres, self.seed, self.dtype = path, chunk, centres, seed, dtype
+        # Rank r of a run of W holds, of each chunk of W * chunk images (source.batch(i) is this
+        # rank's slice of the step's images), its own slice: together the ranks' banks are the bank
+        # one process with W times the batch would make, entry for entry (global_index).
+        self.dist = dist or Distributed()
         self.size = max(1, -(-images // chunk)) * chunk
         self.filled = 0  # images
         self.tensors: Dict[str, torch.Tensor] = {}
@@ -252,7 +283,9 @@ class TargetBank:
         while self.filled < self.size and not stop(self.filled - first, time.time() - t0):
             index = self.filled // self.chunk
             x = source.batch(index).to(device)[: self.chunk]
-            centres = draw_centres(self.seed, index, len(x), masks.shape[0], min(self.centres, masks.shape[0]))
+            # The whole chunk's centres, drawn as one process would, and this rank's rows of them.
+            centres = self.dist.slice(draw_centres(self.seed, index, len(x) * self.dist.world, masks.shape[0],
+                                                   min(self.centres, masks.shape[0])))
             z_pos, z_neg = masked_targets(encoder, x, masks, centres.to(device), chunk, precision)
             parts = {"features": model.trunk(x), "embedding": encoder.embed(x), "centres": centres,
                      "z_pos": z_pos, "z_neg": z_neg}
@@ -272,21 +305,36 @@ class TargetBank:
         self.save()
         return passes
 
+    def global_index(self) -> torch.Tensor:
+        """[filled] int64: where each of this rank's entries sits in the bank of the whole run
+        (entry j of this rank's chunk c is image (c * W + rank) * chunk + j)."""
+        local = torch.arange(self.filled)
+        return (local // self.chunk * self.dist.world + self.dist.rank) * self.chunk + local % self.chunk
+
     def batch(self, step: int, batch: int, device: str) -> Dict[str, torch.Tensor]:
-        """A training batch of bank entries, drawn uniformly (seeded by the step)."""
+        """This rank's entries of the step's training batch: batch * W entries drawn uniformly
+        from the whole run's bank (seeded by the step), the same draw on every rank and in one
+        process; each rank takes those it holds (any number, none included)."""
         g = torch.Generator().manual_seed(_step_seed(self.seed + 104729, step))
-        idx = torch.randint(self.filled, (batch,), generator=g)
+        world, rank = self.dist.world, self.dist.rank
+        idx = torch.randint(self.filled * world, (batch * world,), generator=g)
+        if world > 1:
+            per_chunk = self.chunk * world
+            mine = (idx % per_chunk) // self.chunk == rank
+            idx = idx[mine] // per_chunk * self.chunk + idx[mine] % self.chunk
         return {name: (t[idx].to(device) if name == "centres" else t[idx].to(device, torch.float32))
                 for name, t in self.tensors.items()}
 
 
 def bank_losses(model: TrunkExplainer, encoder: nn.Module, entries: Dict[str, torch.Tensor],
-                logit_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """The bank scheme's objective on one batch of bank entries: the trained layers only."""
+                logit_weight: float, batch_images: Optional[int] = None,
+                dist: Optional["Distributed"] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The bank scheme's objective on one batch of bank entries: the trained layers only.
+    batch_images, dist: this rank holds part of a batch of that many entries (fit_loss)."""
     pos, neg = model.from_features_at(entries["features"], entries["centres"])  # [B,K,D] each
     if model.has_global:
         neg = neg + entries["embedding"].unsqueeze(1)  # what forward_with_embedding adds
-    return fit_loss(model, encoder, pos, neg, entries["z_pos"], entries["z_neg"], logit_weight)
+    return fit_loss(model, encoder, pos, neg, entries["z_pos"], entries["z_neg"], logit_weight, batch_images, dist)
 
 
 @dataclass
@@ -300,21 +348,45 @@ class Distributed:
     def leader(self) -> bool:
         return self.rank == 0
 
+    def slice(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's equal share of t's rows (all of them in one process)."""
+        n = len(t) // self.world
+        return t[self.rank * n:(self.rank + 1) * n]
+
+    def mean_std(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (unbiased) std over the rows of every rank's t [n_r, D] together, on every
+        rank: count, sum and sum of squares summed across the ranks (in float64: the squares of
+        a few thousand values lose digits in float32)."""
+        import torch.distributed as tdist
+        t = t.double()
+        stats = torch.cat([torch.tensor([float(len(t))], dtype=torch.float64, device=t.device),
+                           t.sum(0), t.pow(2).sum(0)])
+        tdist.all_reduce(stats)
+        d = t.shape[1]
+        n, total, squares = stats[0], stats[1:1 + d], stats[1 + d:]
+        mean = total / n
+        var = (squares - n * mean.pow(2)) / (n - 1).clamp(min=1)
+        return mean.float(), var.clamp(min=0).sqrt().float()
+
 
 def open_bank(run_dir: Path, cfg: ExplainerConfig, dist: Distributed = Distributed()) -> "TargetBank":
-    """This rank's target bank of a bank-scheme run (its share of cfg.bank_images)."""
+    """This rank's target bank of a bank-scheme run (its share of cfg.bank_images; every rank
+    draws from the seed one process would use, TargetBank)."""
     return TargetBank(run_dir / f"bank-rank{dist.rank}.pt", -(-cfg.bank_images // dist.world), cfg.batch,
-                      cfg.centres, cfg.seed + 7919 * dist.rank, torch.float32)
+                      cfg.centres, cfg.seed, torch.float32, dist)
 
 
-def average_gradients(model: nn.Module, world: int) -> None:
-    """What DistributedDataParallel does, for the bank scheme's steps (which run the trained
-    layers on stored features, not model.forward, so DDP's hooks would not see them)."""
+def sum_gradients(model: nn.Module) -> None:
+    """The bank scheme's counterpart of DistributedDataParallel (its steps run the trained layers
+    on stored features, not model.forward, so DDP's hooks would not see them): each rank's loss
+    is its entries' share of the whole batch's mean (fit_loss's batch_images), so the gradients
+    add up. A rank that drew none of the batch adds zeros: every rank must join every reduce."""
     import torch.distributed as tdist
     for p in model.parameters():
-        if p.grad is not None:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
             tdist.all_reduce(p.grad)
-            p.grad /= world
 
 
 def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: ExplainerConfig, run_dir: Path,
@@ -389,9 +461,13 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
                 log(f"time limit: the target bank closes at {bank.filled} of {bank.size} images")
                 bank.close()
         if not state.get("calibrated", True):
+            # From the run's first 64 bank images, wherever they are: the ranks hold parts of
+            # them, and all get the statistics of the whole (the same explainer on every rank,
+            # the same as one process's).
             t = bank.tensors
-            n = min(bank.filled, 64)
-            calibrate_from(model, t["z_pos"][:n].to(device), t["z_neg"][:n].to(device), t["embedding"][:n].to(device))
+            first = (bank.global_index() < min(bank.filled * dist.world, 64)).nonzero().flatten()
+            calibrate_from(model, t["z_pos"][first].to(device), t["z_neg"][first].to(device),
+                           t["embedding"][first].to(device), dist)
             state["calibrated"] = True
     elif cfg.scheme != "stream":
         raise ValueError(f"unknown training scheme {cfg.scheme!r}: expected stream or bank")
@@ -424,18 +500,26 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
             group["lr"] = lr_at(cfg, index)
         if bank is None:
             x = source.batch(index).to(device)  # [B,3,H,W] f32 normalised RGB, this rank's slice
-            centres = draw_centres(cfg.seed + 7919 * dist.rank, index, len(x), masks.shape[0],
-                                   min(cfg.centres, masks.shape[0])).to(device)
+            # The whole step's centres, drawn as one process with the whole batch would, and this
+            # rank's rows: a run on W ranks trains the explainer one process would.
+            centres = dist.slice(draw_centres(cfg.seed, index, len(x) * dist.world, masks.shape[0],
+                                              min(cfg.centres, masks.shape[0]))).to(device)
             loss, parts, phases = losses(model, target, x, masks, centres, cfg.logit_weight, forward,
-                                         cfg.target_precision)
+                                         cfg.target_precision, dist)
             state["encoder_passes"] += 2 * centres.numel() * dist.world
         else:
-            loss, parts = bank_losses(model, target, bank.batch(index, cfg.batch, device), cfg.logit_weight)
+            entries = bank.batch(index, cfg.batch, device)
+            loss, parts = None, {"pos": 0.0, "neg": 0.0}
+            if len(entries["centres"]) > 0:  # a rank may hold none of this step's draw
+                loss, parts = bank_losses(model, target, entries, cfg.logit_weight, cfg.batch * dist.world, dist)
+            elif cfg.logit_weight > 0:
+                dist.mean_std(torch.zeros(0, 1, device=device))  # its part (nothing) of the logit scale
             phases = {"targets": 0.0}
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss is not None:
+            loss.backward()
         if bank is not None and dist.world > 1:
-            average_gradients(model, dist.world)
+            sum_gradients(model)
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         state["step"] += 1
@@ -448,7 +532,7 @@ def train(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
         for k, v in parts.items():
             seg[k] += v
         if progress is not None and dist.leader:
-            progress.update(state["step"], float(loss.detach()), images_per_step)
+            progress.update(state["step"], float(loss.detach()) if loss is not None else 0.0, images_per_step)
         if state["step"] % 25 == 0 or state["step"] == cfg.steps:
             el = time.time() - seg["t"]
             msg = (f"step {state['step']}/{cfg.steps} loss pos {seg['pos'] / seg['n']:.4f} "
