@@ -7,8 +7,14 @@
 
 namespace tve {
 
+ForwardPass AttributionMethod::forward_pass(Bundle& bundle, const torch::Tensor& images) {
+  torch::InferenceMode no_autograd;
+  return ForwardPass(bundle.embed(images));
+}
+
 Attribution AttributionMethod::explain(Bundle& bundle, Head& head, const torch::Tensor& images,
-                                       const torch::Tensor& classes, const torch::Tensor& embeddings) {
+                                       const torch::Tensor& classes, const ForwardPass& pass) {
+  const torch::Tensor& embeddings = pass.embeddings;
   if (classes.dim() != 2 || classes.size(0) != images.size(0)) {
     throw InvalidArgument("classes must be [B,K] for a batch of " + std::to_string(images.size(0)) + " images");
   }
@@ -20,13 +26,18 @@ Attribution AttributionMethod::explain(Bundle& bundle, Head& head, const torch::
       (embeddings.dim() != 2 || embeddings.size(0) != images.size(0) || embeddings.size(1) != bundle.manifest().embedding_dim)) {
     throw InvalidArgument("embeddings must be [B, embedding_dim] for a batch of " + std::to_string(images.size(0)) + " images");
   }
+  if (pass.psi_pos.defined() && (pass.psi_pos.size(0) != images.size(0) || !pass.psi_neg.defined() ||
+                                  pass.psi_neg.sizes() != pass.psi_pos.sizes())) {
+    throw InvalidArgument("the forward pass's meta-attributions do not match the batch of " + std::to_string(images.size(0)) +
+                          " images");
+  }
   if (needs_gradients()) {
     c10::InferenceMode gradients_possible(false);  // undo a caller's inference mode
     torch::AutoGradMode enable(true);
-    return compute_maps(bundle, head, images, classes, embeddings);
+    return compute_maps(bundle, head, images, classes, pass);
   }
   torch::InferenceMode no_autograd;
-  return compute_maps(bundle, head, images, classes, embeddings);
+  return compute_maps(bundle, head, images, classes, pass);
 }
 
 torch::Tensor smooth_map(const torch::Tensor& maps, int radius) {

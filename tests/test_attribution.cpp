@@ -2,6 +2,7 @@
 // brightness encoder and its exact explainer, so its maps are known in closed form.
 
 #include "tve/attribution.hpp"
+#include "tve/methods.hpp"
 #include "tve/methods/occlusion.hpp"
 #include "tve/methods/tve.hpp"
 
@@ -111,6 +112,50 @@ TEST(Tve, ExplainerTakesTheTargetsEmbeddingAsDocumented) {
   EXPECT_LT((shift - shift.mean(2, true)).abs().max().item<double>(), 1e-4 * scale);
   test::expect_error<InvalidArgument>([&] { tve.explain(bundle, head, images, classes, embeddings.slice(0, 0, 1)); },
                                       {"embeddings must be [B, embedding_dim]"});
+}
+
+// embed_and_explain (docs/bundle-format.md): one pass gives the target's E(x) and the maps that
+// embed() followed by forward_with_embedding() give, for each shipped architecture.
+TEST(Tve, OnePassGivesTheTargetsEmbeddingAndTheSameMaps) {
+  for (const std::string name : {"resnet", "swin", "vit"}) {
+    SCOPED_TRACE(name);
+    Bundle bundle = Bundle::load(test::shipped_bundle(name), torch::kCPU);
+    ASSERT_TRUE(bundle.explainer_embeds());
+    Head& head = bundle.head("fashion");  // a head the explainer never saw: the transfer rule as well
+    torch::InferenceMode guard;
+    torch::manual_seed(6);
+    const auto images = torch::randn({3, 3, 112, 112});
+    TveMethod tve(TveMethod::defaults_for(bundle.manifest()));
+    const ForwardPass one_pass = tve.forward_pass(bundle, images);
+    ASSERT_TRUE(one_pass.psi_pos.defined());
+    const auto embeddings = bundle.embed(images);
+    const double z_scale = embeddings.abs().max().item<double>();
+    EXPECT_LT((one_pass.embeddings - embeddings).abs().max().item<double>(), 1e-5 * z_scale);
+
+    const auto classes = std::get<1>(head.logits(embeddings).topk(2, 1));
+    const auto shared = tve.explain(bundle, head, images, classes, one_pass).maps;
+    const auto separate = tve.explain(bundle, head, images, classes, embeddings).maps;
+    const double scale = separate.abs().max().item<double>();
+    EXPECT_GT(scale, 0.0);
+    EXPECT_LT((shared - separate).abs().max().item<double>(), 1e-4 * scale);
+    test::expect_error<InvalidArgument>(
+        [&] {
+          ForwardPass wrong = one_pass;
+          wrong.psi_neg = wrong.psi_neg.slice(0, 0, 1);
+          tve.explain(bundle, head, images, classes, wrong);
+        },
+        {"meta-attributions do not match the batch"});
+  }
+}
+
+// Methods other than TVE take the target's own forward pass.
+TEST(AttributionMethod, DefaultForwardPassIsTheTargetsEmbedding) {
+  Bundle bundle = Bundle::load(test::shipped_bundle("resnet"), torch::kCPU);
+  torch::InferenceMode guard;
+  const auto images = torch::randn({2, 3, 112, 112});
+  const auto pass = make_method("gradcam", bundle, {})->forward_pass(bundle, images);
+  EXPECT_FALSE(pass.psi_pos.defined());
+  EXPECT_TRUE(torch::equal(pass.embeddings, bundle.embed(images)));
 }
 
 TEST(Tve, DefaultsComeFromTheManifest) {

@@ -74,7 +74,7 @@ class InputGradient : public AttributionMethod {
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor&) override {
+                           const ForwardPass&) override {
     saw_autograd = torch::GradMode::is_enabled() && !c10::InferenceMode::is_enabled();
     auto x = images.detach().clone().requires_grad_(true);
     const auto logits = head.logits(bundle.embed(x));
@@ -93,7 +93,7 @@ class ExactBrightness : public AttributionMethod {  // a method that must not se
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head&, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor&) override {
+                           const ForwardPass&) override {
     saw_inference_mode = c10::InferenceMode::is_enabled();
     const int grid = bundle.manifest().grid;
     return {torch::zeros({images.size(0), classes.size(1), grid, grid}), {1, 0, 0}, 0.0};

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "tve/bundle.hpp"
 
@@ -33,6 +34,17 @@ struct Attribution {
   double seconds = 0;  // wall time for the whole batch
 };
 
+// The forward pass that picks the classes to explain: E(x), and whatever a method computed in the
+// same pass for its own use. TVE on an explainer that holds the whole encoder (embed_and_explain,
+// docs/bundle-format.md) gets E(x) and the meta-attributions from one pass over the encoder's
+// layers; everyone else gets E(x) from the target. Implicit from a tensor of embeddings, so that a
+// caller with E(x) alone passes it as it is.
+struct ForwardPass {
+  ForwardPass(torch::Tensor embeddings_ = {}) : embeddings(std::move(embeddings_)) {}  // NOLINT: implicit by design
+  torch::Tensor embeddings;        // [B,D], E(images)
+  torch::Tensor psi_pos, psi_neg;  // [B,G*G,D] meta-attributions when computed with them, else undefined
+};
+
 class AttributionMethod {
  public:
   virtual ~AttributionMethod() = default;
@@ -43,18 +55,24 @@ class AttributionMethod {
   // inference mode, and these with autograd on, whatever mode the caller is in.
   virtual bool needs_gradients() const { return false; }
 
+  // The forward pass whose E(x) picks the classes to explain (run in inference mode): the
+  // target's embed(images) unless the method can do part of its own work in the same pass (TVE).
+  // Callers that explain with this method alone call it; callers sharing one pass among several
+  // methods may pass the target's E(x) instead, and the method then does all its work itself.
+  virtual ForwardPass forward_pass(Bundle& bundle, const torch::Tensor& images);
+
   // images: [B,3,H,W] normalised, on the bundle's device. classes: [B,K] int64 class indices of
-  // `head`. embeddings: the target's E(images) [B,D] when the caller already has them (from the
-  // forward pass that picked the classes), else undefined; a method may use them to avoid
+  // `head`. pass: the forward pass that picked the classes when the caller has it (its
+  // embeddings [B,D], maybe more: forward_pass()), else empty; a method may use it to avoid
   // recomputing. Checks the arguments, then runs the method without autograd unless it
   // needs_gradients(). Throws InvalidArgument on a class index outside the head.
   Attribution explain(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                      const torch::Tensor& embeddings = {});
+                      const ForwardPass& pass = {});
 
  protected:
   // The method itself, on arguments explain() has checked.
   virtual Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                                   const torch::Tensor& embeddings) = 0;
+                                   const ForwardPass& pass) = 0;
 };
 
 // A CPU random generator for stream `stream` of `seed`: random methods draw chunk i of their masks,

@@ -133,6 +133,26 @@ class TrunkExplainer(nn.Module):
         return pos, neg
 
 
+class EncoderExplainer(TrunkExplainer):
+    """A TrunkExplainer with the global branch: its trunk and `rest` are an exact copy of the whole
+    encoder, so one pass gives E(x) as well. `tve explain` needs E(x) anyway (the head's scores pick
+    the classes to explain); with embed_and_explain it runs the encoder's layers once instead of
+    twice (target.embed, then the explainer's own trunk), which is most of the explainer's cost at
+    224 px (docs/bundle-format.md, docs/performance.md)."""
+
+    def __init__(self, trunk: nn.Module, grid: int, embedding_dim: int, width: int, depth: int,
+                 kernel: int, rest: nn.Module, to_map: Optional[nn.Module] = None):
+        super().__init__(trunk, grid, embedding_dim, width, depth, kernel, rest, to_map)
+
+    @torch.jit.export
+    def embed_and_explain(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, psi_pos, psi_neg): z = E(x) [B,D] from the copied encoder (equal to the target's
+        embed(x): tve checks it when it loads the bundle), and forward_with_embedding(x, z)."""
+        f, pos, neg = self._local(x)
+        z = self.rest(f)
+        return z, pos, neg + z.unsqueeze(1)
+
+
 @dataclass
 class ExplainerConfig:
     """Everything that defines a training run; a checkpoint refuses to resume under another one.
@@ -201,8 +221,9 @@ def build(target: nn.Module, grid: int, radius: int, image_size: int, cfg: Expla
     torch.manual_seed(cfg.seed)
     trunk, to_map, rest = encoder_trunk(target, grid, image_size, cfg.vit_depth)
     dim = archs.embedding_dim(target)
-    return TrunkExplainer(trunk, grid, dim, cfg.width, cfg.depth, 2 * radius + 1,
-                          rest if cfg.global_branch else None, to_map)
+    if cfg.global_branch:
+        return EncoderExplainer(trunk, grid, dim, cfg.width, cfg.depth, 2 * radius + 1, rest, to_map)
+    return TrunkExplainer(trunk, grid, dim, cfg.width, cfg.depth, 2 * radius + 1, None, to_map)
 
 
 def freeze_norm_stats(model: nn.Module) -> None:

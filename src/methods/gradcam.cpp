@@ -30,7 +30,7 @@ void ClassActivationMap::require_features(const Bundle& bundle, const char* meth
 }
 
 Attribution ClassActivationMap::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images,
-                                             const torch::Tensor& classes, const torch::Tensor& /*embeddings*/) {
+                                             const torch::Tensor& classes, const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   const auto height = images.size(2), width = images.size(3);
   // The encoder up to features() needs no graph: the gradient is taken with respect to its output.

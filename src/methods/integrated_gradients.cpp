@@ -50,7 +50,7 @@ nlohmann::json IntegratedGradients::parameters() const {
 }
 
 Attribution IntegratedGradients::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images,
-                                              const torch::Tensor& classes, const torch::Tensor& /*embeddings*/) {
+                                              const torch::Tensor& classes, const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   const auto [nodes, weights] = gauss_legendre_rule(options_.steps);
   const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(images.device());

@@ -49,7 +49,7 @@ nlohmann::json KernelShap::parameters() const {
 }
 
 Attribution KernelShap::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                                     const torch::Tensor& /*embeddings*/) {
+                                     const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   const auto height = images.size(2), width = images.size(3);
   const int64_t samples = coalitions_.size(0), players = coalitions_.size(1), explained = classes.size(1);

@@ -26,7 +26,7 @@ nlohmann::json WindowedOcclusion::parameters() const {
 }
 
 Attribution WindowedOcclusion::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images,
-                                            const torch::Tensor& classes, const torch::Tensor& /*embeddings*/) {
+                                            const torch::Tensor& classes, const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   const int grid = bundle.manifest().grid;
   const auto height = images.size(2), width = images.size(3);

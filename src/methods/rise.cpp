@@ -52,7 +52,7 @@ torch::Tensor Rise::masks(int64_t from, int64_t to, int64_t height, int64_t widt
 }
 
 Attribution Rise::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                               const torch::Tensor& /*embeddings*/) {
+                               const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   const auto height = images.size(2), width = images.size(3);
   auto saliency = torch::zeros({images.size(0), classes.size(1), height, width}, images.options());  // [B,K,H,W]

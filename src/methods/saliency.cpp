@@ -13,7 +13,7 @@ std::unique_ptr<AttributionMethod> Saliency::create(const Bundle& /*bundle*/, co
 }
 
 Attribution Saliency::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                                   const torch::Tensor& /*embeddings*/) {
+                                   const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   std::vector<torch::Tensor> per_class;  // K x [B,G,G]
   for (int64_t k = 0; k < classes.size(1); ++k) {

@@ -33,7 +33,7 @@ torch::Tensor SmoothGrad::noise_samples(int64_t from, int64_t to, torch::IntArra
 }
 
 Attribution SmoothGrad::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                                     const torch::Tensor& /*embeddings*/) {
+                                     const ForwardPass& /*pass*/) {
   const Stopwatch stopwatch;
   std::vector<torch::Tensor> per_image;  // B x [K,G,G]
   for (int64_t i = 0; i < images.size(0); ++i) {

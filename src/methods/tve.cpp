@@ -38,11 +38,21 @@ std::unique_ptr<AttributionMethod> TveMethod::create(const Bundle& bundle, const
   return std::make_unique<TveMethod>(options);
 }
 
+ForwardPass TveMethod::forward_pass(Bundle& bundle, const torch::Tensor& images) {
+  if (!bundle.explainer_embeds()) return AttributionMethod::forward_pass(bundle, images);
+  torch::InferenceMode no_autograd;
+  ForwardPass pass;
+  std::tie(pass.embeddings, pass.psi_pos, pass.psi_neg) = bundle.embed_and_explain(images);
+  return pass;
+}
+
 Attribution TveMethod::compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                                    const torch::Tensor& embeddings) {
+                                    const ForwardPass& pass) {
   const Stopwatch stopwatch;
   const int grid = bundle.manifest().grid;
-  auto [psi_pos, psi_neg] = bundle.meta_attributions(images, embeddings);  // each [B,N,D], N = G*G row-major
+  // each [B,N,D], N = G*G row-major: from the forward pass when it computed them (forward_pass())
+  auto [psi_pos, psi_neg] = pass.psi_pos.defined() ? std::make_pair(pass.psi_pos, pass.psi_neg)
+                                                    : bundle.meta_attributions(images, pass.embeddings);
   // The head sees the meta-attributions as if they were embeddings. h is affine, so
   //   lambda_pos * h(psi_pos)[c] - lambda_neg * h(psi_neg)[c]
   //     = (lambda_pos * psi_pos - lambda_neg * psi_neg) . W[c] + (lambda_pos - lambda_neg) * b[c],

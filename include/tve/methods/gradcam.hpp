@@ -19,7 +19,7 @@ class ClassActivationMap : public GradientMethod {
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
   // activations, gradients: [B,D,h,w] -> channel weights [B,D].
   virtual torch::Tensor channel_weights(const torch::Tensor& activations, const torch::Tensor& gradients) const = 0;
   // Throws BundleError when the bundle has no features() to read.

@@ -32,7 +32,7 @@ class KernelShap : public AttributionMethod {
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
 
  private:
   KernelShapOptions options_;

@@ -31,9 +31,9 @@ class WindowedOcclusion : public AttributionMethod {
   nlohmann::json parameters() const override;
 
  protected:
-  // Ignores the embeddings: every masked image needs its own forward pass anyway.
+  // Ignores the forward pass: every masked image needs its own anyway.
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
 
  private:
   OcclusionOptions options_;

@@ -31,7 +31,7 @@ class Rise : public AttributionMethod {
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
 
  private:
   RiseOptions options_;

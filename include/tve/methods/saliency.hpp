@@ -18,7 +18,7 @@ class Saliency : public GradientMethod {
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
 };
 
 }  // namespace tve

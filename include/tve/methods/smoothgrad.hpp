@@ -29,7 +29,7 @@ class SmoothGrad : public GradientMethod {
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
 
  private:
   SmoothGradOptions options_;

@@ -28,10 +28,13 @@ class TveMethod : public AttributionMethod {
 
   std::string name() const override { return "tve"; }
   nlohmann::json parameters() const override;
+  // With an explainer that holds the whole encoder (Bundle::explainer_embeds), E(x) and the
+  // meta-attributions in one pass over the encoder's layers; otherwise the target's embed().
+  ForwardPass forward_pass(Bundle& bundle, const torch::Tensor& images) override;
 
  protected:
   Attribution compute_maps(Bundle& bundle, Head& head, const torch::Tensor& images, const torch::Tensor& classes,
-                           const torch::Tensor& embeddings) override;
+                           const ForwardPass& pass) override;
 
  private:
   TveOptions options_;
