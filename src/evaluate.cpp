@@ -323,6 +323,7 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
             }
             continue;
           }
+          if (callbacks.on_map) callbacks.on_map(job, name, attributions[m].maps[row][0].to(torch::kCPU, torch::kFloat32));
           const auto [deletion, insertion] = deletion_insertion(bundle, head, image, cls, cells_by_attribution(map), start);
           json record{{"input", job.input.path.string()},
                       {"method", name},

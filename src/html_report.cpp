@@ -6,6 +6,9 @@
 #include <cstdio>
 #include <sstream>
 
+#include "tve/atomic_file.hpp"
+#include "tve/error.hpp"
+#include "tve/log.hpp"
 #include "tve/version.hpp"
 
 namespace fs = std::filesystem;
@@ -69,7 +72,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 a
 h1{font-size:1.35rem;margin:.2em 0 .4em}
 h2{font-size:1.1rem;margin:1.4em 0 .5em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 h3{font-size:.95rem;margin:0 0 .2em}
-.name,.error,td,th{overflow-wrap:anywhere}
+body,.name,.error{overflow-wrap:anywhere}
 .meta{color:#555;font-size:.9rem}
 .table-box{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-size:.85rem}
@@ -153,7 +156,7 @@ void write_curve_panel(std::ostringstream& html, const EvaluationReport& report,
   const auto x_of = [&](double x) { return left + (right - left) * x; };
   const auto y_of = [&](double y) { return bottom - (bottom - top) * std::clamp(y, 0.0, 1.0); };
   const char* name = deletion ? "deletion" : "insertion";
-  html << "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 " << width << ' ' << height
+  html << "<figure><svg viewBox=\"0 0 " << width << ' ' << height
        << "\" role=\"img\" aria-label=\"mean " << name << " curves\" data-curves=\"" << name << "\">";
   html << "<g font-size=\"11\" fill=\"#444\">";
   for (int tick = 0; tick <= 4; ++tick) {
@@ -437,6 +440,84 @@ GalleryCanvas gallery_canvas(const Image& image, const InputSpec& spec, int max_
   const double sx = static_cast<double>(width) / display.cols, sy = static_cast<double>(height) / display.rows;
   canvas.region = {canvas.region.x * sx, canvas.region.y * sy, canvas.region.width * sx, canvas.region.height * sy};
   return canvas;
+}
+
+EvalGallery::EvalGallery(fs::path out_dir, InputSpec spec, OverlayOptions overlay, int max_side)
+    : out_dir_(std::move(out_dir)), spec_(std::move(spec)), overlay_(overlay), max_side_(max_side) {}
+
+fs::path EvalGallery::overlay_path(const fs::path& input, const std::string& method) {
+  // The mirrored name is at most kMaxOutputBaseBytes: with ".kernelshap.overlay.png" it fits 255.
+  const fs::path mirrored = mirrored_output_path(input);
+  return fs::path("overlays") / mirrored.parent_path() / (mirrored.filename().string() + "." + method + ".overlay.png");
+}
+
+void EvalGallery::add_map(const ImageJob& job, const std::string& method, const torch::Tensor& map) {
+  const std::string input = job.input.path.string();
+  Drawn drawn;
+  try {
+    if (!job.image) throw Error(input + ": the decoded image was not kept for the report's overlays");
+    if (canvas_input_ != input) {
+      canvas_ = gallery_canvas(*job.image, spec_, max_side_);
+      canvas_input_ = input;
+    }
+    const fs::path relative = overlay_path(job.input.path, method);
+    write_file_atomically(out_dir_ / relative, encode_png(render_overlay(canvas_.display, map, canvas_.region, overlay_)));
+    drawn.image = relative.string();
+    drawn.width = canvas_.display.cols;
+    drawn.height = canvas_.display.rows;
+  } catch (const Error& e) {
+    drawn.error = e.what();
+  } catch (const cv::Exception& e) {
+    drawn.error = input + ": drawing the overlay failed: " + e.msg;
+  }
+  if (!drawn.error.empty()) logger().warn("report.html: no {} overlay: {}", method, drawn.error);
+  drawn_[{input, method}] = std::move(drawn);
+}
+
+void EvalGallery::add_record(const json& record) {
+  const std::string input = record.value("input", std::string());
+  GalleryEntry& entry = entries_[input];
+  entry.input = input;
+  if (!record.contains("method")) {  // the image itself failed
+    entry.error = record.contains("error") && record["error"].is_string() ? record["error"].get<std::string>() : "failed";
+    return;
+  }
+  GalleryItem item = eval_gallery_item(record);
+  const std::string method = record["method"].is_string() ? record["method"].get<std::string>() : "";
+  if (const auto found = drawn_.find({input, method}); found != drawn_.end()) {
+    item.image = found->second.image;
+    item.width = found->second.width;
+    item.height = found->second.height;
+    if (!found->second.error.empty()) {
+      item.failed = true;
+      item.note = found->second.error + (item.note.empty() ? "" : "; " + item.note);
+    }
+    drawn_.erase(found);  // its record has it now
+  } else if (!record.contains("error")) {
+    const fs::path relative = overlay_path(input, method);
+    std::error_code ec;
+    if (fs::is_regular_file(out_dir_ / relative, ec)) {
+      item.image = relative.string();
+    } else {
+      item.note = "no overlay: evaluated by an earlier run, which left none";
+    }
+  }
+  if (entry.subtitle.empty()) {
+    if (const auto cls = record.find("class"); cls != record.end() && cls->is_object()) {
+      entry.subtitle = "class " + cls->value("label", std::string("?"));
+      if (const auto* p = find_number(*cls, "probability")) entry.subtitle += " (probability " + probability_text(p->get<double>()) + ")";
+    }
+  }
+  entry.items.push_back(std::move(item));
+}
+
+std::vector<GalleryEntry> EvalGallery::entries(const std::vector<InputFile>& inputs) const {
+  std::vector<GalleryEntry> out;
+  for (const auto& input : inputs) {
+    const auto found = entries_.find(input.path.string());
+    if (found != entries_.end()) out.push_back(found->second);
+  }
+  return out;
 }
 
 }  // namespace tve

@@ -8,6 +8,7 @@
 #include "tve/atomic_file.hpp"
 #include "tve/evaluate.hpp"
 #include "tve/explain.hpp"
+#include "tve/html_report.hpp"
 #include "tve/log.hpp"
 #include "tve/render.hpp"
 #include "tve/runtime.hpp"
@@ -61,8 +62,11 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   InputScanOptions scan;
   scan.skip_folder = out;
   scan.is_output = [](const std::string& name) {
+    const auto ends_with = [&name](const std::string& suffix) {
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
     return name == "results.jsonl" || name == "summary.json" || name == "table.md" || name == "curves.png" ||
-           is_temporary_output_name(name);
+           name == "report.html" || ends_with(".overlay.png") || is_temporary_output_name(name);
   };
   for (auto& input : expand_inputs(options.inputs, std::cin, scan)) {
     if (input.error.empty() && is_mask_file(input.path)) {
@@ -104,11 +108,18 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   // that fails or is stopped leaves no partial file.
   AtomicFileWriter results(out / "results.jsonl");
   ProgressBar progress(options.progress);
-  const auto report = run_evaluation(bundle, head, inputs, evaluation,
-                                     {[&](const nlohmann::json& record) {
-                                        results.append(record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-                                      },
-                                      [&](size_t done, size_t total) { progress.update(done, total); }});
+  // report.html's gallery: a small overlay per image and method under out/overlays, as the maps come.
+  EvalGallery gallery(out, bundle.manifest().input);
+  EvaluationCallbacks callbacks;
+  callbacks.on_record = [&](const nlohmann::json& record) {
+    results.append(record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    gallery.add_record(record);
+  };
+  callbacks.on_progress = [&](size_t done, size_t total) { progress.update(done, total); };
+  callbacks.on_map = [&](const ImageJob& job, const std::string& method, const torch::Tensor& map) {
+    gallery.add_map(job, method, map);
+  };
+  const auto report = run_evaluation(bundle, head, inputs, evaluation, callbacks);
   results.commit();
   auto summary = report.summary();
   summary["model"] = bundle.manifest().name;
@@ -116,14 +127,17 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   summary["insertion_start"] = options.insertion_start;
   summary["fidelity_reference"] = evaluation.fidelity ? nlohmann::json("occlusion") : nlohmann::json(nullptr);
   summary["settings"] = evaluation.settings;
+  summary["report"] = "report.html";  // with its overlays under overlays/
   write_file_atomically(out / "summary.json", summary.dump(2) + "\n");
   const std::string table = report.markdown_table();
   write_file_atomically(out / "table.md", table);
   write_file_atomically(out / "curves.png", encode_png(report.plot_curves()));
+  write_file_atomically(out / "report.html", eval_report_html(summary, report, gallery.entries(inputs)));
   std::cout << table;
   std::cout.flush();
   if (!std::cout) throw OutputError("stdout", "cannot write the table");
-  logger().info("{} image(s) evaluated{}, {} failed; results.jsonl, summary.json, table.md and curves.png in {}", report.images,
+  logger().info("{} image(s) evaluated{}, {} failed; results.jsonl, summary.json, table.md, curves.png and report.html in {}",
+                report.images,
                 report.resumed ? " (" + std::to_string(report.resumed) + " by an earlier run)" : "", report.failed, out.string());
   if (options.masks && report.without_mask) {
     logger().warn("{} of {} image(s) have no mask under {}", report.without_mask, report.images, *options.masks);
@@ -157,7 +171,7 @@ Command add_eval_command(CLI::App& tve, CommonOptions& common) {
       ->capture_default_str();
   command->add_flag("--no-fidelity", o.no_fidelity,
                     "Skip the comparison with exact windowed occlusion (G*G passes per image and term of non-zero lambda)");
-  command->add_option("-o,--out", o.out_dir, "Output folder: results.jsonl, summary.json, table.md, curves.png")->required();
+  command->add_option("-o,--out", o.out_dir, "Output folder: results.jsonl, summary.json, table.md, curves.png, report.html (its overlays in overlays/)")->required();
   add_batch_size_option(command, o.batch_size);
   add_max_pixels_option(command, o.max_pixels);
   add_progress_option(command, o.progress);

@@ -11,6 +11,7 @@
 #include "tve/benchmark.hpp"
 #include "tve/explain.hpp"
 #include "tve/golden.hpp"
+#include "tve/html_report.hpp"
 #include "tve/log.hpp"
 #include "tve/methods.hpp"
 #include "tve/runtime.hpp"
@@ -41,6 +42,7 @@ struct ExplainCliOptions {
   std::optional<std::string> record_file;  // --record: write a golden file
   std::optional<std::string> expect_file;  // --expect: check against one
   std::optional<std::string> junit_file;
+  bool report = false;  // --report: report.html under --out, a gallery of the overlays
   GoldenTolerances tolerances;
 };
 
@@ -107,6 +109,10 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
     // The files would go nowhere: say so instead of running and writing nothing.
     throw InvalidArgument("--format " + options.formats + " writes files under --out, and no --out was given");
   }
+  if (options.report && !(options.out_dir && explain.formats.overlay)) {
+    // The report shows the overlays written under --out: without them it would be an empty page.
+    throw InvalidArgument("--report shows the overlays under --out: it needs --out and the overlay format");
+  }
   explain.overlay.colormap = parse_colormap(options.colormap);
   explain.overlay.alpha = options.alpha;
   explain.resume = options.resume;
@@ -142,15 +148,31 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   ProgressBar progress(options.progress);
   std::vector<nlohmann::json> records;  // kept only for --record and --expect
   const bool keep_records = options.record_file || options.expect_file;
+  std::vector<GalleryEntry> gallery;  // --report: what each record shows, not the record (its maps)
   const auto summary = run_explain(bundle, head, *method, inputs, explain,
                                    {[&](const nlohmann::json& record) {
                                       print_json_line(record);
                                       if (keep_records) records.push_back(record);
+                                      if (options.report) gallery.push_back(explain_gallery_entry(record, *explain.out_dir));
                                     },
                                     [&](size_t done, size_t total) { progress.update(done, total); }});
   logger().info("{} image(s) explained{}, {} failed{}; peak memory {:.0f} MiB", summary.succeeded - summary.resumed,
                 summary.resumed ? " (" + std::to_string(summary.resumed) + " more done by an earlier run)" : "",
                 summary.failed, explain.out_dir ? "; outputs in " + explain.out_dir->string() : "", peak_rss_mib());
+  if (options.report) {
+    // Beside the run summary, and like it one per shard, so that the shards of a job array
+    // never overwrite each other's.
+    const fs::path report_file =
+        *explain.out_dir / (explain.shard.count <= 1 ? std::string("report.html")
+                                                     : "report.shard-" + std::to_string(explain.shard.index) + "-of-" +
+                                                           std::to_string(explain.shard.count) + ".html");
+    const nlohmann::json run{{"model", bundle.manifest().name}, {"head", head.spec.name},
+                             {"method", method->name()},       {"parameters", method->parameters()},
+                             {"inputs", inputs.size()},        {"explained", summary.succeeded - summary.resumed},
+                             {"resumed", summary.resumed},     {"failed", summary.failed}};
+    write_file_atomically(report_file, explain_report_html(run, gallery));
+    logger().info("report: {}", report_file.string());
+  }
   const auto identity = golden_identity(bundle, head, *method, explain);
   if (options.record_file && summary.succeeded == 0) {
     logger().error("nothing recorded: no image succeeded ({} left as it was)", *options.record_file);
@@ -191,6 +213,9 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
       ->check(CLI::IsMember({"jet", "turbo", "inferno", "viridis"}))
       ->capture_default_str();
   command->add_option("--alpha", o.alpha, "Heatmap opacity in overlays")->check(kFinite & CLI::Range(0.0, 1.0))->capture_default_str();
+  command->add_flag("--report", o.report,
+                    "Also write report.html under --out: the overlays with each class's label and probability, "
+                    "for a browser");
   add_batch_size_option(command, o.batch_size);
   add_max_pixels_option(command, o.max_pixels);
   add_progress_option(command, o.progress);

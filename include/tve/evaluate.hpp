@@ -100,6 +100,9 @@ struct EvaluationReport {
 
 struct EvaluationCallbacks {
   std::function<void(const nlohmann::json& record)> on_record;  // one per image and method, or one per failed image
+  // Each finite map as it is made, before its record: [G,G] f32 on the CPU, with the job that holds
+  // the decoded image (report.html's overlays). Not called for images an earlier run evaluated.
+  std::function<void(const ImageJob& job, const std::string& method, const torch::Tensor& map)> on_map;
   std::function<void(size_t done, size_t total)> on_progress;
 };
 

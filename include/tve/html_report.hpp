@@ -6,6 +6,7 @@
 // HTML-escaped, so a file called `<b>&"x".png` shows as its name.
 
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 #include <string>
@@ -15,6 +16,8 @@
 
 #include "tve/evaluate.hpp"
 #include "tve/image.hpp"
+#include "tve/pipeline.hpp"
+#include "tve/render.hpp"
 
 namespace tve {
 
@@ -70,5 +73,39 @@ struct GalleryCanvas {
   CropBox region;   // input_region, in the scaled image's pixels
 };
 GalleryCanvas gallery_canvas(const Image& image, const InputSpec& spec, int max_side = 320);
+
+// The gallery of a `tve eval` run as it streams: each map drawn as a small overlay into
+// out_dir/overlays/<mirrored input>.<method>.overlay.png (written atomically), each record's
+// numbers kept, and at the end one entry per input in input order, failures included.
+class EvalGallery {
+ public:
+  EvalGallery(std::filesystem::path out_dir, InputSpec spec, OverlayOptions overlay = {}, int max_side = 320);
+
+  // The overlay of `map` ([G,G]) for the job's image. An overlay that cannot be drawn or written
+  // (a full disk) is logged and shown in the report as such; the evaluation goes on.
+  void add_map(const ImageJob& job, const std::string& method, const torch::Tensor& map);
+  void add_record(const nlohmann::json& record);
+  // One entry per input that has records, in the order of `inputs`. An image evaluated by an
+  // earlier run (--resume) shows the overlay that run wrote, when it is there.
+  std::vector<GalleryEntry> entries(const std::vector<InputFile>& inputs) const;
+
+  // Where the overlay of `input` by `method` goes, relative to out_dir.
+  static std::filesystem::path overlay_path(const std::filesystem::path& input, const std::string& method);
+
+ private:
+  struct Drawn {
+    std::string image;  // relative to out_dir; empty when it failed
+    int width = 0, height = 0;
+    std::string error;
+  };
+  std::filesystem::path out_dir_;
+  InputSpec spec_;
+  OverlayOptions overlay_;
+  int max_side_;
+  std::string canvas_input_;  // the image `canvas_` was made from: its methods' maps come one after another
+  GalleryCanvas canvas_;
+  std::map<std::pair<std::string, std::string>, Drawn> drawn_;  // (input, method)
+  std::map<std::string, GalleryEntry> entries_;                 // by input
+};
 
 }  // namespace tve
