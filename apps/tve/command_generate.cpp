@@ -6,12 +6,14 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli.hpp"
+#include "tve/atomic_file.hpp"
 #include "tve/model_paths.hpp"
 #include "tve/version.hpp"
 
@@ -20,6 +22,7 @@ namespace {
 
 struct GenerateCliOptions {
   std::string what;
+  std::optional<std::string> out;  // a file, written whole (the build's), else stdout
 };
 
 bool hidden(const CLI::App* command) { return command->get_group().empty(); }
@@ -31,14 +34,11 @@ std::vector<const CLI::App*> visible_commands(const CLI::App& tve) {
 std::vector<std::string> option_names(const CLI::Option* option) {
   std::vector<std::string> names;
   for (const auto& name : option->get_snames()) names.push_back("-" + name);
-  for (const auto& name : option->get_lnames()) names.push_back("--" + name);
-  for (const auto& name : option->get_fnames()) {
-    if (name.rfind("--", 0) == 0) names.push_back(name);  // --no-smooth: the negated form of a flag
-  }
+  for (const auto& name : option->get_lnames()) names.push_back("--" + name);  // --no-smooth included
   return names;
 }
 
-bool takes_value(const CLI::Option* option) { return option->get_type_size() != 0; }
+bool takes_value(const CLI::Option* option) { return option->get_expected_max() != 0; }  // flags expect none
 
 // The choices of an option checked with CLI::IsMember: CLI11 writes them into the type name, as in
 // "TEXT:{cpu,cuda,auto}" (what --help shows). Empty for any other option.
@@ -293,7 +293,11 @@ int run(const CLI::App& tve, const CommonOptions& common, const GenerateCliOptio
     }
     for (const auto& name : names) text += name + "\n";
   }
-  if (std::fputs(text.c_str(), stdout) < 0) throw OutputError("stdout: cannot write the " + options.what);
+  if (options.out) {
+    write_file_atomically(*options.out, text);
+  } else if (std::fputs(text.c_str(), stdout) < 0) {
+    throw OutputError("stdout: cannot write the " + options.what);
+  }
   return kSuccess;
 }
 
@@ -307,6 +311,7 @@ Command add_generate_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("what", options->what, "bash-completion, man or bundle-names")
       ->required()
       ->check(CLI::IsMember({"bash-completion", "man", "bundle-names"}));
+  command->add_option("-o,--out", options->out, "Write to this file (whole or not at all) instead of stdout");
   command->add_option("--models-dir", common.models_dir, "Folder of model bundles searched first (bundle-names)");
   const CLI::App* app = &tve;
   return {command, [app, &common, options] { return run(*app, common, *options); }, /*runs_models=*/false};

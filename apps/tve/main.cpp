@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
 Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage error, 3 bad or missing model bundle,
 4 no input succeeded, 5 device unavailable, 6 internal error, 7 output could not be written,
 8 explain --expect: a result differs from the golden file (docs/ci.md).
+
 Models: looked up in --models-dir, then $TVE_MODELS_DIR, then the shipped bundles: <prefix>/share/tve/models
 for an installed tve (<prefix>/bin/tve), the source tree's models/ for one in a build folder.)");
 
