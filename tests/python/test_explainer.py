@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tvelib import bundle, explainer as ex, explainer_training, files, metrics, occlusion, trunks
 
 ROOT = Path(__file__).resolve().parents[2]
+TVE_BINARY = Path(os.environ.get("TVE") or ROOT / "build" / "tve")
 torch.set_num_threads(1)
 
 
@@ -157,6 +158,46 @@ def test_forward_with_embedding_moves_psi_neg_by_one_vector_per_image(arch):
     shift = neg_z - neg  # [3,N,D]: the same vector z - estimate at every cell
     assert torch.allclose(shift, (z - estimate).unsqueeze(1).expand_as(shift), atol=1e-5)
     assert shift.abs().max() > 1e-3  # the branch's estimate is not E(x) itself: the test can tell
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit", "swin"])
+def test_embed_and_explain_is_the_encoder_and_the_explainer_in_one_pass(arch):
+    """tve picks the classes from embed_and_explain's z (docs/bundle-format.md): it must be the
+    target's E(x), and the meta-attributions those of forward_with_embedding(x, E(x))."""
+    b = bundle.Bundle(ROOT / f"models/tiny-{arch}")
+    eager = ex.build(trunks.eager_target(b), 4, 1, 32, ex.ExplainerConfig(width=16, depth=1)).eval()
+    assert isinstance(eager, ex.EncoderExplainer)
+    model = torch.jit.script(eager)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z, pos, neg = model.embed_and_explain(x)
+        pos_z, neg_z = model.forward_with_embedding(x, b.target.embed(x))
+    assert torch.allclose(z, b.target.embed(x), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(pos, pos_z, atol=1e-5) and torch.allclose(neg, neg_z, atol=1e-5)
+    no_global = ex.build(trunks.eager_target(b), 4, 1, 32, ex.ExplainerConfig(width=16, depth=1, global_branch=False))
+    assert not hasattr(torch.jit.script(no_global.eval()), "embed_and_explain")  # no copy of the last stages
+
+
+@pytest.mark.skipif(not TVE_BINARY.exists(), reason="needs the built tve (ctest sets TVE)")
+def test_tve_refuses_an_explainer_whose_encoder_copy_is_not_the_target(tmp_path, bare_bundle):
+    """An explainer whose copy of the encoder drifted would pick the classes of another model: the
+    loader refuses it (exit 3, naming explainer.pt), and the same explainer without the drift loads."""
+    b = bundle.Bundle(bare_bundle)
+    eager = ex.build(trunks.eager_target(b), 4, 1, 32, ex.ExplainerConfig(width=16, depth=1)).eval()
+    defaults = {"lambda_pos": 1.0, "lambda_neg": 1.0, "smooth": True}
+    bundle.add_explainer(bare_bundle, eager, defaults)
+    check = [str(TVE_BINARY), "models", "--check", "--models-dir", str(bare_bundle.parent)]
+    ok = subprocess.run(check, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in eager.rest.parameters():  # the last stages only: forward() and psi_pos stay valid
+            p.add_(0.05 * torch.randn_like(p))
+    bundle.add_explainer(bare_bundle, eager, defaults)
+    refused = subprocess.run(check, capture_output=True, text=True)
+    said = refused.stdout + refused.stderr  # `tve models` lists an invalid bundle with its error
+    assert refused.returncode == 3, said
+    assert "bundle/explainer.pt: embed_and_explain()" in said and "differs from target.pt's embed(x)" in said, said
 
 
 def _train(tmp_path, *extra):
