@@ -10,10 +10,10 @@ source "$(dirname "$0")/harness.sh"
 model=${1:?usage: flavour_parity.sh MODEL}
 
 # The tolerances: about ten times the largest differences measured on the shipped models (docs/gpu.md,
-# "Parity"; 2026-12-03): maps 1.7e-6 of their range, probabilities 2.1e-7, except Grad-CAM++ on the ViT,
+# "Parity"; 2026-12-03): maps 3.7e-6 of their range, probabilities 2.1e-7, except Grad-CAM++ on the ViT,
 # 6.7e-4 (its weights divide by sums of squared gradients, which magnifies rounding). Random methods
 # draw masks and noise from LibTorch's CPU generator: the same stream in 1.13 and 2.15.
-MAP_TOL=${MAP_TOL:-2e-5}
+MAP_TOL=${MAP_TOL:-4e-5}
 GRADCAMPP_MAP_TOL=${GRADCAMPP_MAP_TOL:-1e-2}
 PROB_TOL=${PROB_TOL:-2e-6}
 
