@@ -215,6 +215,26 @@ def test_plan_fits_the_budget_and_the_memory_cap():
     assert any("--max-memory" in w for w in tight.warnings)
 
 
+def test_the_bank_starts_no_chunk_that_would_end_past_its_share(monkeypatch):
+    """replanning's fill_stop: the bank closes when the next chunk, at the speed observed so far,
+    would eat into fitting's and the report's time, not only once the clock is past that point."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import train_explainer
+    now = [1000.0]
+    monkeypatch.setattr(train_explainer.time, "time", lambda: now[0])
+    cfg = ex.ExplainerConfig(batch=16, centres=32)
+    args = type("Args", (), {"time_budget_seconds": 600.0, "holdout": 0})()
+    images = type("Images", (), {"held_out": []})()
+    plan = {"seconds": {"fitting": 60.0, "report": 0.0}, "held_out": 0}
+    deadline = now[0] + budget.FIXED_SECONDS + 400.0  # fill until 340 s from now, then fit for 60
+    fill_stop, fit_deadline = train_explainer.replanning(plan, deadline, 14, cfg, args, images, lambda line: None)
+    assert not fill_stop(0, 0.0)  # nothing observed yet: the first chunk starts
+    assert not fill_stop(16, 100.0)  # at 100 s a chunk, one ending at +100 s fits in 340 s
+    now[0] += 250.0
+    assert fill_stop(16, 100.0)  # at +250 s another 100 s would end past +340 s: closed
+    assert fit_deadline() == deadline - budget.FIXED_SECONDS
+
+
 def test_plan_says_when_the_budget_is_too_small_and_what_would_do():
     plan = budget.plan_budget(120, 30, costs(seconds_per_pass=0.05), 14, 32, 16, 32, 20, 20, 12 * 2**30)
     warning = next(w for w in plan.warnings if "not useful" in w)
