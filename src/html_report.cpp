@@ -75,9 +75,9 @@ h3{font-size:.95rem;margin:0 0 .2em}
 body,.name,.error{overflow-wrap:anywhere}
 .meta{color:#555;font-size:.9rem}
 .table-box{overflow-x:auto;-webkit-overflow-scrolling:touch}
-table{border-collapse:collapse;font-size:.85rem}
+table{border-collapse:collapse;font-size:.85rem;overflow-wrap:normal}
 th,td{padding:4px 8px;border-bottom:1px solid #e3e3e3;text-align:right;vertical-align:top}
-th:first-child,td:first-child{text-align:left}
+th:first-child,td:first-child{text-align:left;white-space:nowrap}
 th{font-weight:600;background:#f6f6f6}
 td small{color:#666;white-space:nowrap}
 .curves{display:flex;flex-wrap:wrap;gap:12px}
