@@ -55,6 +55,15 @@ TEST(ModelPaths, PathIsTakenAsIs) {
   test::expect_error<BundleError>([] { resolve_bundle("./no/such/bundle", {}); }, {"no/such/bundle", "does not exist"});
 }
 
+// This test binary lies in the build folder and no share/tve/models is beside it: it reads the
+// source tree's models/. (An installed binary: tests/cli/package_test.sh, on the real package.)
+TEST(ModelPaths, ABinaryInTheBuildFolderReadsTheSourceTreesModels) {
+  EXPECT_EQ(fs::weakly_canonical(shipped_models_dir()), fs::weakly_canonical(TVE_TEST_MODELS_DIR));
+  const auto dirs = model_search_dirs(std::nullopt);
+  ASSERT_FALSE(dirs.empty());
+  EXPECT_EQ(dirs.back(), fs::weakly_canonical(TVE_TEST_MODELS_DIR));
+}
+
 TEST(ModelPaths, UnknownNameListsWhatIsAvailable) {
   const auto dirs = model_search_dirs(std::nullopt);
   test::expect_error<BundleError>([&] { resolve_bundle("nope", dirs); },
