@@ -40,13 +40,16 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
     return head.logits(bundle.embed(x));
   };
   auto explain = [&](const torch::Tensor& x) {
-    torch::Tensor embeddings, classes;
+    const ForwardPass pass = method.forward_pass(bundle, x);
+    torch::Tensor logits;
     {
       torch::InferenceMode no_autograd;
-      embeddings = bundle.embed(x);
-      classes = std::get<1>(head.logits(embeddings).topk(1, 1));
+      logits = head.logits(pass.embeddings);
     }
-    return method.explain(bundle, head, x, classes, embeddings).maps;  // in the mode the method needs
+    // Outside inference mode: gradient methods save the classes for backward, which an inference
+    // tensor refuses ("Inference tensors cannot be saved for backward", exit 6 before 2026-12-03).
+    const auto classes = std::get<1>(logits.topk(1, 1));
+    return method.explain(bundle, head, x, classes, pass).maps;  // in the mode the method needs
   };
   auto synchronize = [&] {
     if (bundle.device().is_cuda()) torch::cuda::synchronize();
@@ -61,6 +64,7 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
     explain_s.push_back(seconds_of([&] { explain(one); synchronize(); }));
   }
   json report{{"model", bundle.manifest().name}, {"method", method.name()}, {"device", bundle.device().str()},
+              {"precision", to_string(bundle.precision())},
               {"latency", {{"forward_ms", 1e3 * median(forward_s)},
                            {"explain_ms", 1e3 * median(explain_s)},
                            {"explain_over_forward", median(explain_s) / median(forward_s)},
@@ -71,6 +75,7 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
     ExplainOptions explain_options;
     explain_options.batch.batch_size = options.batch_size;
     explain_options.batch.prefetch = options.prefetch;
+    explain_options.batch.decode_threads = options.decode_threads;
     explain_options.out_dir = options.out;
     explain_options.formats = options.formats;
     const auto batch = torch::randn({options.batch_size, 3, input.height, input.width}, options_f32);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "tve/error.hpp"
@@ -19,6 +20,9 @@ namespace {
 
 // Optional explainer method: forward_with_embedding(x, z) -> (psi_pos, psi_neg), z = the target's E(x).
 constexpr const char* kExplainerWithEmbedding = "forward_with_embedding";
+// Optional explainer method: embed_and_explain(x) -> (z, psi_pos, psi_neg), z = E(x) from the
+// explainer's own copy of the encoder.
+constexpr const char* kExplainerEmbedAndExplain = "embed_and_explain";
 
 // Bounds on what a manifest may ask for, so that a malformed bundle fails with a message instead
 // of exhausting memory: the loader runs a dummy [1,3,H,W] input, occlusion keeps G*G masks.
@@ -301,6 +305,30 @@ void check_head(Head& head, int embedding_dim, const torch::Device& device) {
   });
 }
 
+// embed_and_explain(x) must give what embed(x) and forward_with_embedding(x, embed(x)) give: tve
+// then uses its z to pick the classes, so an explainer whose copy of the encoder drifted from
+// target.pt would explain another model's predictions. Same operations on the same weights agree
+// to rounding; the bound is relative to the embeddings' scale (random-weight encoders reach 1e3).
+void check_embed_and_explain(Bundle& bundle, const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& pos,
+                             const torch::Tensor& neg) {
+  const auto& file = bundle.manifest().explainer->file;
+  auto [z_own, pos_own, neg_own] =
+      checked(file, std::string(kExplainerEmbedAndExplain) + "(x)", [&] { return bundle.embed_and_explain(x); });
+  const double scale = std::max(1.0, z.abs().max().item<double>());
+  auto differs = [&](const torch::Tensor& a, const torch::Tensor& b) {
+    return a.sizes() != b.sizes() || (a - b).abs().max().item<double>() > 1e-4 * scale;
+  };
+  if (differs(z_own, z)) {
+    throw BundleError(file, std::string(kExplainerEmbedAndExplain) + "() gives an embedding " + shape_of(z_own) +
+                                " that differs from target.pt's embed(x) " + shape_of(z) +
+                                ": its copy of the encoder is not the target's (retrain or re-export the explainer)");
+  }
+  if (differs(pos_own, pos) || differs(neg_own, neg)) {
+    throw BundleError(file, std::string(kExplainerEmbedAndExplain) + "() gives meta-attributions that differ from " +
+                                kExplainerWithEmbedding + "(x, embed(x))");
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> read_labels_file(const fs::path& file) {
@@ -429,9 +457,12 @@ Manifest read_manifest(const fs::path& bundle_dir) {
   return m;
 }
 
-torch::Tensor Head::logits(const torch::Tensor& embedding) { return call_method(module, method, embedding); }
+torch::Tensor Head::logits(const torch::Tensor& embedding) {
+  if (dtype == torch::kFloat32) return call_method(module, method, embedding);
+  return call_method(module, method, embedding.to(dtype)).to(torch::kFloat32);
+}
 
-Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
+Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device, Precision precision) {
   Bundle bundle(read_manifest(bundle_dir), device);
   const Manifest& m = bundle.manifest_;
 
@@ -452,6 +483,8 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
     }
     bundle.explainer_ = load_module(m.explainer->file, m.explainer->sha256, device);
     bundle.explainer_takes_embedding_ = bundle.explainer_->find_method(kExplainerWithEmbedding).has_value();
+    bundle.explainer_embeds_ =
+        bundle.explainer_takes_embedding_ && bundle.explainer_->find_method(kExplainerEmbedAndExplain).has_value();
   }
   std::vector<Head> heads;
   for (const auto& spec : m.heads) heads.push_back(Head{spec, load_module(spec.file, spec.sha256, device), "forward", {}, {}});
@@ -540,26 +573,91 @@ Bundle Bundle::load(const fs::path& bundle_dir, const torch::Device& device) {
       if (!torch::allclose(pos_z, pos, 1e-4, 1e-4)) {
         throw BundleError(m.explainer->file, std::string(kExplainerWithEmbedding) + "() changes psi_pos; only psi_neg may use E(x)");
       }
+      if (bundle.explainer_embeds_) check_embed_and_explain(bundle, x, z, pos_z, neg_z);
     }
   }
   for (auto& head : heads) {
     check_head(head, m.embedding_dim, device);
     bundle.heads_.emplace(head.spec.name, std::move(head));
   }
+  if (precision != Precision::Fp32) bundle.cast_modules(precision, x);
   return bundle;
 }
 
-torch::Tensor Bundle::embed(const torch::Tensor& images) { return call_method(target_, "embed", images); }
+namespace {
 
-torch::Tensor Bundle::logits(const torch::Tensor& images) { return target_.forward({images}).toTensor(); }
+// The floating-point parameters and buffers of `module` to `dtype`, in place. Not Module::to(dtype):
+// LibTorch 1.13's casts every tensor, integer buffers too (a Swin's relative_position_index, then
+// refused as an index).
+void cast_floating(torch::jit::Module& module, torch::ScalarType dtype) {
+  for (auto tensor : module.parameters(/*recurse=*/true)) {
+    if (tensor.is_floating_point()) tensor.set_data(tensor.to(dtype));
+  }
+  for (auto tensor : module.buffers(/*recurse=*/true)) {
+    if (tensor.is_floating_point()) tensor.set_data(tensor.to(dtype));
+  }
+}
 
-torch::Tensor Bundle::features(const torch::Tensor& images) { return call_method(target_, "features", images); }
+}  // namespace
 
-torch::Tensor Bundle::classify(const torch::Tensor& features) { return call_method(target_, "classify", features); }
+void Bundle::cast_modules(Precision precision, const torch::Tensor& sample) {
+  // After the float32 checks: their tolerances (1e-4) are for float32, and the heads' W and b are
+  // read off in float32. The target's own head is a method of the target, so it is cast with it.
+  const auto dtype = scalar_type(precision);
+  precision_ = precision;
+  {
+    // Cast outside inference mode (load() checks in it): parameters made in it would be inference
+    // tensors, which autograd refuses, and gradient methods need the weights.
+    torch::InferenceMode autograd_allowed(false);
+    cast_floating(target_, dtype);
+    if (explainer_) cast_floating(*explainer_, dtype);
+  }
+  heads_.at("target").dtype = dtype;
+  const auto refuse = [&](const fs::path& file, const std::string& why) {
+    return DeviceError("--precision " + to_string(precision) + " on " + device_.str() + ": " + build_description() +
+                       " cannot run " + file.string() + " in it: " + why);
+  };
+  // One pass of each module in the new precision: an operation without kernels for it on this
+  // device fails here, before any image, and not as an internal error mid-run.
+  torch::InferenceMode no_autograd;
+  for (const auto& [file, run] : std::vector<std::pair<fs::path, std::function<void()>>>{
+           {manifest_.target.file, [&] { embed(sample); }},
+           {manifest_.explainer ? manifest_.explainer->file : fs::path(), [&] {
+              if (explainer_) meta_attributions(sample, embed(sample));
+            }}}) {
+    try {
+      run();
+    } catch (const c10::Error& e) {
+      throw refuse(file, e.what_without_backtrace());
+    }
+  }
+}
+
+torch::Tensor Bundle::to_model(const torch::Tensor& t) const {
+  return precision_ == Precision::Fp32 ? t : t.to(scalar_type(precision_));
+}
+
+// Each takes float32 and returns float32; to_model() and .to(kFloat32) are no-ops in fp32 and
+// differentiable otherwise (gradient methods take gradients through them).
+torch::Tensor Bundle::embed(const torch::Tensor& images) {
+  return call_method(target_, "embed", to_model(images)).to(torch::kFloat32);
+}
+
+torch::Tensor Bundle::logits(const torch::Tensor& images) {
+  return target_.forward({to_model(images)}).toTensor().to(torch::kFloat32);
+}
+
+torch::Tensor Bundle::features(const torch::Tensor& images) {
+  return call_method(target_, "features", to_model(images)).to(torch::kFloat32);
+}
+
+torch::Tensor Bundle::classify(const torch::Tensor& features) {
+  return call_method(target_, "classify", to_model(features)).to(torch::kFloat32);
+}
 
 torch::Tensor Bundle::embed_features(const torch::Tensor& features) {
   if (!has_embed_features_) throw BundleError(manifest_.target.file, "target has no embed_features() method");
-  return call_method(target_, "embed_features", features);
+  return call_method(target_, "embed_features", to_model(features)).to(torch::kFloat32);
 }
 
 torch::Tensor Bundle::logits_from_features(const torch::Tensor& features, Head& head) {
@@ -570,16 +668,31 @@ torch::Tensor Bundle::logits_from_features(const torch::Tensor& features, Head& 
                                            "' (re-export the target with embed_features, docs/bundle-format.md)");
 }
 
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Bundle::embed_and_explain(const torch::Tensor& images) {
+  if (!explainer_embeds_) {
+    throw BundleError(manifest_.dir, std::string("bundle's explainer has no ") + kExplainerEmbedAndExplain + "() method");
+  }
+  auto out = explainer_->get_method(kExplainerEmbedAndExplain)({to_model(images)});
+  if (!out.isTuple() || out.toTuple()->elements().size() != 3) {
+    throw BundleError(manifest_.explainer->file,
+                      std::string("explainer ") + kExplainerEmbedAndExplain + "() must return a tuple (z, psi_pos, psi_neg)");
+  }
+  const auto& parts = out.toTuple()->elements();
+  return {parts[0].toTensor().to(torch::kFloat32), parts[1].toTensor().to(torch::kFloat32),
+          parts[2].toTensor().to(torch::kFloat32)};
+}
+
 std::pair<torch::Tensor, torch::Tensor> Bundle::meta_attributions(const torch::Tensor& images, const torch::Tensor& embeddings) {
   if (!explainer_) throw BundleError(manifest_.dir, "bundle has no explainer (no 'explainer' in manifest.json)");
   const bool with_embedding = embeddings.defined() && explainer_takes_embedding_;
-  auto out = with_embedding ? explainer_->get_method(kExplainerWithEmbedding)({images, embeddings}) : explainer_->forward({images});
+  auto out = with_embedding ? explainer_->get_method(kExplainerWithEmbedding)({to_model(images), to_model(embeddings)})
+                            : explainer_->forward({to_model(images)});
   if (!out.isTuple() || out.toTuple()->elements().size() != 2) {
     throw BundleError(manifest_.explainer->file, std::string("explainer ") + (with_embedding ? kExplainerWithEmbedding : "forward") +
                                                      "() must return a tuple (psi_pos, psi_neg)");
   }
   const auto& parts = out.toTuple()->elements();
-  return {parts[0].toTensor(), parts[1].toTensor()};
+  return {parts[0].toTensor().to(torch::kFloat32), parts[1].toTensor().to(torch::kFloat32)};
 }
 
 Head& Bundle::head(const std::string& name) {

@@ -72,6 +72,19 @@ json cost_record(const AttributionCost& cost, double ms, double forward_ms, cons
           {"forward_equivalents", forward_ms > 0 ? ms / forward_ms : 0.0}, {"batch", batch}};
 }
 
+// One method's whole explanation of a batch, its own forward pass included, as `tve explain` runs
+// it: the cost column counts every pass an explanation needs (docs/methods.md). The classes come
+// from the run's shared forward pass, so that every method explains the same ones.
+Attribution explain_with_forward_pass(AttributionMethod& method, Bundle& bundle, Head& head, const torch::Tensor& images,
+                                      const torch::Tensor& classes) {
+  const Stopwatch stopwatch;
+  const ForwardPass pass = method.forward_pass(bundle, images);
+  Attribution attribution = method.explain(bundle, head, images, classes, pass);
+  attribution.seconds = stopwatch.seconds();
+  attribution.cost.forward_passes += 1;
+  return attribution;
+}
+
 // Adds one record of an image and method to its method's totals. Time and cost enter once per
 // batch, from the first record of that batch: copies of one measurement are not independent
 // samples, and a bootstrap over them would give intervals far too narrow.
@@ -262,7 +275,7 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
           one_logits = head.logits(one_embeddings);
         }
         const auto one_classes = pick_classes(one_logits);  // outside inference mode, as below: gradients save it
-        for (auto& method : methods) method->explain(bundle, head, one, one_classes, one_embeddings);
+        for (auto& method : methods) explain_with_forward_pass(*method, bundle, head, one, one_classes);
         if (reference && !reference_index) reference->explain(bundle, head, one, one_classes, one_embeddings);
       }
       torch::Tensor embeddings, logits;
@@ -278,7 +291,7 @@ EvaluationReport run_evaluation(Bundle& bundle, Head& head, const std::vector<In
       const json batch{{"run", run_id}, {"index", batch_index++}, {"images", images.size(0)}};
 
       std::vector<Attribution> attributions;
-      for (auto& method : methods) attributions.push_back(method->explain(bundle, head, images, classes, embeddings));
+      for (auto& method : methods) attributions.push_back(explain_with_forward_pass(*method, bundle, head, images, classes));
       torch::Tensor reference_maps;
       if (reference) {
         reference_maps = reference_index ? attributions[*reference_index].maps

@@ -121,6 +121,9 @@ json output_settings(const Bundle& bundle, const Head& head, const ExplainOption
   const Manifest& m = bundle.manifest();
   json settings{{"model_sha256", m.target.sha256}, {"head_sha256", head.spec.sha256}};
   if (m.explainer) settings["explainer_sha256"] = m.explainer->sha256;
+  // bf16 maps differ from fp32 ones by more than rounding (docs/performance.md, "Precision"): not
+  // interchangeable. The device is not compared: CPU and GPU results agree to float rounding.
+  settings["precision"] = to_string(bundle.precision());
   if (options.class_index) {
     settings["class"] = *options.class_index;
   } else {
@@ -300,11 +303,13 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
       rows > real ? torch::cat({batch_images, batch_images.narrow(0, 0, 1).expand({rows - real, -1, -1, -1})}) : batch_images;
   BatchResult result;
   const Stopwatch stopwatch;
-  torch::Tensor embeddings, logits;  // [B,D], [B,C]
+  // The method's forward pass: E(x) for the classes, and with TVE on an explainer that holds the
+  // encoder, the meta-attributions too (so forward_ms then includes the explainer's work).
+  const ForwardPass pass = method.forward_pass(bundle, images);
+  torch::Tensor logits;  // [B,C]
   {
     torch::InferenceMode no_autograd;
-    embeddings = bundle.embed(images);
-    logits = head.logits(embeddings);
+    logits = head.logits(pass.embeddings);
   }
   constexpr int kReportedPredictions = 5;
   result.predictions = top_k(logits, head.spec.labels, std::max(options.top_k, kReportedPredictions));
@@ -316,7 +321,7 @@ BatchResult explain_batch(Bundle& bundle, Head& head, AttributionMethod& method,
   const double good = static_cast<double>(real);
   result.forward_ms = stopwatch.milliseconds() / good;
 
-  Attribution attribution = method.explain(bundle, head, images, classes, embeddings);
+  Attribution attribution = method.explain(bundle, head, images, classes, pass);
   result.maps = attribution.maps.narrow(0, 0, real).to(torch::kCPU, torch::kFloat32).contiguous();
   result.explain_ms = 1e3 * attribution.seconds / good;
   result.cost = attribution.cost;
@@ -370,6 +375,7 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
   const Stopwatch run_time;
   const Manifest& manifest = bundle.manifest();
   const json settings = output_settings(bundle, head, options);
+  const std::string device_name = bundle.device().str(), precision_name = to_string(bundle.precision());
   BatchOptions batch_options = options.batch;
   batch_options.keep_images = options.out_dir.has_value() && options.formats.overlay;
   std::atomic<size_t> redone{0};  // inputs with a record that --resume did not accept
@@ -433,6 +439,8 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
       }
       const Stopwatch write_time;
       json record = success_record(job, batch, this_row, manifest, head, method);
+      record["device"] = device_name;
+      record["precision"] = precision_name;
       try {
         if (options.out_dir) {
           record["outputs"] = write_outputs(job, batch.maps[this_row], record, settings, options, manifest.input);
@@ -486,6 +494,9 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
                       {"method", method.name()},
                       {"parameters", method.parameters()},
                       {"settings", settings},
+                      {"device", device_name},
+                      {"precision", precision_name},
+                      {"build", build_description()},
                       {"shard", {{"index", options.shard.index}, {"count", options.shard.count}}},
                       {"inputs", inputs.size()},
                       {"explained", summary.succeeded - summary.resumed},

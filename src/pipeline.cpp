@@ -10,6 +10,7 @@
 #include <cstring>
 #include <future>
 #include <set>
+#include <thread>
 
 #include "tve/error.hpp"
 #include "tve/log.hpp"
@@ -359,15 +360,35 @@ std::vector<ImageJob> decode_batch(const std::vector<InputFile>& inputs, size_t&
   std::vector<ImageJob> batch;
   int good = 0;
   while (cursor < inputs.size() && good < options.batch_size && batch.size() < max_jobs) {
-    ImageJob job;
-    job.input = inputs[cursor++];
-    if (!job.input.error.empty()) {
-      job.error = job.input.error;
-    } else if (options.reuse) {
-      job.previous = options.reuse(job.input);
+    // The inputs that would complete the batch if they all decode, then their decoding (spread
+    // over decode_threads); inputs that fail make room for another round.
+    std::vector<size_t> to_decode;
+    while (cursor < inputs.size() && good + static_cast<int>(to_decode.size()) < options.batch_size &&
+           batch.size() < max_jobs) {
+      ImageJob job;
+      job.input = inputs[cursor++];
+      if (!job.input.error.empty()) {
+        job.error = job.input.error;
+      } else if (options.reuse) {
+        job.previous = options.reuse(job.input);
+      }
+      if (job.ok() && !job.reused()) to_decode.push_back(batch.size());
+      batch.push_back(std::move(job));
     }
-    if (job.ok() && !job.reused() && decode(job, spec, options)) ++good;
-    batch.push_back(std::move(job));
+    const size_t threads = std::min<size_t>(static_cast<size_t>(std::max(1, options.decode_threads)), to_decode.size());
+    if (threads <= 1) {
+      for (const size_t i : to_decode) decode(batch[i], spec, options);
+    } else {
+      // Each thread decodes every threads-th job; decode() catches what decoding throws.
+      std::vector<std::thread> workers;
+      for (size_t t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+          for (size_t k = t; k < to_decode.size(); k += threads) decode(batch[to_decode[k]], spec, options);
+        });
+      }
+      for (auto& worker : workers) worker.join();
+    }
+    for (const size_t i : to_decode) good += batch[i].ok() ? 1 : 0;
   }
   return batch;
 }
@@ -397,7 +418,15 @@ torch::Tensor stack_good(const std::vector<ImageJob>& jobs, const torch::Device&
     if (job.tensor.defined()) tensors.push_back(job.tensor);
   }
   if (tensors.empty()) return {};
-  return torch::stack(tensors).to(device);  // [B,3,H,W] f32
+  if (!device.is_cuda()) return torch::stack(tensors).to(device);  // [B,3,H,W] f32
+  // For a GPU, the batch is gathered in page-locked (pinned) host memory, which the GPU copies by
+  // DMA while this thread goes on (non_blocking); the caching host allocator keeps the buffer
+  // alive until the copy is done. Kernels queued after it on the same stream wait for it.
+  const auto& first = tensors.front();
+  auto pinned = torch::empty({static_cast<int64_t>(tensors.size()), first.size(0), first.size(1), first.size(2)},
+                             torch::TensorOptions().dtype(first.scalar_type()).pinned_memory(true));
+  torch::stack_out(pinned, tensors);
+  return pinned.to(device, /*non_blocking=*/true);
 }
 
 }  // namespace tve

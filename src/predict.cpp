@@ -60,6 +60,8 @@ PredictSummary run_predict(Bundle& bundle, Head& head, const std::vector<InputFi
         for (const auto& score : best) record["top_k"].push_back(to_json(score));
         record["timings_ms"] = {{"decode", 1e3 * job.decode_seconds},
                                 {"model_per_image", model_ms / static_cast<double>(scores.size())}};
+        record["device"] = bundle.device().str();
+        record["precision"] = to_string(bundle.precision());
       }
       if (on_record) on_record(record);
     }

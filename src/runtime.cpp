@@ -7,6 +7,7 @@
 #endif
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cctype>
@@ -49,15 +50,76 @@ int openblas_core_level(const std::string& core) {
 
 }  // namespace
 
+std::string build_description() {
+  // torch/version.h exists in LibTorch 1.13 and 2.x; hasCUDA() says whether this LibTorch was
+  // built with CUDA kernels, whatever the machine has.
+  return std::string("LibTorch ") + TORCH_VERSION + (torch::hasCUDA() ? " with CUDA" : ", CPU-only");
+}
+
 torch::Device select_device(const std::string& name) {
   if (name == "cpu") return torch::kCPU;
-  if (name == "cuda" || name == "auto") {
-    if (torch::cuda::is_available()) return torch::Device(torch::kCUDA, 0);
-    if (name == "auto") return torch::kCPU;
-    throw DeviceError(torch::hasCUDA() ? "--device cuda: no CUDA device is visible to this process"
-                                       : "--device cuda: this LibTorch was built without CUDA support; use --device cpu");
+  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  const std::string prefix = "cuda";
+  if (name.compare(0, prefix.size(), prefix) != 0 ||
+      (name.size() > prefix.size() &&
+       (name[prefix.size()] != ':' || name.size() == prefix.size() + 1 || name.size() > prefix.size() + 4 ||
+        name.find_first_not_of("0123456789", prefix.size() + 1) != std::string::npos))) {
+    throw InvalidArgument("--device '" + name + "' is not a device; expected auto, cpu, cuda or cuda:N (N = 0, 1, ...)");
   }
-  throw InvalidArgument("unknown device '" + name + "'; expected cpu, cuda or auto");
+  const int index = name.size() > prefix.size() ? std::stoi(name.substr(prefix.size() + 1)) : 0;
+  if (!torch::hasCUDA()) {
+    throw DeviceError("--device " + name + ": this tve is a CPU-only build (" + build_description() +
+                      "); use --device cpu, or a CUDA build (docs/gpu.md)");
+  }
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (count == 0) {
+    throw DeviceError("--device " + name + ": this tve is built with CUDA (" + build_description() +
+                      ") but sees no usable CUDA device (no GPU, no driver, or CUDA_VISIBLE_DEVICES empty); use --device cpu");
+  }
+  if (index >= count) {
+    throw DeviceError("--device " + name + ": this machine shows " + std::to_string(count) + " CUDA device(s) (cuda:0" +
+                      (count > 1 ? "..cuda:" + std::to_string(count - 1) : std::string()) + ") to this tve (" +
+                      build_description() + ")");
+  }
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::Fp32;
+  if (name == "bf16") return Precision::Bf16;
+  if (name == "fp16") return Precision::Fp16;
+  throw InvalidArgument("--precision '" + name + "' is not a precision; expected fp32, bf16 or fp16");
+}
+
+std::string to_string(Precision precision) {
+  switch (precision) {
+    case Precision::Bf16: return "bf16";
+    case Precision::Fp16: return "fp16";
+    case Precision::Fp32: break;
+  }
+  return "fp32";
+}
+
+torch::ScalarType scalar_type(Precision precision) {
+  switch (precision) {
+    case Precision::Bf16: return torch::kBFloat16;
+    case Precision::Fp16: return torch::kHalf;
+    case Precision::Fp32: break;
+  }
+  return torch::kFloat32;
+}
+
+void check_precision(const torch::Device& device, Precision precision) {
+  if (!device.is_cpu()) return;
+  if (precision == Precision::Fp16) {
+    // LibTorch 1.13 has no half-precision CPU convolution ("slow_conv2d_cpu" not implemented for
+    // 'Half'), and where newer versions have one it is slower than fp32 on x86 CPUs.
+    throw DeviceError("--precision fp16 needs a CUDA device; " + build_description() +
+                      " cannot run it on the cpu: use --precision bf16 or fp32 there");
+  }
+  if (precision == Precision::Bf16 && !detect_cpu_features().avx512_bf16) {
+    logger().warn("--precision bf16 on a CPU without AVX-512 BF16: emulated, likely slower than fp32");
+  }
 }
 
 BlasInfo detect_blas() {
@@ -135,6 +197,11 @@ ThreadSettings current_thread_settings() {
 bool decode_in_parallel(const torch::Device& device, const ThreadSettings& settings, int cores) {
   if (!device.is_cpu()) return true;
   return std::max(settings.intra_op, settings.blas) < cores;
+}
+
+int decode_threads(const torch::Device& device, int cores) {
+  if (device.is_cpu()) return 1;
+  return std::clamp(cores - 2, 1, 8);
 }
 
 ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced) {

@@ -201,6 +201,37 @@ TEST(ReadInBatches, SameBatchesWithAndWithoutPrefetch) {
   EXPECT_EQ(sizes_with(false), sizes_with(true));
 }
 
+TEST(ReadInBatches, DecodeThreadsGiveTheSameBatchesInTheSameOrder) {
+  // What a GPU run does (decode_threads > 1): the same jobs, in input order, the same tensors.
+  std::vector<InputFile> inputs;
+  for (const char* name : {"rgb8.png", "truncated.png", "gray8.png", "empty.png", "rgba.png", "palette.png", "bomb.png",
+                           "rgb16.png", "gray16.png"}) {
+    inputs.push_back({test::image_fixture(name)});
+  }
+  auto run = [&](int threads) {
+    BatchOptions options;
+    options.batch_size = 3;
+    options.decode_threads = threads;
+    std::vector<std::pair<std::string, torch::Tensor>> jobs_seen;
+    std::vector<size_t> sizes;
+    read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) {
+      sizes.push_back(jobs.size());
+      for (const auto& job : jobs) jobs_seen.emplace_back(job.input.path.filename().string() + (job.ok() ? "" : "!"), job.tensor);
+    });
+    return std::make_pair(sizes, jobs_seen);
+  };
+  const auto one = run(1), four = run(4);
+  EXPECT_EQ(one.first, four.first);
+  ASSERT_EQ(one.second.size(), inputs.size());
+  ASSERT_EQ(four.second.size(), inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    EXPECT_EQ(one.second[i].first, four.second[i].first);
+    if (one.second[i].second.defined()) {
+      EXPECT_TRUE(torch::equal(one.second[i].second, four.second[i].second)) << i;
+    }
+  }
+}
+
 TEST(ReadInBatches, ReusedInputsAreNotDecodedAndDoNotGatherIntoOneBatch) {
   std::vector<InputFile> inputs;
   for (int i = 0; i < 500; ++i) inputs.push_back({test::image_fixture(i % 100 == 99 ? "rgb8.png" : "no-such.png"), ""});

@@ -43,9 +43,28 @@ const CLI::Validator kFinite(
     },
     "FINITE");
 
+const CLI::Validator kDeviceName(
+    [](const std::string& text) {
+      // The form only; whether the device exists is select_device's question (exit 5, not 2).
+      const std::string prefix = "cuda:";
+      const bool indexed = text.size() > prefix.size() && text.size() <= prefix.size() + 3 &&
+                           text.compare(0, prefix.size(), prefix) == 0 &&
+                           text.find_first_not_of("0123456789", prefix.size()) == std::string::npos;
+      if (text == "auto" || text == "cpu" || text == "cuda" || indexed) return std::string();
+      return "expected auto, cpu, cuda or cuda:N (N = 0, 1, ...), got '" + text + "'";
+    },
+    "DEVICE");
+
 void add_common_options(CLI::App* command, CommonOptions& common) {
   command->add_option("--models-dir", common.models_dir, "Folder of model bundles searched first");
-  command->add_option("--device", common.device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  command->add_option("--device", common.device, "auto (a GPU when this build and machine have one), cpu, cuda or cuda:N")
+      ->check(kDeviceName)
+      ->capture_default_str();
+  command->add_option("--precision", common.precision,
+                      "Number type of the model's passes: fp32, bf16 (fast on CPUs with AVX-512 BF16 and on GPUs) or "
+                      "fp16 (GPUs only); maps and scores stay fp32 (docs/performance.md, \"Precision\")")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
   command->add_option("--threads", common.threads, "Threads for LibTorch and BLAS (default: measured at start)")
       ->check(CLI::Range(1, 1024));
   command->add_flag("-v,--verbose", common.verbose, "More diagnostics on stderr");
@@ -146,10 +165,12 @@ constexpr int kMeasureThreadsBatch = 8;
 
 Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images) {
   const torch::Device device = select_device(common.device);
+  const Precision precision = parse_precision(common.precision);
+  check_precision(device, precision);
   const auto search_dirs = model_search_dirs(as_path(common.models_dir));
   const fs::path dir = resolve_bundle(model.empty() ? default_model_name(search_dirs) : model, search_dirs);
   logger().debug("loading bundle {}", dir.string());
-  Bundle bundle = Bundle::load(dir, device);
+  Bundle bundle = Bundle::load(dir, device, precision);
   if (device.is_cpu()) {
     const auto blas = detect_blas();
     if (!blas.is_openblas) logger().warn("BLAS is {}", blas.description);
@@ -174,8 +195,9 @@ Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model
                   measure && !common.threads ? ", on a batch of " + std::to_string(sample.size(0)) : "",
                   blas.description, blas.core.empty() ? "unknown" : blas.core);
   }
-  logger().info("model {} ({}, {}x{} input) on {}", bundle.manifest().name, bundle.manifest().architecture,
-                bundle.manifest().input.width, bundle.manifest().input.height, device.str());
+  logger().info("model {} ({}, {}x{} input) on {} in {} ({})", bundle.manifest().name, bundle.manifest().architecture,
+                bundle.manifest().input.width, bundle.manifest().input.height, device.str(), to_string(precision),
+                build_description());
   return bundle;
 }
 

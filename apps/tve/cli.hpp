@@ -46,6 +46,7 @@ extern const CLI::Validator kFinite;
 struct CommonOptions {
   std::optional<std::string> models_dir;
   std::string device = "auto";
+  std::string precision = "fp32";
   std::optional<int> threads;
   bool verbose = false;
   bool quiet = false;

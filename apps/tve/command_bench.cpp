@@ -36,6 +36,7 @@ int run(const CommonOptions& common, const BenchCliOptions& options) {
   bench.repeats = options.repeats;
   bench.batch_size = options.batch_size;
   bench.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  bench.decode_threads = decode_threads(bundle.device());
   bench.formats = parse_formats(options.formats);
   if (options.out_dir) {
     bench.out = fs::path(*options.out_dir);

@@ -92,6 +92,7 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   evaluation.batch.batch_size = options.batch_size;
   evaluation.batch.limits.max_pixels = options.max_pixels;
   evaluation.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  evaluation.batch.decode_threads = decode_threads(bundle.device());
   // Records of another model, head or protocol are never mixed into this run's results.
   evaluation.settings = {{"model_sha256", bundle.manifest().target.sha256},
                          {"explainer_sha256", bundle.manifest().explainer ? nlohmann::json(bundle.manifest().explainer->sha256) : nlohmann::json()},
@@ -99,7 +100,8 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
                          {"class", options.class_spec ? nlohmann::json(*options.class_spec) : nlohmann::json()},
                          {"masks", options.masks ? nlohmann::json(*options.masks) : nlohmann::json()},
                          {"insertion_start", options.insertion_start},
-                         {"fidelity", evaluation.fidelity}};
+                         {"fidelity", evaluation.fidelity},
+                         {"precision", to_string(bundle.precision())}};
   evaluation.previous = std::move(previous);
   logger().info("evaluating {} on {} image(s) of head '{}'{}", fmt::join(options.methods, ", "), inputs.size(),
                 head.spec.name, masks_skipped ? fmt::format(" ({} mask file(s) not taken as images)", masks_skipped) : "");
@@ -124,6 +126,8 @@ int run(const CommonOptions& common, EvalCliOptions& options) {
   auto summary = report.summary();
   summary["model"] = bundle.manifest().name;
   summary["head"] = head.spec.name;
+  summary["device"] = bundle.device().str();
+  summary["precision"] = to_string(bundle.precision());
   summary["insertion_start"] = options.insertion_start;
   summary["fidelity_reference"] = evaluation.fidelity ? nlohmann::json("occlusion") : nlohmann::json(nullptr);
   summary["settings"] = evaluation.settings;

@@ -141,6 +141,7 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   explain.batch.batch_size = options.batch_size;
   explain.batch.limits.max_pixels = options.max_pixels;
   explain.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  explain.batch.decode_threads = decode_threads(bundle.device());
 
   logger().info("explaining {} image(s) with {} on head '{}' ({} classes){}", inputs.size(), method->name(),
                 head.spec.name, head.spec.labels.size(),

@@ -6,6 +6,7 @@
 #include "cli.hpp"
 #include "tve/fit_head.hpp"
 #include "tve/log.hpp"
+#include "tve/runtime.hpp"
 
 namespace tve::cli {
 namespace {
@@ -30,10 +31,15 @@ int run(const CommonOptions& common, const FitHeadCliOptions& options) {
   fit.steps = options.steps;
   fit.seed = options.seed;
   fit.batch.batch_size = options.batch_size;
+  fit.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  fit.batch.decode_threads = decode_threads(bundle.device());
   const Stopwatch stopwatch;
   const auto result = fit_linear_head(bundle, data, fit, [](const std::string& error) { logger().error("{}", error); });
   save_linear_head(options.out, result);
-  print_json_line(fit_head_record(result, options.out, bundle.manifest().name, stopwatch.seconds()));
+  auto record = fit_head_record(result, options.out, bundle.manifest().name, stopwatch.seconds());
+  record["device"] = bundle.device().str();
+  record["precision"] = to_string(bundle.precision());
+  print_json_line(record);
   logger().info("head written to {}: held-out accuracy {:.1f}% on {} image(s); explain with --head-file {}", options.out,
                 100 * result.held_out_accuracy, result.held_out_count, options.out);
   return result.failed_images == 0 ? kSuccess : kSomeInputsFailed;

@@ -7,6 +7,7 @@
 #include "tve/log.hpp"
 #include "tve/pipeline.hpp"
 #include "tve/predict.hpp"
+#include "tve/runtime.hpp"
 
 namespace tve::cli {
 namespace {
@@ -32,6 +33,8 @@ int run(const CommonOptions& common, const PredictCliOptions& options) {
   predict.top_k = options.top_k;
   predict.batch.batch_size = options.batch_size;
   predict.batch.limits.max_pixels = options.max_pixels;
+  predict.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
+  predict.batch.decode_threads = decode_threads(bundle.device());
   const auto summary = run_predict(bundle, head, inputs, predict, print_json_line);
   logger().info("{} image(s) predicted, {} failed", summary.succeeded, summary.failed);
   return exit_code_for(summary.succeeded, summary.failed);

@@ -43,7 +43,6 @@ std::string version_text() {
   return std::string("tve ") + tve::kVersion + "\nLibTorch " + TORCH_VERSION + "\ndevices: " + devices;
 }
 
-
 // OpenBLAS picked its kernels as this process loaded it, before main(). When it fell back to a
 // generic set on a CPU with wider vector units (tve::better_openblas_core), runs this program again
 // with the right set requested through OPENBLAS_CORETYPE, which it reads only as it loads: one more
@@ -104,11 +103,16 @@ for an installed tve (<prefix>/bin/tve), the source tree's models/ for one in a 
     if (command.app->parsed()) chosen = &command;
   }
   if (chosen == nullptr) return kUsage;
-  if (chosen->runs_models && common.device != "cuda") restart_with_better_blas_kernels(argv);
+  if (chosen->runs_models && common.device.rfind("cuda", 0) != 0) restart_with_better_blas_kernels(argv);
   tve::clean_up_temporaries_on_signals();  // Ctrl-C or a scheduler's SIGTERM leaves no temporary file
 
   int code = kUsage;
   try {
+    if (chosen->runs_models) {
+      // A device or precision this build or machine cannot give is one line and exit 5 before
+      // any input is scanned or output folder made (load_bundle_for_run asks again, at no cost).
+      tve::check_precision(tve::select_device(common.device), tve::parse_precision(common.precision));
+    }
     code = chosen->run();
   } catch (const tve::Error& e) {
     tve::logger().error("{}", e.what());

@@ -21,6 +21,7 @@ struct BenchmarkOptions {
   std::optional<std::filesystem::path> out;  // where the folder run writes its outputs
   OutputFormats formats;
   bool prefetch = true;  // decode on a second thread during the folder run (BatchOptions::prefetch)
+  int decode_threads = 1;  // BatchOptions::decode_threads
 };
 
 // Reports (JSON):

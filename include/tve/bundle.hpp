@@ -11,10 +11,12 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "tve/input_spec.hpp"
+#include "tve/runtime.hpp"
 
 namespace tve {
 
@@ -77,18 +79,27 @@ struct Head {
   // the meta-attributions instead of the whole head.
   torch::Tensor weight;
   torch::Tensor bias;
+  // What the module computes in: float32, or the bundle's --precision for the target's own head,
+  // which lives in the (cast) target. logits() takes and returns float32 either way.
+  torch::ScalarType dtype = torch::kFloat32;
 
-  torch::Tensor logits(const torch::Tensor& embedding);  // [B,D] -> [B,C], through the module
+  torch::Tensor logits(const torch::Tensor& embedding);  // [B,D] f32 -> [B,C] f32, through the module
 };
 
 class Bundle {
  public:
   // Validates everything (docs/bundle-format.md, "What the loader checks") and moves the modules
-  // to `device`. Throws BundleError.
-  static Bundle load(const std::filesystem::path& bundle_dir, const torch::Device& device);
+  // to `device`. Throws BundleError. The checks run in float32; then, for another `precision`, the
+  // target and the explainer are cast to it (downstream and external heads stay float32) and run
+  // once more on a dummy input: a model this LibTorch cannot run in that precision on that device
+  // is a DeviceError. Every method below takes and returns float32 tensors whatever the
+  // precision, so that callers (attribution methods, the transfer rule, maps) never see bf16.
+  static Bundle load(const std::filesystem::path& bundle_dir, const torch::Device& device,
+                     Precision precision = Precision::Fp32);
 
   const Manifest& manifest() const { return manifest_; }
   const torch::Device& device() const { return device_; }
+  Precision precision() const { return precision_; }
 
   torch::Tensor embed(const torch::Tensor& images);   // [B,3,H,W] normalised -> [B,D]
   torch::Tensor logits(const torch::Tensor& images);  // [B,3,H,W] -> [B,C], the target's own head
@@ -111,6 +122,13 @@ class Bundle {
   std::pair<torch::Tensor, torch::Tensor> meta_attributions(const torch::Tensor& images,
                                                             const torch::Tensor& embeddings = {});
   bool explainer_takes_embedding() const { return explainer_takes_embedding_; }
+  // An explainer that holds an exact copy of the whole encoder (the shipped ResNet and Swin ones,
+  // and every explainer train_explainer.py writes) defines embed_and_explain(x): E(x) and the
+  // meta-attributions from one pass over the encoder's layers, where embed() followed by
+  // meta_attributions() runs the layers they share twice. Returns (z [B,D], psi_pos, psi_neg),
+  // psi as meta_attributions(images, z); loading checked that z equals embed(images).
+  bool explainer_embeds() const { return explainer_embeds_; }
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> embed_and_explain(const torch::Tensor& images);
 
   bool has_gradient_methods() const { return has_features_; }
   torch::Tensor features(const torch::Tensor& images);
@@ -126,14 +144,21 @@ class Bundle {
  private:
   Bundle(Manifest manifest, torch::Device device) : manifest_(std::move(manifest)), device_(device) {}
 
+  // Casts the target and explainer to `precision` and runs each once on `sample`.
+  void cast_modules(Precision precision, const torch::Tensor& sample);
+  // images (or features, embeddings) cast to the modules' number type; outputs go back to float32
+  torch::Tensor to_model(const torch::Tensor& t) const;
+
   Manifest manifest_;
   torch::Device device_;
+  Precision precision_ = Precision::Fp32;
   torch::jit::Module target_;
   std::optional<torch::jit::Module> explainer_;
   std::map<std::string, Head> heads_;  // "target" and each downstream head
   bool has_features_ = false;
   bool has_embed_features_ = false;
   bool explainer_takes_embedding_ = false;
+  bool explainer_embeds_ = false;
 };
 
 // Reads a labels file: UTF-8, one label per line, trailing empty lines ignored.

@@ -93,6 +93,10 @@ struct BatchOptions {
   // Decode the next batch on a second thread while `on_batch` runs, so that file reading and
   // decoding overlap the model's work. At most two batches are in memory.
   bool prefetch = true;
+  // Threads that decode and resize one batch's images (decode_threads() in tve/runtime.hpp): more
+  // than one only when the model does not compute on the CPU (a GPU), which would otherwise wait
+  // for one thread decoding ~1,000 images a second.
+  int decode_threads = 1;
   ImageLimits limits;
   // Asked before decoding an input: a non-null record means an earlier run already produced this
   // input's outputs (explain --resume); the job then carries that record and is not decoded.

@@ -10,9 +10,27 @@
 
 namespace tve {
 
-// "cpu", "cuda" or "auto" (CUDA when available, else CPU). Throws DeviceError for "cuda" when this
-// LibTorch has no CUDA support or sees no device, and InvalidArgument for any other name.
+// "cpu", "cuda", "cuda:N" or "auto" (the first CUDA device when this build and machine have one,
+// else the CPU). Throws DeviceError for "cuda"/"cuda:N" when this build's LibTorch has no CUDA
+// support, sees no device or not device N, naming the build (build_description()) and the device
+// asked for; InvalidArgument for any other name.
 torch::Device select_device(const std::string& name);
+
+// What this binary was built against, for messages and records: e.g. "LibTorch 1.13.0, CPU-only"
+// or "LibTorch 2.5.1 with CUDA".
+std::string build_description();
+
+// The number type the models compute in (--precision). Inputs, the heads' weights and every map
+// stay float32; only the encoder's and the explainer's passes run in the lower precision.
+enum class Precision { Fp32, Bf16, Fp16 };
+Precision parse_precision(const std::string& name);  // "fp32", "bf16", "fp16"; InvalidArgument otherwise
+std::string to_string(Precision precision);
+torch::ScalarType scalar_type(Precision precision);
+
+// Refuses a precision `device` cannot run in this build, with DeviceError: fp16 on the CPU
+// (LibTorch 1.13 has no half-precision CPU convolutions). Warns when bf16 runs on a CPU without
+// AVX-512 BF16, where it is emulated and slower than fp32.
+void check_precision(const torch::Device& device, Precision precision);
 
 // Which BLAS the process ended up with. Debian's LibTorch links libblas.so.3, whichever
 // implementation the alternatives system points it at; OpenBLAS is ~40x faster for transformers.
@@ -96,5 +114,11 @@ ThreadSettings current_thread_settings();
 // (LibTorch 1, BLAS 2), a folder run reached 0.50-0.58 of the pure compute with a decoding thread
 // and 0.81-0.85 with decoding on the model's thread (docs/performance.md).
 bool decode_in_parallel(const torch::Device& device, const ThreadSettings& settings, int cores = available_cores());
+
+// How many threads decode and resize a batch's images (BatchOptions::decode_threads): one on the
+// CPU, where the model's own threads use the cores; for a GPU, the cores but two (the thread that
+// feeds the GPU and the writer), at most 8: one thread decodes ~1,000 small JPEGs a second, less
+// than a GPU explains.
+int decode_threads(const torch::Device& device, int cores = available_cores());
 
 }  // namespace tve
