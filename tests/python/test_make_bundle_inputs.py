@@ -21,7 +21,7 @@ import torchvision
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
-from make_bundle import BundleError, constant_head_warnings, load_weights, read_labels  # noqa: E402
+from tvelib.cli_bundle import BundleError, constant_head_warnings, load_weights, read_labels  # noqa: E402
 from tvelib import archs  # noqa: E402
 
 
@@ -159,7 +159,7 @@ def test_cited_doc_sections_exist():
     """Every 'docs/FILE.md, 'Section'' that make_bundle.py's messages cite is a heading there."""
     import re
     cited = set()
-    for script in ("make_bundle.py", "tvelib/wrapper_route.py", "tvelib/timm_archs.py"):
+    for script in ("tvelib/cli_bundle.py", "tvelib/wrapper_route.py", "tvelib/timm_archs.py"):
         source = (REPO / "scripts" / script).read_text()
         source = re.sub(r'"\s*\n\s*f?"', "", source)  # implicitly joined string literals, as Python joins them
         cited |= set(re.findall(r"(docs/[\w-]+\.md), '([^']+)'", source))

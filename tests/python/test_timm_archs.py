@@ -11,8 +11,8 @@ from torch import nn
 
 timm = pytest.importorskip("timm")
 
-import make_bundle  # noqa: E402  (scripts/ is on sys.path: conftest.py)
-from make_bundle import BundleError, describe_mismatch, load_weights  # noqa: E402
+from tvelib import cli_bundle as make_bundle  # noqa: E402  (scripts/ is on sys.path: conftest.py)
+from tvelib.cli_bundle import BundleError, describe_mismatch, load_weights  # noqa: E402
 from tvelib import archs, timm_archs, trunks  # noqa: E402
 
 # Small configurations of real timm models (their own constructors, fewer/narrower blocks) so the

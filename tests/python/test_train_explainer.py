@@ -72,7 +72,7 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("bad", BAD_SETTINGS, ids=lambda b: " ".join(b))
 def test_bad_settings_are_refused_by_the_parser(monkeypatch, capsys, bad):
     """Every bad value stops in argument parsing, before any file is read or written."""
-    import train_explainer
+    from tvelib import cli_train as train_explainer
     monkeypatch.setattr(sys, "argv", ["train_explainer.py", "--model", "tiny-resnet", "--images", "x", *bad])
     with pytest.raises(SystemExit) as stopped:
         train_explainer.parse_args()
@@ -219,7 +219,7 @@ def test_the_bank_starts_no_chunk_that_would_end_past_its_share(monkeypatch):
     """replanning's fill_stop: the bank closes when the next chunk, at the speed observed so far,
     would eat into fitting's and the report's time, not only once the clock is past that point."""
     sys.path.insert(0, str(SCRIPT.parent))
-    import train_explainer
+    from tvelib import cli_train as train_explainer
     now = [1000.0]
     monkeypatch.setattr(train_explainer.time, "time", lambda: now[0])
     cfg = ex.ExplainerConfig(batch=16, centres=32)
