@@ -5,7 +5,7 @@
 #   1. the cuda-flavour tve: --tve PATH, else build-cuda/tve, else built now (bash scripts/build.sh
 #      --flavour cuda tve; about 15 min on 2 cores, 3 on 16: carry a build to stay within 8 minutes);
 #   2. CUDA against CPU, every method on the three shipped models (resnet, vit, swin): top-1 equal,
-#      probabilities and maps within tolerances (scripts/compare_runs.py);
+#      probabilities and maps within tolerances (scripts/maintainer/compare_runs.py);
 #   3. tve bench on both devices (resnet, tve and gradcam): latency and compute ratio;
 #   4. scripts/train_explainer.py --device cuda for 60 seconds (--time-budget 60s, on data/samples);
 #   5. a table of the results, on stdout and in OUT/results.md.
@@ -106,7 +106,7 @@ for model in resnet vit swin; do
       fi
     done
     if ((ok)); then
-      result=$(/usr/bin/python3 scripts/compare_runs.py "$dir/cpu" "$dir/cuda" --map-tol 2e-2 --prob-tol 2e-3 \
+      result=$(/usr/bin/python3 scripts/maintainer/compare_runs.py "$dir/cpu" "$dir/cuda" --map-tol 2e-2 --prob-tol 2e-3 \
         --label "$model $method" 2>&1)
       status=$?
       echo "$result" >>"$log"

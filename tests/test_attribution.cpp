@@ -1,4 +1,4 @@
-// Attribution methods. The "oracle" fixture bundle (scripts/make_test_bundles.py) has a linear
+// Attribution methods. The "oracle" fixture bundle (tests/fixtures/generators/make_test_bundles.py) has a linear
 // brightness encoder and its exact explainer, so its maps are known in closed form.
 
 #include "tve/attribution.hpp"

@@ -19,7 +19,7 @@ namespace {
 
 Bundle load(const std::filesystem::path& dir) { return Bundle::load(dir, torch::kCPU); }
 
-// The oracle bundle (scripts/make_test_bundles.py) is linear: z[k] = mean of x over the channels
+// The oracle bundle (tests/fixtures/generators/make_test_bundles.py) is linear: z[k] = mean of x over the channels
 // and the pixels of cell k, logits = W z. For a linear model every method below has a closed form.
 struct Oracle {
   Bundle bundle = load(test::fixtures() / "bundles" / "oracle");

@@ -1,5 +1,5 @@
 // Image decoding and preprocessing, checked against values computed independently with numpy
-// (scripts/make_image_fixtures.py wrote them).
+// (tests/fixtures/generators/make_image_fixtures.py wrote them).
 
 #include "tve/image.hpp"
 

@@ -33,7 +33,7 @@ Runs and checkpoints live in --run (default $TVE_CACHE/explainers/<bundle name>-
 plus -<folder hash> for a folder), with train.log. The run directory is tied to one configuration
 and one image folder listing: a checkpoint made otherwise is refused. The exported explainer's
 defaults (lambda_neg, smooth) are: with a folder, the setting that matches exact occlusion best
-on the held-out images; otherwise <run>/defaults.json when scripts/evaluate_explainer.py has
+on the held-out images; otherwise <run>/defaults.json when scripts/maintainer/evaluate_explainer.py has
 written it, or --lambda-neg/--smooth.
 """
 from __future__ import annotations

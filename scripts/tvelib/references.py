@@ -5,7 +5,7 @@ own masks. Each function returns the G x G map of one class, row 0 at the top, a
 units the library gives (pytorch-grad-cam's are min-max normalised).
 
 Needs the reference venv (scripts/reference_env.py: Captum and grad-cam over Debian's torch); the
-parity tests (tests/python/test_methods_match_references.py) and scripts/bench_methods.py use it.
+parity tests (tests/python/test_methods_match_references.py) and scripts/maintainer/bench_methods.py use it.
 Also here: driving the real `tve explain` binary for one image and reading its map.
 """
 from __future__ import annotations

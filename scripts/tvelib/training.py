@@ -156,7 +156,7 @@ def pretrain(arch: str, cfg: PretrainConfig, run_dir: Path, log: Logger, *, teac
              teacher_id: Optional[str] = None, max_minutes: float = 85.0, checkpoint_minutes: float = 3.0, eval_every: int = 500,
              eval_n: int = 500, task: str = "emoji") -> Tuple[nn.Module, dict]:
     """Trains (or resumes) an encoder on the `task` stream ('emoji': pre-training; a downstream task:
-    scripts/supervised_ceiling.py's reference). Returns (model, state).
+    scripts/maintainer/supervised_ceiling.py's reference). Returns (model, state).
 
     `teacher` (an eager target) is required exactly when cfg.distill_from is set; `teacher_id` (the
     SHA-256 of its target.pt) goes into the state, and a checkpoint made against another teacher is

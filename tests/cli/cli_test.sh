@@ -204,7 +204,7 @@ PY
 }
 
 case_bench_reports_ratios() {
-  # Structure and consistency only: speed is judged by scripts/benchmark.sh, never by a test.
+  # Structure and consistency only: speed is judged by scripts/maintainer/benchmark.sh, never by a test.
   local images; images=$(find "$SAMPLES" -type f \( -name '*.png' -o -name '*.jpg' \) | wc -l)
   run bench "$SAMPLES" --model tiny-resnet --repeats 3 --out "$WORK/bench-out"; expect_rc 0
   json_check "len(lines) == 1 and lines[0]['model'] == 'tiny-resnet' and lines[0]['method'] == 'tve'"
@@ -545,7 +545,7 @@ case_shipped_models_match_golden() {
 # and its --time-budget swapped for --steps.
 case_own_model_readme() {
   local photos="$WORK/my_photos"
-  /usr/bin/python3 "$TVE_SOURCE_DIR/scripts/export_eval_scenes.py" --split train --n 40 --no-masks --out "$photos" >/dev/null \
+  /usr/bin/python3 "$TVE_SOURCE_DIR/scripts/maintainer/export_eval_scenes.py" --split train --n 40 --no-masks --out "$photos" >/dev/null \
     || fail "exporting scenes"
   /usr/bin/python3 - "$WORK" "$photos" <<'PY' || fail "making the .pth and varied images"
 import sys, pathlib, torch, torchvision

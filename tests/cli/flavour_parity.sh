@@ -35,7 +35,7 @@ for method in tve occlusion gradcam gradcam++ saliency smoothgrad ig rise kernel
       --device cpu --format npy,json -o "$WORK/$method/$side"
     expect_rc 0
   done
-  "$PY" "$TVE_SOURCE_DIR/scripts/compare_runs.py" "$WORK/$method/reference" "$WORK/$method/cuda-flavour" \
+  "$PY" "$TVE_SOURCE_DIR/scripts/maintainer/compare_runs.py" "$WORK/$method/reference" "$WORK/$method/cuda-flavour" \
     --map-tol "$([[ $method == gradcam++ ]] && echo "$GRADCAMPP_MAP_TOL" || echo "$MAP_TOL")" --prob-tol "$PROB_TOL" \
     --label "$model $method" || status=1
 done

@@ -32,7 +32,7 @@ compare_devices() {
         --device "$device" --format npy,json -o "$WORK/$model-$method/$device"
       expect_rc 0
     done
-    "$PY" "$TVE_SOURCE_DIR/scripts/compare_runs.py" "$WORK/$model-$method/cpu" "$WORK/$model-$method/cuda" \
+    "$PY" "$TVE_SOURCE_DIR/scripts/maintainer/compare_runs.py" "$WORK/$model-$method/cpu" "$WORK/$model-$method/cuda" \
       --map-tol "$MAP_TOL" --prob-tol "$PROB_TOL" --label "$model $method cuda vs cpu" || status=1
   done
   [[ $status -eq 0 ]] || fail "$model: CUDA results differ from CPU beyond the tolerances"

@@ -1,4 +1,4 @@
-"""scripts/build_models.py --smoke runs every stage and produces bundles that load."""
+"""scripts/maintainer/build_models.py --smoke runs every stage and produces bundles that load."""
 import re
 import shutil
 import subprocess
@@ -9,7 +9,8 @@ import torch
 
 from tvelib import bundle
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts" / "maintainer"
 
 
 def test_smoke_build_produces_loadable_bundles():
@@ -58,7 +59,7 @@ def test_experiment_overrides_reach_the_bundle(tmp_path):
         assert m["provenance"]["pretrain"]["classes"] == 260
         assert m["provenance"]["pretrain"]["label_smoothing"] == 0.0
         assert m["provenance"]["pretrain"]["data"]["num_classes"] == 260
-        shipped = bundle.Bundle(SCRIPTS.parent / "models" / "resnet").manifest["target"]["labels"]
+        shipped = bundle.Bundle(REPO / "models" / "resnet").manifest["target"]["labels"]
         assert m["target"]["labels"][:200] == shipped
     finally:
         shutil.rmtree(models.parent, ignore_errors=True)

@@ -7,7 +7,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "maintainer" / script), *args],
                           capture_output=True, text=True, timeout=300)
 
 

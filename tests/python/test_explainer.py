@@ -258,7 +258,7 @@ def test_add_explainer_refuses_a_changed_target(tmp_path):
 
 def test_evaluation_script_runs_and_caches_occlusion(tmp_path):
     env = {**os.environ, "TVE_CACHE": str(tmp_path / "cache")}
-    args = [sys.executable, str(ROOT / "scripts/evaluate_explainer.py"), "--model", str(ROOT / "models/tiny-resnet"),
+    args = [sys.executable, str(ROOT / "scripts/maintainer/evaluate_explainer.py"), "--model", str(ROOT / "models/tiny-resnet"),
             "--n", "3", "--tasks", "emoji", "--out", str(tmp_path / "eval.json")]
     subprocess.run(args, check=True, capture_output=True, text=True, env=env)
     assert len(list((tmp_path / "cache/occlusion").glob("*-emoji-s1000-n3-g4-r1.pt"))) == 1

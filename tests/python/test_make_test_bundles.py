@@ -21,7 +21,7 @@ def without_hashes(value):
 
 
 def test_regenerated_bundles_load_and_match_the_shipped_ones(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_test_bundles.py"), "--out", str(tmp_path / "models"),
+    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/generators/make_test_bundles.py"), "--out", str(tmp_path / "models"),
                     "--parts", str(tmp_path / "parts")], check=True, capture_output=True)
     for arch in ["vit", "resnet", "swin"]:
         regenerated = bundle.Bundle(tmp_path / "models" / f"tiny-{arch}")
@@ -43,7 +43,7 @@ def test_regenerated_bundles_load_and_match_the_shipped_ones(tmp_path):
 
 
 def test_a_changed_file_fails_its_hash(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_test_bundles.py"), "--out", str(tmp_path / "models"),
+    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/generators/make_test_bundles.py"), "--out", str(tmp_path / "models"),
                     "--parts", str(tmp_path / "parts")], check=True, capture_output=True)
     head = tmp_path / "models" / "tiny-vit" / "heads" / "parity.pt"
     head.write_bytes(head.read_bytes() + b"x")

@@ -2,7 +2,7 @@
 # docs/ci.md, "Why these defaults": how much the shipped models' probabilities and maps move on
 # data/samples between thread counts and batch sizes, against golden files recorded here.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 tve=${TVE:-build/tve}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -2,13 +2,13 @@
 """Prints the per-bundle table of models/README.md (files, sizes, SHA-256, measured metrics)
 from the manifests, so that the documented numbers are the ones the bundles carry.
 
-    /usr/bin/python3 scripts/models_readme.py models/resnet models/vit models/swin
+    /usr/bin/python3 scripts/maintainer/models_readme.py models/resnet models/vit models/swin
 """
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib.threads import describe_threads  # noqa: E402
 
 

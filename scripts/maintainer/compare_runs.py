@@ -5,7 +5,7 @@ scripts/gpu_check.sh). Per image: the top-1 class must agree, the top-k probabil
 (max |a - b| / max |a|). Prints one line per folder pair with the largest differences seen, and one
 line per difference beyond the tolerances.
 
-    python3 scripts/compare_runs.py REFERENCE OTHER [--map-tol 1e-4] [--prob-tol 1e-5] [--label TEXT]
+    python3 scripts/maintainer/compare_runs.py REFERENCE OTHER [--map-tol 1e-4] [--prob-tol 1e-5] [--label TEXT]
 
 Exit 0 when within tolerances, 1 when not, 2 when a folder is missing, empty or unreadable, or the two
 hold different images.

@@ -5,15 +5,15 @@
 #   - shards: one run over all 5,000 paths against the same run split into 4 shards, and a shard
 #     that selects ~1 of the 5,000 paths against a run given that one path: the cost of hashing
 #     and selecting paths, which must be negligible per image.
-# Usage: bash scripts/bench_batch.sh [MODEL]   (default: models/DEFAULT). Needs a build.
+# Usage: bash scripts/maintainer/bench_batch.sh [MODEL]   (default: models/DEFAULT). Needs a build.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 tve=${TVE:-${TVE_BUILD_DIR:-build}/tve}
 model=${1:-$(cat models/DEFAULT)}
 count=${TVE_BENCH_IMAGES:-5000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-/usr/bin/python3 scripts/make_bench_images.py "$count" "$work/images"
+/usr/bin/python3 scripts/maintainer/make_bench_images.py "$count" "$work/images"
 
 # seconds CMD...: wall time of CMD in seconds (stdout discarded, stderr to the log)
 seconds() {

@@ -4,7 +4,7 @@ same images and thread count, the time per image of `tve explain --method M` and
 method in Captum / pytorch-grad-cam on the eager target (RISE: the PyTorch implementation of
 tvelib.references, no library has it), and how closely the two maps agree.
 
-    /usr/bin/python3 scripts/reference_env.py exec scripts/bench_methods.py [--models resnet vit swin]
+    /usr/bin/python3 scripts/reference_env.py exec scripts/maintainer/bench_methods.py [--models resnet vit swin]
         [--images 3] [--threads 1] [--methods saliency ig ...] [--rise-samples N]
         [--kernelshap-samples N] [--out table.md]
 
@@ -37,7 +37,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from tvelib import bundle, threads  # noqa: E402
 

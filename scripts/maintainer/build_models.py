@@ -8,11 +8,11 @@ Stages per architecture, each resumable (rerun the same command after an interru
   probe      a linear head per downstream task (fashion, mnist, novel) on the frozen encoder
   bundle     write models/<arch>/ with bundle.write_bundle, then load it back with bundle.Bundle
 
-    /usr/bin/python3 scripts/build_models.py                     # everything, into models/
-    /usr/bin/python3 scripts/build_models.py --archs resnet      # one architecture
-    /usr/bin/python3 scripts/build_models.py --smoke             # every stage, a few steps, temp dir
-    /usr/bin/python3 scripts/build_models.py --paper-out DIR     # torchvision vit_b_16/resnet50/swin_t
-    /usr/bin/python3 scripts/build_models.py --archs resnet --set label_smoothing=0 --out DIR   # an experiment
+    /usr/bin/python3 scripts/maintainer/build_models.py                     # everything, into models/
+    /usr/bin/python3 scripts/maintainer/build_models.py --archs resnet      # one architecture
+    /usr/bin/python3 scripts/maintainer/build_models.py --smoke             # every stage, a few steps, temp dir
+    /usr/bin/python3 scripts/maintainer/build_models.py --paper-out DIR     # torchvision vit_b_16/resnet50/swin_t
+    /usr/bin/python3 scripts/maintainer/build_models.py --archs resnet --set label_smoothing=0 --out DIR   # an experiment
 
 Work files (checkpoints, logs, stage results) go to $TVE_CACHE/runs (default ~/.cache/tve/runs),
 one folder per architecture and scene-generator version (TVE_SCENE_VERSION, see tvelib/data.py).
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 import tvelib  # noqa: E402
 from tvelib import archs, bundle, data, files, runs, sources, threads, training, trunks  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARCHS = ("resnet", "vit", "swin")  # in build order: a shipped teacher, if any, before its students
 GRID, RADIUS = data.GRID, 2
 DOWNSTREAM = ("fashion", "mnist", "novel")
@@ -137,7 +137,7 @@ def bundle_stage(arch: str, cfg, run_dir: Path, out_dir: Path, evaluation: dict,
                                    "l2": res["l2"]}}
     pre, novel, _ = data.emoji_class_lists()
     provenance = {
-        "script": "scripts/build_models.py" + (" --smoke" if smoke else ""),
+        "script": "scripts/maintainer/build_models.py" + (" --smoke" if smoke else ""),
         "architecture_config": {k: v for k, v in archs.CONFIGS[arch]["small"].items()},
         "pretrain": {**asdict(cfg), "steps_done": state["step"], "images_seen": state["images"],
                      "train_seconds": round(state["seconds"], 1), "threads": state.get("threads"),
@@ -217,7 +217,7 @@ def paper_export(out: Path, log) -> None:
         bundle.write_bundle(out / name, name=name, architecture=arch, target=target,
                             labels=list(weights.meta["categories"]), task="ImageNet-1k classes",
                             input_size=224, grid=14, radius=RADIUS, embedding_dim=archs.embedding_dim(target),
-                            provenance={"script": "scripts/build_models.py --paper-out", "weights": origin,
+                            provenance={"script": "scripts/maintainer/build_models.py --paper-out", "weights": origin,
                                         "constructor": f"torchvision.models.{ctor.__name__}"},
                             description=f"torchvision {ctor.__name__}, {origin}")
         check_bundle(out / name)

@@ -3,7 +3,7 @@
 cost, for the training schemes of tvelib.explainer_training (stream: fresh targets every step;
 bank: targets computed once, then fitted), on a shipped bundle's encoder.
 
-    /usr/bin/python3 scripts/bench_training_schemes.py --model resnet --out runs.jsonl \\
+    /usr/bin/python3 scripts/maintainer/bench_training_schemes.py --model resnet --out runs.jsonl \\
         --run stream:steps=440 --run bank:bank_images=1760,centres=32,steps=4400
 
 Each --run is SCHEME:FIELD=VALUE,... (fields of tvelib.explainer.ExplainerConfig). Every finished
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import bundle, explainer as ex, explainer_training, fidelity, files, threads, trunks  # noqa: E402
 from tvelib.runs import Logger  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_run(text: str) -> dict:

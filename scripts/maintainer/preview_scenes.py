@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Saves a PNG grid of generated scenes (top) and their masks (bottom) to eyeball the data.
 
-    /usr/bin/python3 scripts/preview_scenes.py --task emoji --out /tmp/emoji.png
-    /usr/bin/python3 scripts/preview_scenes.py --task mnist --contrast 1000   # how many objects barely show
+    /usr/bin/python3 scripts/maintainer/preview_scenes.py --task emoji --out /tmp/emoji.png
+    /usr/bin/python3 scripts/maintainer/preview_scenes.py --task mnist --contrast 1000   # how many objects barely show
 
 --contrast N measures, on the first N scenes of the task's fixed held-out set, how much the object
 differs from its 4-pixel surround in mean luminance (data.luminance_contrast).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import data  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 """Writes data/samples: real photographs from Debian's python3-skimage, and two held-out scenes
 of each task (EmojiScenes and the three downstream tasks), see data/SOURCES.md.
 
-    /usr/bin/python3 scripts/make_samples.py
+    /usr/bin/python3 scripts/maintainer/make_samples.py
 """
 import re
 import sys
@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import data, sources  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "data" / "samples"
+OUT = Path(__file__).resolve().parents[2] / "data" / "samples"
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png"]
 SCENES_PER_TASK = 2
 SCENE_SEED = 7  # not a seed the evaluation sets use

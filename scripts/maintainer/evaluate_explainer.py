@@ -3,9 +3,9 @@
 game next to occlusion's, and its cost against the target's forward pass; chooses the transfer
 rule's defaults (lambda_neg, smooth) from the measurements.
 
-    /usr/bin/python3 scripts/evaluate_explainer.py --model resnet                  # the bundle's explainer.pt
-    /usr/bin/python3 scripts/evaluate_explainer.py --model resnet --checkpoint RUN/explainer.ckpt
-    /usr/bin/python3 scripts/evaluate_explainer.py --model resnet --cache-only     # occlusion maps only
+    /usr/bin/python3 scripts/maintainer/evaluate_explainer.py --model resnet                  # the bundle's explainer.pt
+    /usr/bin/python3 scripts/maintainer/evaluate_explainer.py --model resnet --checkpoint RUN/explainer.ckpt
+    /usr/bin/python3 scripts/maintainer/evaluate_explainer.py --model resnet --cache-only     # occlusion maps only
 
 Held-out sets: the first --n scenes of tvelib.data.fixed_set(task, 'test', seed 1000) for the
 pre-training task (emoji, explained with the target's own head) and each downstream task
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import bundle, data, explainer as ex, explainer_training, fidelity, threads, trunks  # noqa: E402
 from tvelib.runs import Logger  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("emoji", "fashion", "mnist", "novel")
 
 
@@ -69,7 +69,7 @@ def choose_defaults(results: dict) -> dict:
     best = max((s for s, v in scores.items() if v[0] >= best_pg - 0.005), key=lambda s: scores[s][1])
     lambda_neg = float(best.split("_")[0][4:])
     return {"lambda_pos": 1.0, "lambda_neg": lambda_neg, "smooth": best.endswith("smooth"),
-            "chosen_by": "scripts/evaluate_explainer.py: best mean TVE pointing game over the held-out "
+            "chosen_by": "scripts/maintainer/evaluate_explainer.py: best mean TVE pointing game over the held-out "
                          "sets (ties: mean Spearman vs windowed occlusion)",
             "setting": best, "scores": {k: {"pointing_tve": v[0], "spearman": round(v[1], 3)}
                                         for k, v in scores.items()}}

@@ -2,13 +2,13 @@
 """Explainer training throughput at paper scale: torchvision vit_b_16, resnet50 and swin_t at 224 px
 (grid 14, radius 2), random weights (throughput does not depend on them), medium explainer.
 
-    /usr/bin/python3 scripts/bench_explainer_training.py --threads 2 --steps 3 --out bench.json
+    /usr/bin/python3 scripts/maintainer/bench_explainer_training.py --threads 2 --steps 3 --out bench.json
 
 Per model: seconds per training step (after one warm-up step), images/s, centres/s, and the share
 of a step spent in the frozen encoder's masked forward passes (the targets), with the encoder run
 under torch.no_grad and under torch.inference_mode. models/README.md turns centres/s into hours.
 
-    /usr/bin/python3 scripts/bench_explainer_training.py --bank --threads 1 --out bank.json
+    /usr/bin/python3 scripts/maintainer/bench_explainer_training.py --bank --threads 1 --out bank.json
 
 --bank measures what the bank scheme (tvelib.explainer_training.TargetBank) costs instead: seconds
 per masked encoder pass in chunks of 64 (fp32, and bf16 autocast where this torch runs it), seconds
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import archs, explainer as ex, explainer_training as et, threads  # noqa: E402
 from tvelib.occlusion import window_masks  # noqa: E402
 

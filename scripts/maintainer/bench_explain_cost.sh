@@ -3,17 +3,17 @@
 # encoders (docs/performance.md, "Explaining at 224 px"). Seed-fixed random weights: the cost of a
 # pass does not depend on what the weights learned, and nothing is downloaded.
 #
-#   bash scripts/bench_explain_cost.sh [WORK_DIR] [TVE_BINARY]
+#   bash scripts/maintainer/bench_explain_cost.sh [WORK_DIR] [TVE_BINARY]
 #
 # Per model: make_bundle.py, a 4-step explainer from train_explainer.py on 24 photos made from the
 # samples, then `tve bench --method tve` and `--method gradcam` (batch 1, one thread). One JSON
 # line per model and method on stdout. About 15 minutes on one loaded thread, 6 GB of disk.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 work=${1:-${TVE_CACHE:-$HOME/.cache/tve}/bench-explain-cost}
 tve=${2:-build/tve}
 mkdir -p "$work"
-/usr/bin/python3 scripts/make_bench_images.py 24 "$work/images" >/dev/null
+/usr/bin/python3 scripts/maintainer/make_bench_images.py 24 "$work/images" >/dev/null
 for arch in resnet50 swin_t vit_b_16; do
   if [[ ! -f $work/$arch/explainer.pt ]]; then
     /usr/bin/python3 - "$arch" "$work" <<'PY'

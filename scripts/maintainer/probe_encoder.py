@@ -5,10 +5,10 @@ Fits nn.Linear(D, C) probes on frozen embed(x) for downstream tasks, on smaller 
 build uses, optionally on a randomly initialised encoder (the floor) or on downstream scenes without
 distractors (how much clutter costs).
 
-    /usr/bin/python3 scripts/probe_encoder.py --bundle models/resnet
-    /usr/bin/python3 scripts/probe_encoder.py --random resnet
-    /usr/bin/python3 scripts/probe_encoder.py --bundle models/resnet --max-distractors 0
-    /usr/bin/python3 scripts/probe_encoder.py --bundle models/resnet --features stages
+    /usr/bin/python3 scripts/maintainer/probe_encoder.py --bundle models/resnet
+    /usr/bin/python3 scripts/maintainer/probe_encoder.py --random resnet
+    /usr/bin/python3 scripts/maintainer/probe_encoder.py --bundle models/resnet --max-distractors 0
+    /usr/bin/python3 scripts/maintainer/probe_encoder.py --bundle models/resnet --features stages
 
 --features stages / stages+max probes a ResNet's pooled layer2, layer3 and layer4 maps together
 (average-pooled, or average- and max-pooled) instead of embed(x): whether the information the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import archs, bundle, data, threads, training  # noqa: E402
 
 

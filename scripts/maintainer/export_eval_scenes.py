@@ -3,8 +3,8 @@
 or, with --split train, a plain folder of training scenes (no masks, no labels needed) to train an
 explainer on as a user would (scripts/train_explainer.py --images).
 
-    /usr/bin/python3 scripts/export_eval_scenes.py --task emoji --n 40 --out /tmp/eval-emoji
-    /usr/bin/python3 scripts/export_eval_scenes.py --split train --n 4000 --no-masks --out /tmp/scenes
+    /usr/bin/python3 scripts/maintainer/export_eval_scenes.py --task emoji --n 40 --out /tmp/eval-emoji
+    /usr/bin/python3 scripts/maintainer/export_eval_scenes.py --split train --n 4000 --no-masks --out /tmp/scenes
 
 Each scene is NNNN-<label>.png (8-bit RGB, the models' 112 px) with NNNN-<label>.mask.png beside it
 (255 where the main sprite is visible, tvelib.data's ground truth). Same task, split, seed and n, same
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import data  # noqa: E402
 
 

@@ -7,8 +7,8 @@ when it is trained on the task itself, with the same scene generator (position, 
 recolouring, clutter). This script measures that reference: if it is far below a probe target, the
 scenes, not the encoder's generality, are what limits the probe.
 
-    /usr/bin/python3 scripts/supervised_ceiling.py --task mnist
-    /usr/bin/python3 scripts/supervised_ceiling.py --task fashion --steps 3000 --arch resnet
+    /usr/bin/python3 scripts/maintainer/supervised_ceiling.py --task mnist
+    /usr/bin/python3 scripts/maintainer/supervised_ceiling.py --task fashion --steps 3000 --arch resnet
 
 Training uses the task's training stream (data.TRAIN_SEED, split 'train'): disjoint from the probes'
 fixed training set (held-out seed) and from their test set (split 'test').
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for tvelib
 from tvelib import archs, data, runs, threads, training  # noqa: E402
 
 

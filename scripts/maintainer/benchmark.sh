@@ -4,16 +4,16 @@
 #   - images/s on a folder (decode, forward, explain, write overlays + .npy + JSON) against the
 #     pure model compute for as many images;
 #   - peak resident memory for 500 and for 5,000 images (must not grow with the count).
-# Usage: bash scripts/benchmark.sh [MODEL...]   (default: every bundle with an explainer)
+# Usage: bash scripts/maintainer/benchmark.sh [MODEL...]   (default: every bundle with an explainer)
 # Needs a build (scripts/build.sh). Writes JSON lines to stdout and a table to stderr.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 tve=${TVE:-${TVE_BUILD_DIR:-build}/tve}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # 5,000 distinct JPEGs from the sample photos: random crops, flips and sizes (160 to 320 px).
-/usr/bin/python3 scripts/make_bench_images.py 5000 "$work/images"
+/usr/bin/python3 scripts/maintainer/make_bench_images.py 5000 "$work/images"
 
 models=("$@")
 if [[ ${#models[@]} -eq 0 ]]; then

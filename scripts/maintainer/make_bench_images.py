@@ -1,7 +1,7 @@
 """Distinct JPEGs for benchmarks, made from the sample photos: random crops, flips and sizes
 (160 to 320 px), fixed seed, 1,000 per sub-folder.
 
-    /usr/bin/python3 scripts/make_bench_images.py COUNT OUT_DIR
+    /usr/bin/python3 scripts/maintainer/make_bench_images.py COUNT OUT_DIR
 """
 import random
 import sys
@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 
 def main(count: int, out: Path) -> None:
-    samples = Path(__file__).resolve().parent.parent / "data" / "samples"
+    samples = Path(__file__).resolve().parents[2] / "data" / "samples"
     photos = [Image.open(p).convert("RGB") for p in sorted(samples.glob("*.jpg"))]
     rng = random.Random(0)
     out.mkdir(parents=True, exist_ok=True)

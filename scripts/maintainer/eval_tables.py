@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""Joins the `tve eval` tables of scripts/eval_shipped_models.sh into one Markdown table per model
+"""Joins the `tve eval` tables of scripts/maintainer/eval_shipped_models.sh into one Markdown table per model
 and task (the rows of the RISE/Kernel SHAP run under those of the other methods), for models/README.md.
 
-    /usr/bin/python3 scripts/eval_tables.py OUT_DIR
+    /usr/bin/python3 scripts/maintainer/eval_tables.py OUT_DIR
 """
 import sys
 from pathlib import Path
