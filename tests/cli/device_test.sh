@@ -82,7 +82,7 @@ case_records_say_device_and_precision() {
 # shipped resnet's bf16 TVE maps kept Spearman >= 0.9996 with fp32's (median 0.9999), the same top-1
 # class on every image and its probability within 0.015.
 case_bf16_drift_bounded() {
-  "$PY" "$TVE_SOURCE_DIR/scripts/precision_drift.py" --tve "$TVE" --precision bf16 --min-spearman 0.97 \
+  "$PY" "$TVE_SOURCE_DIR/scripts/maintainer/precision_drift.py" --tve "$TVE" --precision bf16 --min-spearman 0.97 \
     --max-probability-drift 0.03 --json resnet -- "$SAMPLES" >"$WORK/out" 2>"$WORK/err" || fail "$(cat "$WORK/out" "$WORK/err")"
   cat "$WORK/out"
   # ...and bf16 did run: the scores moved (an fp32 run relabelled bf16 would drift by exactly 0).
