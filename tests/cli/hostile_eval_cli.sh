@@ -92,7 +92,7 @@ for method in ("tve", "occlusion"):
     runs = {r["cost"]["batch"]["run"] for r in rs}
     assert len(runs) == 1, runs
 occlusion = [r for r in records if r["method"] == "occlusion"]
-assert all(r["cost"]["forward_passes"] == 33 for r in occlusion)  # tiny-vit: G = 4, both lambdas, + the class's pass
+assert all(r["cost"]["forward_passes"] == 33 for r in occlusion)  # tiny-vit: G = 4, both lambdas, and the pass that picks the class
 # After the warm-up, the first batch costs about what the others do: a pass of occlusion is a
 # forward pass of one image (batched, usually less). Before the fix it read many times that.
 first = [r["cost"]["forward_equivalents"] for r in occlusion if r["cost"]["batch"]["index"] == 0][0]
