@@ -1,5 +1,7 @@
 #include "tve/runtime.hpp"
 
+#include <ATen/detail/CUDAHooksInterface.h>
+
 #include <dlfcn.h>
 #include <sched.h>
 #if defined(__GLIBC__)
@@ -50,10 +52,16 @@ int openblas_core_level(const std::string& core) {
 
 }  // namespace
 
+bool cuda_compiled() {
+  // Not torch::hasCUDA(): in LibTorch 1.13 and 2.x alike that says whether a GPU is usable, so the
+  // cuda flavour on a machine without one called itself CPU-only. The CUDA hooks' hasCUDART() is
+  // whether the CUDA runtime is linked in: 1 for PyPI's wheel here, 0 for Debian's.
+  return at::detail::getCUDAHooks().hasCUDART();
+}
+
 std::string build_description() {
-  // torch/version.h exists in LibTorch 1.13 and 2.x; hasCUDA() says whether this LibTorch was
-  // built with CUDA kernels, whatever the machine has.
-  return std::string("LibTorch ") + TORCH_VERSION + (torch::hasCUDA() ? " with CUDA" : ", CPU-only");
+  // torch/version.h exists in LibTorch 1.13 and 2.x.
+  return std::string("LibTorch ") + TORCH_VERSION + (cuda_compiled() ? " with CUDA" : ", CPU-only");
 }
 
 torch::Device select_device(const std::string& name) {
@@ -67,7 +75,7 @@ torch::Device select_device(const std::string& name) {
     throw InvalidArgument("--device '" + name + "' is not a device; expected auto, cpu, cuda or cuda:N (N = 0, 1, ...)");
   }
   const int index = name.size() > prefix.size() ? std::stoi(name.substr(prefix.size() + 1)) : 0;
-  if (!torch::hasCUDA()) {
+  if (!cuda_compiled()) {
     throw DeviceError("--device " + name + ": this tve is a CPU-only build (" + build_description() +
                       "); use --device cpu, or a CUDA build (docs/gpu.md)");
   }

@@ -35,7 +35,7 @@ constexpr Command (*kCommands[])(CLI::App&, CommonOptions&) = {
 // GPU: CUDA compiled into this LibTorch (Debian's has none) and the devices this process sees.
 std::string version_text() {
   std::string devices = "cpu";
-  if (torch::hasCUDA()) {
+  if (tve::cuda_compiled()) {
     devices += ", cuda (compiled in; " + std::to_string(torch::cuda::device_count()) + " device(s) visible)";
   } else {
     devices += " only (no CUDA compiled into this LibTorch)";

@@ -19,6 +19,8 @@ torch::Device select_device(const std::string& name);
 // What this binary was built against, for messages and records: e.g. "LibTorch 1.13.0, CPU-only"
 // or "LibTorch 2.5.1 with CUDA".
 std::string build_description();
+// Whether this LibTorch has the CUDA runtime linked in (the cuda flavour), GPU or not.
+bool cuda_compiled();
 
 // The number type the models compute in (--precision). Inputs, the heads' weights and every map
 // stay float32; only the encoder's and the explainer's passes run in the lower precision.

@@ -12,6 +12,9 @@ copies() {
 
 case_version() {
   run --version; expect_rc 0; expect_in out "tve 0."
+  # Debian's LibTorch 1.13 has no CUDA; the cuda flavour's (PyPI's 2.x) has it compiled in, GPU or
+  # not (it once said "no CUDA compiled" on a machine without a GPU: torch::hasCUDA() asks the machine).
+  if grep -q "^LibTorch 1\." "$WORK/out"; then expect_in out "no CUDA compiled"; else expect_in out "cuda (compiled in"; fi
 }
 
 case_help() {
@@ -95,6 +98,8 @@ case_predict_cuda_unavailable() {
     echo "CUDA present: nothing to check"; return 0
   fi
   run predict "$SAMPLES/chelsea.jpg" --model tiny-vit --device cuda; expect_rc 5; expect_in err "--device cuda"
+  # The cause named is the true one: a CPU-only build, or a CUDA build without a usable GPU.
+  if "$TVE" --version | grep -q "no CUDA compiled"; then expect_in err "CPU-only build"; else expect_in err "sees no usable CUDA device"; fi
 }
 
 case_predict_usage_error() {
