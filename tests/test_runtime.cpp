@@ -30,7 +30,7 @@ TEST(Device, CudaWithoutCudaIsAClearError) {
 }
 
 TEST(Device, UnknownName) {
-  test::expect_error<InvalidArgument>([] { select_device("tpu"); }, {"unknown device 'tpu'"});
+  test::expect_error<InvalidArgument>([] { select_device("tpu"); }, {"--device 'tpu' is not a device", "cuda:N"});
 }
 
 TEST(Threads, ForcedCountIsApplied) {
