@@ -10,9 +10,20 @@
 #include <random>
 #include <string>
 
+#include "tve/input_spec.hpp"
+
 namespace tve::test {
 
 namespace fs = std::filesystem;
+
+// A 32 x 32 input (the tiny bundles' size), stretched, mean 0.5 and std 0.25 per channel.
+inline InputSpec spec32() {
+  InputSpec spec;
+  spec.height = spec.width = 32;
+  spec.mean = {0.5f, 0.5f, 0.5f};
+  spec.std = {0.25f, 0.25f, 0.25f};
+  return spec;
+}
 
 inline fs::path fixtures() { return TVE_TEST_FIXTURES_DIR; }
 inline fs::path image_fixture(const std::string& name) { return fixtures() / "images" / name; }

@@ -19,14 +19,6 @@ size_t count(const std::string& text, const std::string& what) {
   return n;
 }
 
-InputSpec spec32() {
-  InputSpec spec;
-  spec.height = spec.width = 32;
-  spec.mean = {0.5f, 0.5f, 0.5f};
-  spec.std = {0.25f, 0.25f, 0.25f};
-  return spec;
-}
-
 json eval_record(const std::string& input, const std::string& method, double deletion) {
   return {{"input", input},
           {"method", method},
@@ -198,7 +190,7 @@ TEST(ExplainReportHtml, ListsFailuresAndTheGallery) {
 TEST(GalleryCanvas, ScalesDownToTheLongerSideNeverUp) {
   Image image;
   image.pixels = cv::Mat(400, 1000, CV_8UC3, cv::Scalar(10, 20, 30));
-  auto spec = spec32();
+  auto spec = test::spec32();
   spec.resize = ResizePolicy::CenterCrop;  // a region inside the image, to see it scaled
   const auto full = input_region(1000, 400, spec);
   const auto small = gallery_canvas(image, spec, 250);
@@ -216,7 +208,7 @@ TEST(GalleryCanvas, ScalesDownToTheLongerSideNeverUp) {
 TEST(EvalGallery, WritesOverlaysAndKeepsInputOrderAndFailures) {
   TempDir tmp;
   const fs::path out = tmp / "o";
-  EvalGallery gallery(out, spec32(), {}, 16);
+  EvalGallery gallery(out, test::spec32(), {}, 16);
   ImageJob job;
   job.input = InputFile(fs::path("in") / "odd name ü.png");
   job.image = load_image(test::image_fixture("odd name ü.png"));
@@ -250,7 +242,7 @@ TEST(EvalGallery, WritesOverlaysAndKeepsInputOrderAndFailures) {
 
   // An overlay that cannot be written is said in the report, and the run goes on.
   test::write_text(tmp / "file", "x");
-  EvalGallery blocked(tmp / "file", spec32());
+  EvalGallery blocked(tmp / "file", test::spec32());
   blocked.add_map(job, "tve", map);
   blocked.add_record(eval_record(job.input.path.string(), "tve", 0.25));
   const auto blocked_entries = blocked.entries({job.input});

@@ -14,14 +14,6 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-InputSpec spec32() {
-  InputSpec spec;
-  spec.height = spec.width = 32;
-  spec.mean = {0.5f, 0.5f, 0.5f};
-  spec.std = {0.25f, 0.25f, 0.25f};
-  return spec;
-}
-
 // A folder tree: a/x.png, a/sub/y.PNG, a/notes.txt, b/x.png
 void make_tree(const fs::path& root) {
   fs::create_directories(root / "a" / "sub");
@@ -150,7 +142,7 @@ TEST(ReadInBatches, BadImagesFailAloneAndOrderIsKept) {
   options.batch_size = 2;
   std::vector<std::string> order;
   std::vector<int> good_per_batch;
-  read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) {
+  read_in_batches(inputs, test::spec32(), options, [&](std::vector<ImageJob>& jobs) {
     int good = 0;
     for (const auto& job : jobs) {
       order.push_back(job.input.path.filename().string() + (job.ok() ? "" : "!"));
@@ -173,7 +165,7 @@ TEST(ReadInBatches, BadImagesFailAloneAndOrderIsKept) {
 TEST(ReadInBatches, KeepsDecodedImagesWhenAsked) {
   BatchOptions options;
   options.keep_images = true;
-  read_in_batches({{test::image_fixture("rgb16.png")}}, spec32(), options, [](std::vector<ImageJob>& jobs) {
+  read_in_batches({{test::image_fixture("rgb16.png")}}, test::spec32(), options, [](std::vector<ImageJob>& jobs) {
     ASSERT_TRUE(jobs[0].image.has_value());
     EXPECT_EQ(jobs[0].image->pixels.depth(), CV_16U);
   });
@@ -194,7 +186,7 @@ TEST(ReadInBatches, SameBatchesWithAndWithoutPrefetch) {
     options.batch_size = 3;
     options.prefetch = prefetch;
     std::vector<size_t> sizes;
-    read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) { sizes.push_back(jobs.size()); });
+    read_in_batches(inputs, test::spec32(), options, [&](std::vector<ImageJob>& jobs) { sizes.push_back(jobs.size()); });
     return sizes;
   };
   EXPECT_EQ(sizes_with(true), (std::vector<size_t>{3, 4}));  // 3 good; then 3 good and the corrupt one
@@ -214,7 +206,7 @@ TEST(ReadInBatches, DecodeThreadsGiveTheSameBatchesInTheSameOrder) {
     options.decode_threads = threads;
     std::vector<std::pair<std::string, torch::Tensor>> jobs_seen;
     std::vector<size_t> sizes;
-    read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) {
+    read_in_batches(inputs, test::spec32(), options, [&](std::vector<ImageJob>& jobs) {
       sizes.push_back(jobs.size());
       for (const auto& job : jobs) jobs_seen.emplace_back(job.input.path.filename().string() + (job.ok() ? "" : "!"), job.tensor);
     });
@@ -242,7 +234,7 @@ TEST(ReadInBatches, ReusedInputsAreNotDecodedAndDoNotGatherIntoOneBatch) {
     return {{"input", input.path.string()}};
   };
   size_t reused = 0, decoded = 0, largest = 0;
-  read_in_batches(inputs, spec32(), options, [&](std::vector<ImageJob>& jobs) {
+  read_in_batches(inputs, test::spec32(), options, [&](std::vector<ImageJob>& jobs) {
     largest = std::max(largest, jobs.size());
     for (const auto& job : jobs) {
       EXPECT_TRUE(job.ok()) << job.error;  // the missing files were never opened
@@ -267,7 +259,7 @@ TEST(ReadInBatches, AnErrorInTheConsumerStopsTheRun) {
   BatchOptions options;
   options.batch_size = 2;
   int calls = 0;
-  EXPECT_THROW(read_in_batches(inputs, spec32(), options,
+  EXPECT_THROW(read_in_batches(inputs, test::spec32(), options,
                                [&](std::vector<ImageJob>&) {
                                  if (++calls == 2) throw std::runtime_error("disk full");
                                }),
@@ -278,7 +270,7 @@ TEST(ReadInBatches, AnErrorInTheConsumerStopsTheRun) {
 TEST(ReadInBatches, RefusesBatchSizeZero) {
   BatchOptions options;
   options.batch_size = 0;
-  test::expect_error<InvalidArgument>([&] { read_in_batches({}, spec32(), options, [](auto&) {}); }, {"--batch-size"});
+  test::expect_error<InvalidArgument>([&] { read_in_batches({}, test::spec32(), options, [](auto&) {}); }, {"--batch-size"});
 }
 
 TEST(Shards, SlurmArraysWithAStepAndInconsistentOnesRefused) {
