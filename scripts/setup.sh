@@ -33,11 +33,13 @@ case $purpose in
 esac
 
 # Building and running tve. On a fresh machine's base image (build-essential, python3 there) these
-# pull 246 packages, a 218 MB download, about 980 MB installed (README.md, "Install").
+# pull 248 packages, a 218 MB download, about 980 MB installed (README.md, "Install").
 demo_packages=(
   build-essential cmake ninja-build pkg-config
   # libopencv-dev ships OpenCVConfig.cmake; only core, imgproc and imgcodecs are linked
   libtorch-dev libopencv-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libssl-dev
+  # ISA-L's igzip compresses the overlay PNGs, 3x faster than libpng's zlib (src/png.cpp)
+  libisal-dev
   # LibTorch links Debian's reference BLAS by default; OpenBLAS takes over libblas.so.3
   # through the alternatives system and makes transformer forward passes ~40x faster.
   libopenblas0-pthread

@@ -13,6 +13,7 @@
 #include "tve/error.hpp"
 #include "tve/log.hpp"
 #include "tve/npy.hpp"
+#include "tve/png.hpp"
 #include "tve/predict.hpp"
 #include "detail/serial_worker.hpp"
 #include "tve/stopwatch.hpp"

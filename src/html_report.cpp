@@ -9,6 +9,7 @@
 #include "tve/atomic_file.hpp"
 #include "tve/error.hpp"
 #include "tve/log.hpp"
+#include "tve/png.hpp"
 #include "tve/version.hpp"
 
 namespace fs = std::filesystem;

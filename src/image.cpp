@@ -362,12 +362,22 @@ torch::Tensor preprocess(const Image& image, const InputSpec& spec) {
   const cv::Scalar mean_bgr(spec.mean[2], spec.mean[1], spec.mean[0]);
   cv::Mat bgr = to_bgr(composite_alpha(to_unit_float(resized), mean_bgr));  // HxW CV_32FC3, BGR, [0,1]
 
-  // HWC BGR -> CHW RGB, then normalise: x = (p - mean) / std.
-  auto hwc = torch::from_blob(bgr.data, {spec.height, spec.width, 3}, {static_cast<int64_t>(bgr.step1()), 3, 1}, torch::kFloat32);
-  auto chw = hwc.flip(2).permute({2, 0, 1}).contiguous();  // [3,H,W] f32 RGB, owns its memory
-  auto mean = torch::tensor({spec.mean[0], spec.mean[1], spec.mean[2]}).view({3, 1, 1});
-  auto std = torch::tensor({spec.std[0], spec.std[1], spec.std[2]}).view({3, 1, 1});
-  return (chw - mean) / std;
+  // HWC BGR -> CHW RGB, normalised: x = (p - mean) / std in float32, in one pass over the pixels.
+  // (As five tensor operations, flip, permute, copy, subtract and divide, their dispatch cost more
+  // than the arithmetic at the shipped models' 112 px, a tenth of a folder run's decoding time.)
+  auto out = torch::empty({3, spec.height, spec.width}, torch::kFloat32);
+  float* planes = out.data_ptr<float>();
+  const size_t plane = static_cast<size_t>(spec.height) * static_cast<size_t>(spec.width);
+  for (int y = 0; y < spec.height; ++y) {
+    const auto* row = bgr.ptr<cv::Vec3f>(y);
+    const size_t at = static_cast<size_t>(y) * static_cast<size_t>(spec.width);
+    for (size_t c = 0; c < 3; ++c) {
+      float* to = planes + c * plane + at;
+      const size_t from = 2 - c;  // BGR
+      for (int x = 0; x < spec.width; ++x) to[x] = (row[x][static_cast<int>(from)] - spec.mean[c]) / spec.std[c];
+    }
+  }
+  return out;
 }
 
 cv::Mat to_display_bgr8(const Image& image) {

@@ -4,7 +4,6 @@
 
 #include <array>
 #include <cmath>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <utility>
 
@@ -80,12 +79,6 @@ cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const C
   cv::Mat target = out(box);
   cv::addWeighted(heat, options.alpha, display(box), 1.0 - options.alpha, 0.0, target);
   return out;
-}
-
-std::string encode_png(const cv::Mat& image) {
-  std::vector<uchar> bytes;
-  if (!cv::imencode(".png", image, bytes)) throw OutputError("OpenCV could not encode a PNG");
-  return std::string(bytes.begin(), bytes.end());
 }
 
 }  // namespace tve

@@ -10,6 +10,7 @@
 #include "tve/explain.hpp"
 #include "tve/html_report.hpp"
 #include "tve/log.hpp"
+#include "tve/png.hpp"
 #include "tve/render.hpp"
 #include "tve/runtime.hpp"
 

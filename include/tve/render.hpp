@@ -26,7 +26,4 @@ struct OverlayOptions {
 // min-max normalised for display only (a flat map shows as the colormap's low end).
 cv::Mat render_overlay(const cv::Mat& display, const torch::Tensor& map, const CropBox& region, const OverlayOptions& options);
 
-// PNG bytes of an 8-bit image.
-std::string encode_png(const cv::Mat& image);
-
 }  // namespace tve
