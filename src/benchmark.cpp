@@ -4,7 +4,10 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <deque>
+#include <future>
 
+#include "detail/model_lanes.hpp"
 #include "tve/error.hpp"
 #include "tve/stopwatch.hpp"
 
@@ -76,15 +79,28 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
     explain_options.batch.batch_size = options.batch_size;
     explain_options.batch.prefetch = options.prefetch;
     explain_options.batch.decode_threads = options.decode_threads;
+    explain_options.batch.model_lanes = options.model_lanes;
     explain_options.out_dir = options.out;
     explain_options.formats = options.formats;
     const auto batch = torch::randn({options.batch_size, 3, input.height, input.width}, options_f32);
-    // Pure model compute, seconds per image, as the pipeline batches it.
+    // Pure model compute, seconds per image, as the pipeline batches it: in as many lanes, with
+    // as many batches in flight as run_explain keeps.
+    ModelLanes lanes(options.model_lanes, at::get_num_threads());
     auto compute_seconds_per_image = [&](int64_t images) {
       const double s = seconds_of([&] {
+        std::deque<std::future<bool>> running;
         for (int64_t done = 0; done < images; done += options.batch_size) {
-          explain(done + options.batch_size <= images ? batch : batch.slice(0, 0, images - done));
+          const torch::Tensor x = done + options.batch_size <= images ? batch : batch.slice(0, 0, images - done);
+          running.push_back(lanes.run<bool>([&explain, x] {
+            explain(x);
+            return true;
+          }));
+          if (running.size() >= lanes.tasks_in_flight()) {
+            running.front().get();
+            running.pop_front();
+          }
         }
+        for (auto& waiting : running) waiting.get();
         synchronize();
       });
       return s / static_cast<double>(images);
@@ -111,7 +127,8 @@ json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const 
                             {"compute_images_per_s_after", 1.0 / compute_after},
                             {"pipeline_over_compute", compute_per_image / pipeline_per_image},
                             {"writes", options.out.has_value()},
-                            {"decode_in_parallel", options.prefetch}};
+                            {"decode_in_parallel", options.prefetch},
+                            {"model_lanes", options.model_lanes}};
   }
   report["peak_rss_mib"] = peak_rss_mib();
   return report;

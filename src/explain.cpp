@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <deque>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <sstream>
 
@@ -15,6 +17,7 @@
 #include "tve/npy.hpp"
 #include "tve/png.hpp"
 #include "tve/predict.hpp"
+#include "detail/model_lanes.hpp"
 #include "detail/serial_worker.hpp"
 #include "tve/stopwatch.hpp"
 #include "tve/version.hpp"
@@ -468,16 +471,28 @@ ExplainSummary run_explain(Bundle& bundle, Head& head, AttributionMethod& method
   // batches on, where the padding costs at most 1/kPadFromBatches more model work.
   const auto batch_size = static_cast<size_t>(options.batch.batch_size);
   const int64_t pad_to = inputs.size() >= kPadFromBatches * batch_size ? options.batch.batch_size : 0;
-  // At most four batches are alive: one decoding, one in the model, one waiting for the writer,
-  // one being written.
+  // The model works on batches in its lanes (one, or one per core: BatchOptions::model_lanes),
+  // and the writer takes them in input order. At most 3 + lanes.tasks_in_flight() batches are
+  // alive: decoding, in the model or waiting for a lane, waiting for the writer, being written.
   SerialWorker writer;
-  read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& jobs) {
-    const torch::Tensor images = stack_good(jobs, bundle.device());  // [B,3,H,W], decoded images only
-    auto batch = std::make_shared<BatchResult>();
-    if (images.defined()) *batch = explain_batch(bundle, head, method, images, pad_to, options);
-    auto written = std::make_shared<std::vector<ImageJob>>(std::move(jobs));
-    writer.submit([written, batch, &write_batch] { write_batch(*written, *batch); });
+  ModelLanes lanes(batch_options.model_lanes, at::get_num_threads());
+  using Jobs = std::shared_ptr<std::vector<ImageJob>>;
+  std::deque<std::pair<Jobs, std::future<BatchResult>>> in_model;
+  auto write_oldest = [&] {
+    auto [jobs, computing] = std::move(in_model.front());
+    in_model.pop_front();
+    auto batch = std::make_shared<BatchResult>(computing.get());  // a lane's failure is rethrown here
+    writer.submit([jobs, batch, &write_batch] { write_batch(*jobs, *batch); });
+  };
+  read_in_batches(inputs, manifest.input, batch_options, [&](std::vector<ImageJob>& decoded) {
+    auto jobs = std::make_shared<std::vector<ImageJob>>(std::move(decoded));
+    const torch::Tensor images = stack_good(*jobs, bundle.device());  // [B,3,H,W], decoded images only
+    in_model.emplace_back(jobs, lanes.run<BatchResult>([&, images] {
+      return images.defined() ? explain_batch(bundle, head, method, images, pad_to, options) : BatchResult{};
+    }));
+    if (in_model.size() >= lanes.tasks_in_flight()) write_oldest();
   });
+  while (!in_model.empty()) write_oldest();
   writer.finish();
   if (redone > 0) {
     logger().info("--resume: {} input(s) with outputs of an earlier run explained again (other settings, or outputs "

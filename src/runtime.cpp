@@ -12,12 +12,15 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <future>
 #include <limits>
 #include <map>
 #include <sstream>
 #include <thread>
 
+#include "detail/model_lanes.hpp"
 #include "tve/error.hpp"
 #include "tve/log.hpp"
 #include "tve/stopwatch.hpp"
@@ -172,12 +175,19 @@ std::optional<std::string> better_openblas_core(const BlasInfo& blas) {
 std::string to_string(const ThreadSettings& settings) {
   std::ostringstream out;
   out << "LibTorch " << settings.intra_op << ", BLAS " << settings.blas;
+  if (settings.lanes > 1) out << ", " << settings.lanes << " lanes";
   return out.str();
 }
+
+namespace {
+// Lanes are tve's own setting, not a library's: kept here for current_thread_settings().
+std::atomic<int> applied_lanes{1};
+}  // namespace
 
 void apply_thread_settings(const ThreadSettings& settings) {
   at::set_num_threads(settings.intra_op);
   if (auto set_blas = openblas_set_threads()) set_blas(settings.blas);
+  applied_lanes = std::max(1, settings.lanes);
 }
 
 bool keep_freed_memory() {
@@ -199,11 +209,15 @@ int available_cores() {
 
 ThreadSettings current_thread_settings() {
   auto get_blas = reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  return {at::get_num_threads(), get_blas ? get_blas() : 1};
+  return {at::get_num_threads(), get_blas ? get_blas() : 1, applied_lanes.load()};
+}
+
+int model_lanes(const torch::Device& device, const ThreadSettings& settings) {
+  return device.is_cpu() ? std::max(1, settings.lanes) : 1;
 }
 
 bool decode_in_parallel(const torch::Device& device, const ThreadSettings& settings, int cores) {
-  if (!device.is_cpu()) return true;
+  if (!device.is_cpu() || settings.lanes > 1) return true;
   return std::max(settings.intra_op, settings.blas) < cores;
 }
 
@@ -212,28 +226,84 @@ int decode_threads(const torch::Device& device, int cores) {
   return std::clamp(cores - 2, 1, 8);
 }
 
-ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced) {
-  if (forced) {
-    if (*forced < 1) throw InvalidArgument("--threads must be at least 1");
+namespace {
+
+// Seconds per workload under `settings`, best of two after two warm-ups (TorchScript's profiling
+// executor specialises a graph over its first two runs, and new thread counts pay for thread
+// start-up). With several lanes, that many workloads run side by side and share the time.
+double seconds_per_workload(const std::function<void()>& workload, const ThreadSettings& settings) {
+  apply_thread_settings(settings);
+  if (settings.lanes <= 1) {
+    workload();
+    workload();
+    return std::min(seconds_of(workload), seconds_of(workload));
+  }
+  ModelLanes lanes(settings.lanes, settings.intra_op);
+  auto side_by_side = [&] {
+    std::vector<std::future<bool>> done;
+    for (int lane = 0; lane < settings.lanes; ++lane) {
+      done.push_back(lanes.run<bool>([&workload] {
+        workload();
+        return true;
+      }));
+    }
+    for (auto& one : done) one.get();
+  };
+  side_by_side();
+  side_by_side();
+  return std::min(seconds_of(side_by_side), seconds_of(side_by_side)) / settings.lanes;
+}
+
+constexpr int kMostMeasuredLanes = 8;
+
+// What a request fixes, within the usable cores; nothing when it fixes nothing.
+std::optional<ThreadChoice> requested_threads(const ThreadRequest& request, int cores) {
+  if (request.threads && *request.threads < 1) throw InvalidArgument("--threads must be at least 1");
+  if (request.lanes && *request.lanes < 1) throw InvalidArgument("--lanes must be at least 1");
+  if (request.lanes && *request.lanes > 1 && !request.lanes_possible) {
+    throw InvalidArgument("--lanes: this command computes one batch at a time");
+  }
+  if (!request.threads && !request.lanes) return std::nullopt;
+  if (request.lanes && !request.threads) {
+    // Each lane gets its share of the cores.
+    const int lanes = *request.lanes;
+    if (lanes > cores) logger().warn("--lanes {} is more than the {} usable core(s): lanes will take turns on them", lanes, cores);
+    const int share = std::max(1, cores / lanes);
+    return ThreadChoice{{share, share, lanes}, "--lanes " + std::to_string(lanes) + ", the cores shared out"};
+  }
+  const int threads = *request.threads, lanes = request.lanes.value_or(1);
+  if (!request.lanes && threads > cores) {
     // More threads than cores only take turns on them: each operation waits for its slowest
     // thread, and spinning OpenMP and OpenBLAS threads preempt each other (--threads 1000 on 2
     // cores ran a 1.5 s job in 41 s).
-    const int cores = available_cores();
-    if (*forced > cores) {
-      logger().warn("--threads {} is more than the {} usable core(s); using {}", *forced, cores, cores);
-      const ThreadSettings settings{cores, cores};
-      apply_thread_settings(settings);
-      return {settings, "--threads " + std::to_string(*forced) + " clamped to the usable cores"};
-    }
-    ThreadSettings settings{*forced, *forced};
-    apply_thread_settings(settings);
-    return {settings, "forced by --threads"};
+    logger().warn("--threads {} is more than the {} usable core(s); using {}", threads, cores, cores);
+    return ThreadChoice{{cores, cores, 1}, "--threads " + std::to_string(threads) + " clamped to the usable cores"};
   }
+  if (request.lanes && threads * lanes > cores) {
+    logger().warn("--lanes {} of --threads {} each ask for {} threads on {} usable core(s)", lanes, threads, threads * lanes, cores);
+  }
+  return ThreadChoice{{threads, threads, lanes}, request.lanes ? "forced by --threads and --lanes" : "forced by --threads"};
+}
+
+}  // namespace
+
+ThreadChoice choose_threads(const std::function<void()>& workload, const ThreadRequest& request) {
   const int cores = available_cores();
-  std::vector<ThreadSettings> candidates{{cores, cores}};
+  if (auto requested = requested_threads(request, cores)) {
+    apply_thread_settings(requested->settings);
+    return *requested;
+  }
+  std::vector<ThreadSettings> candidates{{cores, cores, 1}};
   if (cores > 1) {
-    candidates.push_back({1, cores});
-    candidates.push_back({cores, 1});
+    candidates.push_back({1, cores, 1});
+    candidates.push_back({cores, 1, 1});
+    if (request.lanes_possible) {
+      // One single-threaded lane per core, up to kMostMeasuredLanes; past that, lanes share the
+      // cores out: each lane holds up to two batches' activations (a 224 px ViT-B, ~200 MB each).
+      // OpenBLAS gets one thread in each: lanes calling its one shared pool at once would queue.
+      const int lanes = std::min(cores, kMostMeasuredLanes);
+      candidates.push_back({cores / lanes, 1, lanes});
+    }
   }
   if (!openblas_set_threads()) candidates.resize(std::min<size_t>(candidates.size(), 1));
 
@@ -241,12 +311,7 @@ ThreadChoice choose_threads(const std::function<void()>& workload, std::optional
   double best_seconds = std::numeric_limits<double>::infinity();
   std::ostringstream report;
   for (const auto& candidate : candidates) {
-    apply_thread_settings(candidate);
-    // Warm-up: TorchScript's profiling executor specialises a graph over its first two runs, and
-    // new thread counts pay for thread start-up.
-    workload();
-    workload();
-    const double seconds = std::min(seconds_of(workload), seconds_of(workload));
+    const double seconds = seconds_per_workload(workload, candidate);
     report << (report.tellp() > 0 ? "; " : "") << to_string(candidate) << ": " << seconds * 1e3 << " ms";
     if (seconds < best_seconds) {
       best_seconds = seconds;
@@ -257,9 +322,13 @@ ThreadChoice choose_threads(const std::function<void()>& workload, std::optional
   return {best, "fastest of a timed forward pass each (" + report.str() + ")"};
 }
 
-ThreadChoice default_threads(std::optional<int> forced) {
-  if (forced) return choose_threads([] {}, forced);
-  const ThreadSettings settings{1, available_cores()};
+ThreadChoice default_threads(const ThreadRequest& request) {
+  const int cores = available_cores();
+  if (auto requested = requested_threads(request, cores)) {
+    apply_thread_settings(requested->settings);
+    return *requested;
+  }
+  const ThreadSettings settings{1, cores, 1};
   apply_thread_settings(settings);
   return {settings, "default for short runs, not measured"};
 }

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <fstream>
 
 #include <opencv2/imgcodecs.hpp>
 
@@ -247,6 +248,56 @@ TEST(Explain, MapsDoNotDependOnHowTheInputsFellIntoBatches) {
     EXPECT_EQ(resumed_run.records[i]["explained"], whole.records[i]["explained"]) << i;
     EXPECT_EQ(resumed_run.records[i]["top_k"], whole.records[i]["top_k"]) << i;
   }
+}
+
+TEST(Explain, LanesGiveTheSameRecordsInTheSameOrder) {
+  // 19 inputs in batches of 2, one of them not an image, computed in 1 and in 3 lanes with one
+  // LibTorch thread each: each batch is the same batch in whichever lane, so every record, map and
+  // output file is the same, in input order, and the bad input is reported in its place.
+  TempDir tmp;
+  Bundle bundle = Bundle::load(test::shipped_bundle("tiny-resnet"), torch::kCPU);
+  auto files = distinct_images(tmp / "in", 18);
+  const fs::path broken = tmp / "in" / "broken.png";
+  std::ofstream(broken) << "not a PNG";
+  files.insert(files.begin() + 7, broken);
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(1);
+  ExplainOptions options;
+  options.batch.batch_size = 2;
+  options.formats = parse_formats("npy,json");
+  options.out_dir = tmp / "one";
+  const ExplainRun one_lane = explain_files(bundle, files, options);
+  options.batch.model_lanes = 3;
+  options.out_dir = tmp / "three";
+  const ExplainRun three_lanes = explain_files(bundle, files, options);
+  at::set_num_threads(threads_before);
+
+  ASSERT_EQ(one_lane.records.size(), files.size());
+  ASSERT_EQ(three_lanes.records.size(), files.size());
+  EXPECT_EQ(three_lanes.summary.failed, 1u);
+  EXPECT_EQ(three_lanes.summary.succeeded, files.size() - 1);
+  for (size_t i = 0; i < files.size(); ++i) {
+    EXPECT_EQ(three_lanes.records[i]["input"], files[i].string()) << i;
+    EXPECT_EQ(three_lanes.records[i].contains("error"), files[i] == broken) << i;
+    EXPECT_EQ(three_lanes.records[i].value("explained", json()), one_lane.records[i].value("explained", json())) << i;
+    EXPECT_EQ(three_lanes.records[i].value("top_k", json()), one_lane.records[i].value("top_k", json())) << i;
+    if (files[i] == broken) continue;
+    const std::string npy = mirrored_output_path(files[i]).string() + ".map.npy";
+    EXPECT_EQ(read_npy(tmp / "three" / npy).values, read_npy(tmp / "one" / npy).values) << i;
+  }
+}
+
+TEST(Explain, AFailureInALaneStopsTheRunWithItsError) {
+  // An error of the model work itself (not of one input) ends the run, as it does without lanes;
+  // the lanes' other batches are not left running behind it.
+  TempDir tmp;
+  Bundle bundle = Bundle::load(test::shipped_bundle("tiny-resnet"), torch::kCPU);
+  const auto files = distinct_images(tmp / "in", 9);
+  ExplainOptions options;
+  options.batch.batch_size = 2;
+  options.batch.model_lanes = 2;
+  options.class_index = 100000;  // past the head's classes: the attribution's index_select throws
+  EXPECT_ANY_THROW(explain_files(bundle, files, options));
 }
 
 }  // namespace

@@ -34,16 +34,16 @@ TEST(Device, UnknownName) {
 }
 
 TEST(Threads, ForcedCountIsApplied) {
-  const auto choice = choose_threads([] {}, 1);
-  EXPECT_EQ(choice.settings, (ThreadSettings{1, 1}));
+  const auto choice = choose_threads([] {}, {1, std::nullopt});
+  EXPECT_EQ(choice.settings, (ThreadSettings{1, 1, 1}));
   EXPECT_EQ(at::get_num_threads(), 1);
-  test::expect_error<InvalidArgument>([] { choose_threads([] {}, 0); }, {"--threads"});
+  test::expect_error<InvalidArgument>([] { choose_threads([] {}, {0, std::nullopt}); }, {"--threads"});
 }
 
 TEST(Threads, MoreThreadsThanCoresAreClamped) {
   const int cores = available_cores();
-  const auto choice = choose_threads([] {}, 1000);
-  EXPECT_EQ(choice.settings, (ThreadSettings{cores, cores}));
+  const auto choice = choose_threads([] {}, {1000, std::nullopt});
+  EXPECT_EQ(choice.settings, (ThreadSettings{cores, cores, 1}));
   EXPECT_EQ(at::get_num_threads(), cores);
   EXPECT_NE(choice.reason.find("clamped"), std::string::npos) << choice.reason;
   EXPECT_LE(cores, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
@@ -51,25 +51,86 @@ TEST(Threads, MoreThreadsThanCoresAreClamped) {
 
 TEST(Threads, MeasuredChoiceIsOneOfTheCandidatesAndApplied) {
   int calls = 0;
-  const auto choice = choose_threads([&] { ++calls; }, std::nullopt);
+  const auto choice = choose_threads([&] { ++calls; }, {});
   EXPECT_GE(calls, 4);  // warm-up and timing for at least one candidate
   EXPECT_EQ(at::get_num_threads(), choice.settings.intra_op);
   EXPECT_NE(choice.reason.find("ms"), std::string::npos);
 }
 
 TEST(Threads, DefaultForShortRunsIsAppliedWithoutMeasuring) {
-  const auto choice = default_threads(std::nullopt);
-  EXPECT_EQ(choice.settings, (ThreadSettings{1, available_cores()}));
+  const auto choice = default_threads({});
+  EXPECT_EQ(choice.settings, (ThreadSettings{1, available_cores(), 1}));
   EXPECT_EQ(at::get_num_threads(), 1);
   const int two = std::min(2, available_cores());
-  EXPECT_EQ(default_threads(2).settings, (ThreadSettings{two, two}));  // --threads still wins
+  EXPECT_EQ(default_threads({2, std::nullopt}).settings, (ThreadSettings{two, two, 1}));  // --threads still wins
+}
+
+TEST(Threads, MeasuredChoiceRunsTheLanesCandidateSideBySide) {
+  if (available_cores() < 2) GTEST_SKIP() << "lanes are a candidate from two cores on";
+  // The workload notes how many copies run at once: the lanes candidate must run one per core
+  // concurrently, each seeing one LibTorch thread.
+  std::atomic<int> running{0}, most{0}, single_threaded_runs{0};
+  const auto choice = choose_threads(
+      [&] {
+        const int now = ++running;
+        for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {
+        }
+        if (at::get_num_threads() == 1) ++single_threaded_runs;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        --running;
+      },
+      {});
+  const int lanes = std::min(available_cores(), 8), per_lane = available_cores() / lanes;
+  EXPECT_EQ(most.load(), lanes);
+  if (per_lane == 1) {
+    EXPECT_GE(single_threaded_runs.load(), 4 * lanes);
+  }
+  // Copies that overlap fully share out their time: the lanes candidate is the fastest per copy.
+  EXPECT_EQ(choice.settings, (ThreadSettings{per_lane, 1, lanes})) << choice.reason;
+  EXPECT_EQ(current_thread_settings().lanes, lanes);
+  EXPECT_NE(choice.reason.find("lanes"), std::string::npos) << choice.reason;
+  apply_thread_settings({1, 1, 1});
+}
+
+TEST(Threads, LanesAloneShareOutTheCores) {
+  const int cores = available_cores();
+  const auto two_lanes = choose_threads([] {}, {std::nullopt, 2});
+  EXPECT_EQ(two_lanes.settings, (ThreadSettings{std::max(1, cores / 2), std::max(1, cores / 2), 2}));
+  EXPECT_EQ(current_thread_settings().lanes, 2);
+  const auto both = default_threads({1, 3});
+  EXPECT_EQ(both.settings, (ThreadSettings{1, 1, 3}));
+  test::expect_error<InvalidArgument>([] { choose_threads([] {}, {std::nullopt, 0}); }, {"--lanes"});
+  test::expect_error<InvalidArgument>([] { choose_threads([] {}, {std::nullopt, 2, false}); }, {"--lanes", "one batch at a time"});
+  apply_thread_settings({1, 1, 1});
+}
+
+TEST(Threads, NoLanesAreMeasuredForWorkThatDoesNotRunInThem) {
+  // predict, eval and fit-head compute one batch at a time: a lanes choice would leave them on
+  // one thread. Copies that overlap would make lanes win here if they were a candidate.
+  std::atomic<int> running{0}, most{0};
+  const auto choice = choose_threads(
+      [&] {
+        const int now = ++running;
+        for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        --running;
+      },
+      {std::nullopt, std::nullopt, false});
+  EXPECT_EQ(most.load(), 1);
+  EXPECT_EQ(choice.settings.lanes, 1);
 }
 
 TEST(Threads, CurrentSettingsAreTheAppliedOnes) {
-  apply_thread_settings({1, 2});
-  EXPECT_EQ(current_thread_settings(), (ThreadSettings{1, 2}));
-  apply_thread_settings({2, 1});
-  EXPECT_EQ(current_thread_settings(), (ThreadSettings{2, 1}));
+  apply_thread_settings({1, 2, 1});
+  EXPECT_EQ(current_thread_settings(), (ThreadSettings{1, 2, 1}));
+  apply_thread_settings({2, 1, 1});
+  EXPECT_EQ(current_thread_settings(), (ThreadSettings{2, 1, 1}));
+  apply_thread_settings({1, 1, 2});
+  EXPECT_EQ(current_thread_settings(), (ThreadSettings{1, 1, 2}));
+  EXPECT_EQ(model_lanes(torch::kCPU, current_thread_settings()), 2);
+  EXPECT_EQ(model_lanes(torch::Device(torch::kCUDA, 0), current_thread_settings()), 1);  // a GPU: one lane
+  apply_thread_settings({1, 1, 1});
 }
 
 TEST(Threads, DecodingGetsItsOwnThreadOnlyWhenACoreIsLeftFree) {
@@ -77,6 +138,7 @@ TEST(Threads, DecodingGetsItsOwnThreadOnlyWhenACoreIsLeftFree) {
   EXPECT_FALSE(decode_in_parallel(torch::kCPU, {2, 1}, 2));
   EXPECT_TRUE(decode_in_parallel(torch::kCPU, {1, 1}, 2));
   EXPECT_TRUE(decode_in_parallel(torch::kCPU, {1, 4}, 8));
+  EXPECT_TRUE(decode_in_parallel(torch::kCPU, {1, 1, 2}, 2));  // a preempted lane stalls only itself
   EXPECT_TRUE(decode_in_parallel(torch::Device(torch::kCUDA, 0), {1, 2}, 2));  // the CPU is free
 }
 

@@ -71,6 +71,13 @@ void add_common_options(CLI::App* command, CommonOptions& common) {
   command->add_flag("-q,--quiet", common.quiet, "Only errors on stderr");
 }
 
+void add_lanes_option(CLI::App* command, CommonOptions& common) {
+  command->add_option("--lanes", common.lanes,
+                      "Batches computed side by side on the CPU, each on --threads threads (default: measured at start "
+                      "for 32 images or more: one lane, or one lane per core up to 8)")
+      ->check(CLI::Range(1, 1024));
+}
+
 void add_model_option(CLI::App* command, std::string& model) {
   command->add_option("-m,--model", model, "Bundle name or folder (default: models/DEFAULT)");
 }
@@ -163,7 +170,8 @@ constexpr int kMeasureThreadsBatch = 8;
 
 }  // namespace
 
-Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images) {
+Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images,
+                           bool runs_in_lanes) {
   const torch::Device device = select_device(common.device);
   const Precision precision = parse_precision(common.precision);
   check_precision(device, precision);
@@ -184,15 +192,16 @@ Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model
     const auto& input = bundle.manifest().input;
     auto sample = torch::zeros({std::min(batch_size, kMeasureThreadsBatch), 3, input.height, input.width});
     const bool measure = images >= kMeasureThreadsFromImages;
+    const ThreadRequest request{common.threads, common.lanes, runs_in_lanes};
     const auto choice = measure ? choose_threads(
                                       [&] {
                                         torch::InferenceMode no_autograd;
                                         bundle.logits(sample);
                                       },
-                                      common.threads)
-                                : default_threads(common.threads);
+                                      request)
+                                : default_threads(request);
     logger().info("threads: {} ({}{}); {}, {} kernels", to_string(choice.settings), choice.reason,
-                  measure && !common.threads ? ", on a batch of " + std::to_string(sample.size(0)) : "",
+                  measure && !common.threads && !common.lanes ? ", on a batch of " + std::to_string(sample.size(0)) : "",
                   blas.description, blas.core.empty() ? "unknown" : blas.core);
   }
   logger().info("model {} ({}, {}x{} input) on {} in {} ({})", bundle.manifest().name, bundle.manifest().architecture,

@@ -48,6 +48,7 @@ struct CommonOptions {
   std::string device = "auto";
   std::string precision = "fp32";
   std::optional<int> threads;
+  std::optional<int> lanes;
   bool verbose = false;
   bool quiet = false;
 };
@@ -55,6 +56,8 @@ struct CommonOptions {
 // Options with the same meaning in every command that has them.
 void add_common_options(CLI::App* command, CommonOptions& common);
 void add_model_option(CLI::App* command, std::string& model);
+// --lanes, for the commands whose model work runs in lanes (explain, bench).
+void add_lanes_option(CLI::App* command, CommonOptions& common);
 void add_batch_size_option(CLI::App* command, int& batch_size);
 void add_max_pixels_option(CLI::App* command, int64_t& max_pixels);
 
@@ -91,8 +94,10 @@ void print_json_line(const nlohmann::json& record);
 constexpr size_t kMeasureThreadsFromImages = 32;
 
 // Loads the bundle named by --model (empty: the default) on the chosen device and picks thread
-// counts, by measurement when the run is long enough (`images`) to repay it.
-Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images);
+// counts, by measurement when the run is long enough (`images`) to repay it; lanes are a candidate
+// only for a command whose model work runs in them (`runs_in_lanes`: explain, bench).
+Bundle load_bundle_for_run(const CommonOptions& common, const std::string& model, int batch_size, size_t images,
+                           bool runs_in_lanes = false);
 
 // A one-line progress bar on stderr, redrawn in place; only when stderr is a terminal (or forced).
 class ProgressBar {

@@ -29,7 +29,8 @@ struct BenchCliOptions {
 
 int run(const CommonOptions& common, const BenchCliOptions& options) {
   // A benchmark always measures its thread counts: that is part of what it reports.
-  Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, kMeasureThreadsFromImages);
+  Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, kMeasureThreadsFromImages,
+                                      /*runs_in_lanes=*/true);
   Head& head = bundle.head("target");
   const auto method = make_method(options.method, bundle, options.method_settings);
   BenchmarkOptions bench;
@@ -37,6 +38,7 @@ int run(const CommonOptions& common, const BenchCliOptions& options) {
   bench.batch_size = options.batch_size;
   bench.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
   bench.decode_threads = decode_threads(bundle.device());
+  bench.model_lanes = model_lanes(bundle.device(), current_thread_settings());
   bench.formats = parse_formats(options.formats);
   if (options.out_dir) {
     bench.out = fs::path(*options.out_dir);
@@ -69,6 +71,7 @@ Command add_bench_command(CLI::App& tve, CommonOptions& common) {
   command->add_option("-o,--out", options->out_dir, "Write the throughput run's outputs here (default: write nothing)");
   command->add_option("--format", options->formats, "Outputs written with --out")->capture_default_str();
   add_common_options(command, common);
+  add_lanes_option(command, common);
   return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
 }
 

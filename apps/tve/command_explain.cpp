@@ -131,7 +131,7 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
     logger().error("no images found in the inputs given");
     return kNoInputSucceeded;
   }
-  Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size());
+  Bundle bundle = load_bundle_for_run(common, options.model, options.batch_size, inputs.size(), /*runs_in_lanes=*/true);
   Head& head = choose_head(bundle, options.head);
   const auto method = make_method(options.method, bundle, options.method_settings);
   if (options.expect_file) check_golden_classes(golden, *options.expect_file, head.spec.labels, head.spec.name);
@@ -142,6 +142,7 @@ int run(const CommonOptions& common, ExplainCliOptions& options) {
   explain.batch.limits.max_pixels = options.max_pixels;
   explain.batch.prefetch = decode_in_parallel(bundle.device(), current_thread_settings());
   explain.batch.decode_threads = decode_threads(bundle.device());
+  explain.batch.model_lanes = model_lanes(bundle.device(), current_thread_settings());
 
   logger().info("explaining {} image(s) with {} on head '{}' ({} classes){}", inputs.size(), method->name(),
                 head.spec.name, head.spec.labels.size(),
@@ -241,6 +242,7 @@ Command add_explain_command(CLI::App& tve, CommonOptions& common) {
       ->needs(expect);
   command->add_option("--junit", o.junit_file, "--expect: write the check as JUnit XML, one test case per image")->needs(expect);
   add_common_options(command, common);
+  add_lanes_option(command, common);
   return {command, [&common, options] { return run(common, *options); }, /*runs_models=*/true};
 }
 

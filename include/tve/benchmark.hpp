@@ -22,6 +22,7 @@ struct BenchmarkOptions {
   OutputFormats formats;
   bool prefetch = true;  // decode on a second thread during the folder run (BatchOptions::prefetch)
   int decode_threads = 1;  // BatchOptions::decode_threads
+  int model_lanes = 1;     // BatchOptions::model_lanes: the pure compute runs in as many lanes
 };
 
 // Reports (JSON):
@@ -29,7 +30,7 @@ struct BenchmarkOptions {
 //           whole explanation (forward + attribution), and their ratio;
 //  throughput: images/s of run_explain over `files` (decode, forward, explain, write) against
 //           the pure model compute for as many images (the same forward + attribution on tensors
-//           already in memory, same batch size), and their ratio;
+//           already in memory, same batch size and lanes), and their ratio;
 //  peak_rss_mib: the process's peak resident memory at the end.
 nlohmann::json run_benchmark(Bundle& bundle, Head& head, AttributionMethod& method, const BenchmarkOptions& options);
 

@@ -97,6 +97,9 @@ struct BatchOptions {
   // than one only when the model does not compute on the CPU (a GPU), which would otherwise wait
   // for one thread decoding ~1,000 images a second.
   int decode_threads = 1;
+  // Batches the model computes side by side (model_lanes() in tve/runtime.hpp), for pipelines that
+  // run a model over the batches (run_explain). Results do not depend on it.
+  int model_lanes = 1;
   ImageLimits limits;
   // Asked before decoding an input: a non-null record means an earlier run already produced this
   // input's outputs (explain --resume); the job then carries that record and is not decoded.

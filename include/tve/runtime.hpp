@@ -70,7 +70,12 @@ std::optional<std::string> better_openblas_core(const BlasInfo& blas);
 struct ThreadSettings {
   int intra_op = 1;  // LibTorch's intra-op threads (OpenMP): convolutions, element-wise ops
   int blas = 1;      // OpenBLAS's own threads: matrix multiplies
-  bool operator==(const ThreadSettings& other) const { return intra_op == other.intra_op && blas == other.blas; }
+  // Batches computed side by side on the CPU, each on its own thread with intra_op LibTorch
+  // threads (src/detail/model_lanes.hpp); 1: one batch at a time.
+  int lanes = 1;
+  bool operator==(const ThreadSettings& other) const {
+    return intra_op == other.intra_op && blas == other.blas && lanes == other.lanes;
+  }
 };
 
 std::string to_string(const ThreadSettings& settings);
@@ -82,18 +87,31 @@ struct ThreadChoice {
   std::string reason;  // why these, for the log
 };
 
+// What the user fixed: --threads N (both pools) and --lanes L.
+struct ThreadRequest {
+  std::optional<int> threads;
+  std::optional<int> lanes;
+  // Whether the work runs in lanes at all (run_explain does; predict, eval and fit-head compute
+  // one batch at a time): without, lanes are neither measured nor allowed.
+  bool lanes_possible = true;
+};
+
 // Chooses thread counts by timing `workload` (one representative forward pass) under each
-// candidate and keeping the fastest. Two thread pools that both spin (LibTorch's OpenMP and
-// OpenBLAS's pthreads) can slow each other down: on 2 cores a ViT ran fastest with 1 LibTorch
-// thread and 2 BLAS threads, a ResNet with 2 and 2 (docs/performance.md). No single setting wins.
-// `forced` (--threads N) skips the measurement and uses N for both pools, at most one per usable
-// core (available_cores(); more is clamped, with a warning).
-ThreadChoice choose_threads(const std::function<void()>& workload, std::optional<int> forced);
+// candidate and keeping the fastest per workload. Two thread pools that both spin (LibTorch's
+// OpenMP and OpenBLAS's pthreads) can slow each other down: on 2 cores a ViT ran fastest with 1
+// LibTorch thread and 2 BLAS threads, a ResNet with 2 and 2 (docs/performance.md). No single
+// setting wins. One candidate runs one workload per core side by side, single-threaded (lanes; at
+// most 8, sharing the cores out beyond);
+// `workload` must then be safe to run on several threads at once, as a TorchScript forward is.
+// A request skips the measurement: --threads N alone uses N for both pools in one lane, at most
+// one per usable core (available_cores(); more is clamped, with a warning); --lanes L alone gives
+// each lane its share of the cores; both together are taken as given.
+ThreadChoice choose_threads(const std::function<void()>& workload, const ThreadRequest& request);
 
 // Without measuring: 1 LibTorch thread and one BLAS thread per core, the split that was fastest
-// or within a few percent of it for every model measured here (docs/performance.md). Used when a
-// run is too short for a measurement (a dozen forward passes) to pay for itself.
-ThreadChoice default_threads(std::optional<int> forced);
+// or within a few percent of it for every model measured here (docs/performance.md), in one lane.
+// Used when a run is too short for a measurement (a dozen forward passes) to pay for itself.
+ThreadChoice default_threads(const ThreadRequest& request);
 
 // The cores this process may run on (its CPU affinity mask), at least 1.
 int available_cores();
@@ -107,14 +125,20 @@ int available_cores();
 // Returns false where the C library is not glibc (nothing changed).
 bool keep_freed_memory();
 
-// The thread counts in effect now: LibTorch's, and OpenBLAS's when OpenBLAS is the BLAS (else 1).
+// The thread counts in effect now: LibTorch's, OpenBLAS's when OpenBLAS is the BLAS (else 1), and
+// the lanes of the last apply_thread_settings() (1 before any).
 ThreadSettings current_thread_settings();
+
+// How many lanes a pipeline on `device` runs its model work in (BatchOptions::model_lanes): the
+// settings' on the CPU, one on a GPU, which runs one batch's kernels across the whole device.
+int model_lanes(const torch::Device& device, const ThreadSettings& settings);
 
 // Whether decoding the next batch on a second thread pays off: only when the model runs on a GPU
 // or its CPU threads leave a core free. Otherwise the decoding thread preempts one of the model's
 // OpenMP or OpenBLAS threads mid-operation and the whole operation waits for it: on 2 cores with
 // (LibTorch 1, BLAS 2), a folder run reached 0.50-0.58 of the pure compute with a decoding thread
-// and 0.81-0.85 with decoding on the model's thread (docs/performance.md).
+// and 0.81-0.85 with decoding on the model's thread (docs/performance.md). Lanes do not wait for
+// each other, so with more than one the decoding thread is always worth it.
 bool decode_in_parallel(const torch::Device& device, const ThreadSettings& settings, int cores = available_cores());
 
 // How many threads decode and resize a batch's images (BatchOptions::decode_threads): one on the
