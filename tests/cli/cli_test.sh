@@ -162,6 +162,35 @@ case_explain_equal_names_and_stdin() {
   [[ -z "$(find "$WORK/res" -name 'bad.png*')" ]] || fail "outputs written for a bad image"
 }
 
+case_explain_lanes_change_nothing() {
+  # 40 inputs (one truncated) in batches of 4, computed in 2 lanes and in one: the same records in
+  # the same order, the same .npy bytes, the log says the lanes; predict has no lanes to ask for.
+  copies 39 in
+  cp "$FIXTURES/images/truncated.png" "$WORK/in/img-0017-bad.png"
+  run explain "$WORK/in" --model tiny-swin --batch-size 4 --threads 1 --lanes 2 --format npy,json --out "$WORK/two"
+  expect_rc 1
+  expect_in err "2 lanes"
+  mv "$WORK/out" "$WORK/two.jsonl"
+  run explain "$WORK/in" --model tiny-swin --batch-size 4 --threads 1 --format npy,json --out "$WORK/one"; expect_rc 1
+  /usr/bin/python3 - "$WORK" <<'PY' || fail "lanes changed the results"
+import json, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+two = [json.loads(l) for l in open(work / "two.jsonl")]
+one = [json.loads(l) for l in open(work / "out")]
+assert len(one) == len(two) == 40, (len(one), len(two))
+for a, b in zip(one, two):
+    assert a["input"] == b["input"], (a["input"], b["input"])
+    assert a.get("explained") == b.get("explained") and ("error" in a) == ("error" in b), a["input"]
+assert sum("error" in r for r in two) == 1 and "img-0017-bad.png" in [r for r in two if "error" in r][0]["input"]
+npys = sorted(p.relative_to(work / "one") for p in (work / "one").rglob("*.map.npy"))
+assert len(npys) == 39, len(npys)
+for p in npys:
+    assert (work / "one" / p).read_bytes() == (work / "two" / p).read_bytes(), p
+PY
+  run predict "$WORK/in" --model tiny-swin --lanes 2; expect_rc 2
+}
+
 case_explain_class_and_options() {
   run explain "$SAMPLES/coffee.jpg" --model tiny-vit --class class-3 --colormap viridis --alpha 0.3 --no-smooth --lambda-neg 0 --out "$WORK/o"
   expect_rc 0
